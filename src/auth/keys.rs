@@ -1,0 +1,103 @@
+//! The service's own signing keys. They live in the database so every replica signs and
+//! verifies with the same keys; the oldest key signs, every key verifies.
+
+use std::{
+    collections::HashMap,
+    sync::{Mutex, RwLock},
+    time::{Duration, Instant},
+};
+
+use chrono::Utc;
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use rand_core::OsRng;
+use serde::Serialize;
+use uuid::Uuid;
+
+use super::jws::{self, Header};
+use crate::{Error, store::Store};
+
+/// A key id unknown to this replica makes it re-read the keys at most this often.
+const RELOAD_INTERVAL: Duration = Duration::from_secs(5);
+
+#[derive(Debug)]
+struct KeyRing {
+    signing_kid: String,
+    signing_key: SigningKey,
+    verifying: HashMap<String, VerifyingKey>,
+}
+
+/// Signs and verifies the service's tokens.
+#[derive(Debug)]
+pub struct SigningKeys {
+    store: Store,
+    ring: RwLock<KeyRing>,
+    last_reload: Mutex<Option<Instant>>,
+}
+
+impl SigningKeys {
+    /// Loads the keys, creating the first one if the database has none. Replicas starting
+    /// together may each create one; all of them then sign with the oldest.
+    pub async fn load_or_create(store: Store) -> Result<Self, Error> {
+        if store.signing_keys().await?.is_empty() {
+            let key = SigningKey::generate(&mut OsRng);
+            store.insert_signing_key(&Uuid::now_v7().to_string(), key.as_bytes(), Utc::now()).await?;
+            tracing::info!("created the first token signing key");
+        }
+        let ring = Self::read_ring(&store).await?;
+        Ok(Self { store, ring: RwLock::new(ring), last_reload: Mutex::new(None) })
+    }
+
+    async fn read_ring(store: &Store) -> Result<KeyRing, Error> {
+        let rows = store.signing_keys().await?;
+        let mut verifying = HashMap::with_capacity(rows.len());
+        let mut oldest = None;
+        for row in rows {
+            let bytes: [u8; 32] = row
+                .private_key
+                .as_slice()
+                .try_into()
+                .map_err(|_| Error::Internal(format!("signing key {} is not 32 bytes", row.kid)))?;
+            let key = SigningKey::from_bytes(&bytes);
+            verifying.insert(row.kid.clone(), key.verifying_key());
+            if oldest.is_none() {
+                oldest = Some((row.kid, key));
+            }
+        }
+        let (signing_kid, signing_key) =
+            oldest.ok_or_else(|| Error::Internal("no signing key in the database".into()))?;
+        Ok(KeyRing { signing_kid, signing_key, verifying })
+    }
+
+    /// Signs `claims` with the current key, its kid in the header.
+    pub fn sign<C: Serialize>(&self, claims: &C) -> String {
+        let ring = self.ring.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let header = Header {
+            alg: "EdDSA".into(),
+            typ: Some("JWT".into()),
+            kid: Some(ring.signing_kid.clone()),
+            ..Header::default()
+        };
+        jws::sign(&header, claims, &ring.signing_key)
+    }
+
+    /// The public key for `kid`, re-reading the database (rate-limited) when it is unknown here.
+    pub async fn verifying_key(&self, kid: &str) -> Result<Option<VerifyingKey>, Error> {
+        if let Some(key) = self.cached(kid) {
+            return Ok(Some(key));
+        }
+        {
+            let mut last = self.last_reload.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            if last.is_some_and(|at| at.elapsed() < RELOAD_INTERVAL) {
+                return Ok(None);
+            }
+            *last = Some(Instant::now());
+        }
+        let ring = Self::read_ring(&self.store).await?;
+        *self.ring.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = ring;
+        Ok(self.cached(kid))
+    }
+
+    fn cached(&self, kid: &str) -> Option<VerifyingKey> {
+        self.ring.read().unwrap_or_else(|poisoned| poisoned.into_inner()).verifying.get(kid).copied()
+    }
+}

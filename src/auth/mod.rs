@@ -1,0 +1,129 @@
+//! Who is calling: bearer tokens become a [`Principal`].
+
+pub mod jws;
+mod keys;
+
+use std::time::Duration;
+
+use chrono::Utc;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+pub use keys::SigningKeys;
+
+use crate::{Error, domain::RoleSet};
+use jws::UnverifiedJws;
+
+/// The authenticated caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub user_id: String,
+    pub roles: RoleSet,
+    /// Set when the token was issued to a personal client rather than to the user directly.
+    pub client_id: Option<String>,
+}
+
+impl Principal {
+    pub fn has_role(&self, role: &str) -> bool {
+        self.roles.iter().any(|r| r.as_str() == role)
+    }
+
+    /// Tokens of personal clients may read personal clients but never change them.
+    pub fn ensure_may_manage_clients(&self) -> Result<(), Error> {
+        match &self.client_id {
+            Some(client_id) => Err(Error::PermissionDenied(format!(
+                "a token issued to personal client {client_id} may read personal clients but not create, update or delete them; use a user token"
+            ))),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Claims of the access tokens this service issues.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AccessTokenClaims {
+    pub iss: String,
+    pub sub: String,
+    pub aud: Audience,
+    pub iat: i64,
+    pub exp: i64,
+    pub jti: String,
+    #[serde(default)]
+    pub roles: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+}
+
+/// `aud`: a string or an array of strings (RFC 7519 §4.1.3).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Audience {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Audience {
+    pub fn contains(&self, value: &str) -> bool {
+        match self {
+            Self::One(aud) => aud == value,
+            Self::Many(auds) => auds.iter().any(|aud| aud == value),
+        }
+    }
+}
+
+/// Verifies bearer tokens and mints access tokens with the service's keys.
+#[derive(Debug)]
+pub struct Authenticator {
+    keys: SigningKeys,
+    issuer: String,
+}
+
+impl Authenticator {
+    pub fn new(keys: SigningKeys, issuer: String) -> Self {
+        Self { keys, issuer }
+    }
+
+    /// Mints an access token; returns it with its lifetime in seconds.
+    pub fn mint(&self, user_id: &str, roles: &RoleSet, client_id: Option<&str>, ttl: Duration) -> (String, i64) {
+        let now = Utc::now().timestamp();
+        let ttl = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX / 2).max(1);
+        let claims = AccessTokenClaims {
+            iss: self.issuer.clone(),
+            sub: user_id.to_owned(),
+            aud: Audience::One(self.issuer.clone()),
+            iat: now,
+            exp: now.saturating_add(ttl),
+            jti: Uuid::now_v7().to_string(),
+            roles: roles.to_strings(),
+            client_id: client_id.map(str::to_owned),
+        };
+        (self.keys.sign(&claims), ttl)
+    }
+
+    /// Turns the `authorization` header value into the caller, or `UNAUTHENTICATED`.
+    pub async fn authenticate(&self, authorization: Option<&str>) -> Result<Principal, Error> {
+        let denied = |reason: &str| Error::Unauthenticated(reason.to_owned());
+        let header = authorization.ok_or_else(|| denied("no authorization header"))?;
+        let token = match header.split_once(' ') {
+            Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
+            _ => return Err(denied("authorization is not a bearer token")),
+        };
+        let jws = UnverifiedJws::parse(token).map_err(|e| denied(&e.to_string()))?;
+        let kid = jws.header.kid.clone().ok_or_else(|| denied("token has no kid"))?;
+        let key = self.keys.verifying_key(&kid).await?.ok_or_else(|| denied("token signed by an unknown key"))?;
+        let claims: AccessTokenClaims = jws.verify(&key).map_err(|e| denied(&e.to_string()))?;
+        if claims.iss != self.issuer {
+            return Err(denied("token from another issuer"));
+        }
+        if !claims.aud.contains(&self.issuer) {
+            return Err(denied("token for another audience"));
+        }
+        if claims.exp <= Utc::now().timestamp() {
+            return Err(denied("token expired"));
+        }
+        if claims.sub.is_empty() {
+            return Err(denied("token has no subject"));
+        }
+        Ok(Principal { user_id: claims.sub, roles: RoleSet::from_claims(&claims.roles), client_id: claims.client_id })
+    }
+}

@@ -1,0 +1,92 @@
+//! Domain values of personal clients. Every type here validates in its constructor, so a value
+//! that exists past the api layer is valid. Nothing here knows about gRPC or the database.
+
+mod cidr;
+mod client_id;
+mod credential;
+mod display_name;
+mod expiry;
+mod page;
+mod personal_client;
+mod role;
+
+pub use cidr::CidrList;
+pub use client_id::ClientId;
+pub use credential::{ClientCredential, ClientSecret};
+pub use display_name::DisplayName;
+pub use expiry::MaxLifetime;
+pub(crate) use expiry::round_to_micros;
+pub use page::{PageSize, PageToken};
+pub use personal_client::{ClientChanges, NewPersonalClient, PersonalClient};
+pub use role::{Role, RoleSet};
+
+/// One thing wrong with one field of a request, named by its path in the request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldViolation {
+    pub field: String,
+    pub description: String,
+}
+
+/// What is wrong with one entry of a repeated field: `index` is `None` when the field as a
+/// whole is wrong (too many entries, say).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryViolation {
+    pub index: Option<usize>,
+    pub description: String,
+}
+
+impl EntryViolation {
+    fn at(index: usize, description: impl Into<String>) -> Self {
+        Self { index: Some(index), description: description.into() }
+    }
+
+    fn whole(description: impl Into<String>) -> Self {
+        Self { index: None, description: description.into() }
+    }
+}
+
+/// Collects the violations of one request, so a caller hears of every bad field at once.
+#[derive(Debug, Default)]
+pub struct Violations(Vec<FieldViolation>);
+
+impl Violations {
+    /// Records the error of a scalar field, if any, and passes the value on.
+    pub fn field<T>(&mut self, field: &str, result: Result<T, String>) -> Option<T> {
+        match result {
+            Ok(value) => Some(value),
+            Err(description) => {
+                self.push(field, description);
+                None
+            }
+        }
+    }
+
+    /// Records the errors of a repeated field as `field[index]`, and passes the value on.
+    pub fn list<T>(&mut self, field: &str, result: Result<T, Vec<EntryViolation>>) -> Option<T> {
+        match result {
+            Ok(value) => Some(value),
+            Err(entries) => {
+                for entry in entries {
+                    let path = match entry.index {
+                        Some(index) => format!("{field}[{index}]"),
+                        None => field.to_owned(),
+                    };
+                    self.push(&path, entry.description);
+                }
+                None
+            }
+        }
+    }
+
+    pub fn push(&mut self, field: &str, description: impl Into<String>) {
+        self.0.push(FieldViolation { field: field.to_owned(), description: description.into() });
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn into_vec(self) -> Vec<FieldViolation> {
+        self.0
+    }
+}

@@ -1,0 +1,98 @@
+//! personal-clients: issues and manages personal client credentials, the per-user OAuth2 API
+//! keys of an IAM platform, behind `c1.api.iam.v1.PersonalClientService`.
+//!
+//! [`serve`] is the whole service on a listener of the caller's choosing; the binary and the
+//! integration tests both start it this way.
+
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod domain;
+mod error;
+pub mod store;
+
+/// Code generated from `proto/`.
+#[allow(missing_debug_implementations, clippy::all, clippy::pedantic)]
+pub mod pb {
+    pub mod iam {
+        tonic::include_proto!("c1.api.iam.v1");
+    }
+    pub mod auth {
+        tonic::include_proto!("c1.api.auth.v1");
+    }
+}
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use tokio::{net::TcpListener, sync::Notify};
+use tonic::transport::{Server, server::TcpIncoming};
+
+pub use config::Config;
+pub use error::Error;
+
+use api::{AppState, PersonalClientApi};
+use auth::{Authenticator, SigningKeys};
+use domain::{Role, RoleSet};
+use pb::iam::personal_client_service_server::PersonalClientServiceServer;
+use store::Store;
+
+/// Connects to the database, brings its schema up to date and loads the signing keys.
+async fn open(config: &Config) -> Result<AppState, Error> {
+    config.validate().map_err(Error::Internal)?;
+    let store = Store::connect(config.database_url.expose()).await?;
+    store.migrate().await?;
+    let keys = SigningKeys::load_or_create(store.clone()).await?;
+    Ok(AppState { auth: Arc::new(Authenticator::new(keys, config.issuer())), config: Arc::new(config.clone()), store })
+}
+
+/// Serves gRPC on `listener` until `shutdown` resolves, then lets in-flight calls finish for at
+/// most `config.shutdown_grace`.
+pub async fn serve(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    let state = open(&config).await?;
+    let address = listener.local_addr().map_err(|e| Error::Internal(e.to_string()))?;
+    tracing::info!(%address, database = %config.database_url, issuer = %config.issuer(), "serving");
+
+    let draining = Arc::new(Notify::new());
+    let signal = {
+        let draining = Arc::clone(&draining);
+        async move {
+            shutdown.await;
+            tracing::info!("shutting down: finishing in-flight calls");
+            draining.notify_one();
+        }
+    };
+    let server = Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .add_service(PersonalClientServiceServer::new(PersonalClientApi::new(state)))
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), signal);
+    tokio::select! {
+        result = server => result.map_err(|e| Error::Internal(format!("server failed: {e}"))),
+        () = async { draining.notified().await; tokio::time::sleep(config.shutdown_grace).await } => {
+            tracing::warn!(grace = ?config.shutdown_grace, "in-flight calls still running after the grace period; stopping");
+            Ok(())
+        }
+    }
+}
+
+/// Brings the database schema up to date and creates the first signing key if needed.
+pub async fn migrate(config: &Config) -> Result<(), Error> {
+    open(config).await.map(drop)
+}
+
+/// An access token for `user` with `roles`, signed with the service's current key: the
+/// bootstrap path for operators and scripts.
+pub async fn mint_token(config: &Config, user: &str, roles: &[String], ttl: Duration) -> Result<String, Error> {
+    if user.trim().is_empty() {
+        return Err(Error::invalid("user", "is required"));
+    }
+    for role in roles {
+        Role::parse(role).map_err(|e| Error::invalid("roles", e))?;
+    }
+    let state = open(config).await?;
+    let (token, _) = state.auth.mint(user, &RoleSet::from_claims(roles), None, ttl);
+    Ok(token)
+}

@@ -1,0 +1,16 @@
+//! Schema migrations, written with the schema builder so one set runs on SQLite and PostgreSQL.
+//! A migration that has been released is never edited; changes come as new migrations.
+
+use sea_orm_migration::prelude::*;
+
+mod m20261128_000001_create_tables;
+
+#[derive(Debug)]
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261128_000001_create_tables::Migration)]
+    }
+}

@@ -1,0 +1,241 @@
+//! Storage of personal clients and signing keys with SeaORM, the same code on SQLite and
+//! PostgreSQL. Every write is a single statement, so no write ever reads first and holds a
+//! read lock it must later upgrade: a busy SQLite database answers "retry", never a deadlock.
+
+pub mod entity;
+pub mod migration;
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sea_orm::{
+    ActiveValue::Set,
+    ColumnTrait, ConnectOptions, Database, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    SqlErr,
+    sea_query::{Expr, SimpleExpr},
+    sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous},
+};
+use sea_orm_migration::MigratorTrait;
+use tracing::instrument;
+use uuid::Uuid;
+
+use crate::{
+    Error,
+    domain::{ClientChanges, ClientId, NewPersonalClient, PersonalClient},
+};
+use entity::{personal_client, signing_key};
+use migration::Migrator;
+
+/// How many random client ids Create tries before giving up (a collision is already rare).
+const CLIENT_ID_ATTEMPTS: usize = 8;
+
+/// Handle on the database; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Store {
+    db: DatabaseConnection,
+}
+
+impl Store {
+    /// Connects to `url` (`sqlite://...` or `postgres://...`). SQLite runs in WAL mode with
+    /// `synchronous=FULL`, so an answered write survives a power loss.
+    #[instrument(skip_all)]
+    pub async fn connect(url: &str) -> Result<Self, Error> {
+        let mut options = ConnectOptions::new(url);
+        options
+            .max_connections(16)
+            .min_connections(1)
+            .connect_timeout(Duration::from_secs(5))
+            .acquire_timeout(Duration::from_secs(5))
+            .sqlx_logging(false)
+            .map_sqlx_sqlite_opts(|opts| {
+                opts.journal_mode(SqliteJournalMode::Wal)
+                    .synchronous(SqliteSynchronous::Full)
+                    .busy_timeout(Duration::from_secs(5))
+                    .foreign_keys(true)
+            });
+        let db = Database::connect(options).await?;
+        Ok(Self { db })
+    }
+
+    /// Brings the schema up to date; safe to run from several replicas at once on PostgreSQL,
+    /// where the migrator takes its own lock.
+    #[instrument(skip_all)]
+    pub async fn migrate(&self) -> Result<(), Error> {
+        Migrator::up(&self.db, None).await?;
+        Ok(())
+    }
+
+    /// Answers when the database answers.
+    pub async fn ping(&self) -> Result<(), Error> {
+        self.db.ping().await?;
+        Ok(())
+    }
+
+    /// Stores a new credential under a fresh random client id.
+    #[instrument(skip_all, fields(user_id = %new.user_id))]
+    pub async fn create_client(&self, new: &NewPersonalClient, public_host: &str) -> Result<PersonalClient, Error> {
+        let now = crate::domain::round_to_micros(Utc::now());
+        for _ in 0..CLIENT_ID_ATTEMPTS {
+            let row = personal_client::ActiveModel {
+                id: Set(Uuid::now_v7()),
+                client_id: Set(ClientId::generate(public_host).into_string()),
+                user_id: Set(new.user_id.clone()),
+                display_name: Set(new.display_name.as_str().to_owned()),
+                allow_source_cidr: Set(to_json(&new.allow_source_cidr.to_strings())),
+                scoped_roles: Set(to_json(&new.scoped_roles.to_strings())),
+                owner_roles: Set(to_json(&new.owner_roles.to_strings())),
+                public_key: Set(new.public_key.as_bytes().to_vec()),
+                expires_at: Set(new.expires_at),
+                last_used_at: Set(None),
+                created_at: Set(now),
+                updated_at: Set(now),
+                deleted_at: Set(None),
+            };
+            match personal_client::Entity::insert(row).exec_with_returning(&self.db).await {
+                Ok(model) => return model.try_into(),
+                Err(err) if matches!(err.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => continue,
+                Err(err) => return Err(err.into()),
+            }
+        }
+        Err(Error::Internal(format!("no free client id after {CLIENT_ID_ATTEMPTS} attempts")))
+    }
+
+    /// A live (not deleted) client; `owner` restricts the lookup to that user's clients.
+    #[instrument(skip_all, fields(%id))]
+    pub async fn get_client(&self, id: Uuid, owner: Option<&str>) -> Result<PersonalClient, Error> {
+        personal_client::Entity::find_by_id(id)
+            .filter(live(owner))
+            .one(&self.db)
+            .await?
+            .ok_or(Error::NotFound)?
+            .try_into()
+    }
+
+    /// Up to `limit` live clients of `user` with ids after `after`, oldest first.
+    #[instrument(skip_all, fields(%user))]
+    pub async fn list_clients(
+        &self,
+        user: &str,
+        after: Option<Uuid>,
+        limit: u64,
+    ) -> Result<Vec<PersonalClient>, Error> {
+        let mut query = personal_client::Entity::find().filter(live(Some(user)));
+        if let Some(after) = after {
+            query = query.filter(personal_client::Column::Id.gt(after));
+        }
+        query
+            .order_by_asc(personal_client::Column::Id)
+            .limit(limit)
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .map(PersonalClient::try_from)
+            .collect()
+    }
+
+    /// Applies `changes` to a live client of `owner` in one statement.
+    #[instrument(skip_all, fields(%id))]
+    pub async fn update_client(&self, id: Uuid, owner: &str, changes: &ClientChanges) -> Result<PersonalClient, Error> {
+        use personal_client::Column;
+        let mut update = personal_client::Entity::update_many()
+            .col_expr(Column::UpdatedAt, Expr::value(crate::domain::round_to_micros(Utc::now())));
+        if let Some(name) = &changes.display_name {
+            update = update.col_expr(Column::DisplayName, Expr::value(name.as_str()));
+        }
+        if let Some(cidrs) = &changes.allow_source_cidr {
+            update = update.col_expr(Column::AllowSourceCidr, Expr::value(to_json(&cidrs.to_strings())));
+        }
+        if let Some(roles) = &changes.scoped_roles {
+            update = update.col_expr(Column::ScopedRoles, Expr::value(to_json(&roles.to_strings())));
+        }
+        if let Some(expires_at) = changes.expires_at {
+            update = update.col_expr(Column::ExpiresAt, Expr::value(expires_at));
+        }
+        update
+            .filter(Column::Id.eq(id))
+            .filter(live(Some(owner)))
+            .exec_with_returning(&self.db)
+            .await?
+            .into_iter()
+            .next()
+            .ok_or(Error::NotFound)?
+            .try_into()
+    }
+
+    /// Revokes a live client (of `owner`, when given) at once; returns it as it now is.
+    #[instrument(skip_all, fields(%id))]
+    pub async fn delete_client(&self, id: Uuid, owner: Option<&str>) -> Result<PersonalClient, Error> {
+        use personal_client::Column;
+        let now = crate::domain::round_to_micros(Utc::now());
+        personal_client::Entity::update_many()
+            .col_expr(Column::DeletedAt, Expr::value(Some(now)))
+            .col_expr(Column::UpdatedAt, Expr::value(now))
+            .filter(Column::Id.eq(id))
+            .filter(live(owner))
+            .exec_with_returning(&self.db)
+            .await?
+            .into_iter()
+            .next()
+            .ok_or(Error::NotFound)?
+            .try_into()
+    }
+
+    /// Every signing key, oldest first.
+    #[instrument(skip_all)]
+    pub async fn signing_keys(&self) -> Result<Vec<signing_key::Model>, Error> {
+        Ok(signing_key::Entity::find().order_by_asc(signing_key::Column::Kid).all(&self.db).await?)
+    }
+
+    #[instrument(skip_all, fields(%kid))]
+    pub async fn insert_signing_key(
+        &self,
+        kid: &str,
+        private_key: &[u8],
+        created_at: DateTime<Utc>,
+    ) -> Result<(), Error> {
+        let row = signing_key::ActiveModel {
+            kid: Set(kid.to_owned()),
+            private_key: Set(private_key.to_vec()),
+            created_at: Set(created_at),
+        };
+        signing_key::Entity::insert(row).exec_without_returning(&self.db).await?;
+        Ok(())
+    }
+}
+
+/// Not deleted, and (when `owner` is given) belonging to that user.
+fn live(owner: Option<&str>) -> SimpleExpr {
+    let not_deleted = personal_client::Column::DeletedAt.is_null();
+    match owner {
+        Some(user) => not_deleted.and(personal_client::Column::UserId.eq(user)),
+        None => not_deleted,
+    }
+}
+
+fn to_json(values: &[String]) -> String {
+    serde_json::to_string(values).unwrap_or_else(|_| "[]".to_owned())
+}
+
+fn from_json(column: &str, text: &str) -> Result<Vec<String>, Error> {
+    serde_json::from_str(text).map_err(|e| Error::Internal(format!("column {column} holds malformed JSON: {e}")))
+}
+
+impl TryFrom<personal_client::Model> for PersonalClient {
+    type Error = Error;
+
+    fn try_from(row: personal_client::Model) -> Result<Self, Error> {
+        Ok(Self {
+            allow_source_cidr: from_json("allow_source_cidr", &row.allow_source_cidr)?,
+            scoped_roles: from_json("scoped_roles", &row.scoped_roles)?,
+            id: row.id,
+            client_id: row.client_id,
+            user_id: row.user_id,
+            display_name: row.display_name,
+            expires_at: row.expires_at,
+            last_used_at: row.last_used_at,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+            deleted_at: row.deleted_at,
+        })
+    }
+}
