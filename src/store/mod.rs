@@ -10,8 +10,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sea_orm::{
     ActiveValue::Set,
-    ColumnTrait, ConnectOptions, Database, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
-    SqlErr,
+    ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect, QueryTrait, SqlErr,
     sea_query::{Expr, SimpleExpr},
     sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous},
 };
@@ -151,15 +151,7 @@ impl Store {
         if let Some(expires_at) = changes.expires_at {
             update = update.col_expr(Column::ExpiresAt, Expr::value(expires_at));
         }
-        update
-            .filter(Column::Id.eq(id))
-            .filter(live(Some(owner)))
-            .exec_with_returning(&self.db)
-            .await?
-            .into_iter()
-            .next()
-            .ok_or(Error::NotFound)?
-            .try_into()
+        self.update_returning(update.filter(Column::Id.eq(id)).filter(live(Some(owner)))).await
     }
 
     /// Revokes a live client (of `owner`, when given) at once; returns it as it now is.
@@ -167,17 +159,24 @@ impl Store {
     pub async fn delete_client(&self, id: Uuid, owner: Option<&str>) -> Result<PersonalClient, Error> {
         use personal_client::Column;
         let now = crate::domain::round_to_micros(Utc::now());
-        personal_client::Entity::update_many()
+        let update = personal_client::Entity::update_many()
             .col_expr(Column::DeletedAt, Expr::value(Some(now)))
             .col_expr(Column::UpdatedAt, Expr::value(now))
             .filter(Column::Id.eq(id))
-            .filter(live(owner))
-            .exec_with_returning(&self.db)
-            .await?
-            .into_iter()
-            .next()
-            .ok_or(Error::NotFound)?
-            .try_into()
+            .filter(live(owner));
+        self.update_returning(update).await
+    }
+
+    /// Runs an update of at most one row as `UPDATE ... RETURNING *` (SQLite and PostgreSQL
+    /// both have it), so the row comes back from the same statement that changed it.
+    async fn update_returning(
+        &self,
+        update: sea_orm::UpdateMany<personal_client::Entity>,
+    ) -> Result<PersonalClient, Error> {
+        let mut statement = update.into_query();
+        statement.returning_all();
+        let statement = self.db.get_database_backend().build(&statement);
+        personal_client::Entity::find().from_raw_sql(statement).one(&self.db).await?.ok_or(Error::NotFound)?.try_into()
     }
 
     /// Every signing key, oldest first.
