@@ -46,7 +46,7 @@ async fn full_lifecycle(db: TestDb) {
     assert_eq!(pc.scoped_roles, ["reader"]);
     assert!(pc.client_id.ends_with("@localhost/pcc"), "{}", pc.client_id);
     uuid::Uuid::parse_str(&pc.id).expect("id is a UUID");
-    let expires = pc.expires_time.clone().expect("expires_time").seconds;
+    let expires = pc.expires_time.expect("expires_time").seconds;
     assert!((before + 86_400..=Utc::now().timestamp() + 86_400).contains(&expires));
     assert!(pc.last_used_at.is_none() && pc.deleted_at.is_none());
     assert_eq!(pc.created_at, pc.updated_at);
@@ -56,7 +56,7 @@ async fn full_lifecycle(db: TestDb) {
 
     let listed =
         client.list(authed(pb::PersonalClientServiceListRequest::default(), &token)).await.unwrap().into_inner();
-    assert_eq!(listed.list, [pc.clone()]);
+    assert_eq!(listed.list, std::slice::from_ref(&pc));
     assert!(listed.next_page_token.is_empty());
 
     let updated = client

@@ -138,10 +138,10 @@ pub fn update_spec(
         }
     }
     for (index, path) in mask.iter().enumerate() {
-        if let Some(path) = v.field(&format!("update_mask.paths[{index}]"), update_path(path)) {
-            if !paths.contains(&path) {
-                paths.push(path);
-            }
+        if let Some(path) = v.field(&format!("update_mask.paths[{index}]"), update_path(path))
+            && !paths.contains(&path)
+        {
+            paths.push(path);
         }
     }
 

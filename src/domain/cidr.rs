@@ -67,14 +67,12 @@ fn parse_network(entry: &str) -> Result<IpNet, String> {
 
 /// `::ffff:a.b.c.d/n` with n >= 96 is the IPv4 network `a.b.c.d/(n-96)`.
 fn unmap_ipv4(network: IpNet) -> IpNet {
-    if let IpNet::V6(v6) = network {
-        if let Some(v4) = v6.addr().to_ipv4_mapped() {
-            if v6.prefix_len() >= 96 {
-                if let Ok(net) = Ipv4Net::new(v4, v6.prefix_len() - 96) {
-                    return IpNet::V4(net);
-                }
-            }
-        }
+    if let IpNet::V6(v6) = network
+        && let Some(v4) = v6.addr().to_ipv4_mapped()
+        && let Some(prefix) = v6.prefix_len().checked_sub(96)
+        && let Ok(net) = Ipv4Net::new(v4, prefix)
+    {
+        return IpNet::V4(net);
     }
     network
 }

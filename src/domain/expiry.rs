@@ -33,10 +33,8 @@ impl MaxLifetime {
             return Err(format!("must be positive{}", self.allowed()));
         }
         let requested = Duration::new(seconds.unsigned_abs(), nanos.unsigned_abs());
-        if let Some(limit) = self.0 {
-            if requested > limit {
-                return Err(format!("is {} but{}", compact(requested), self.allowed()));
-            }
+        if self.0.is_some_and(|limit| requested > limit) {
+            return Err(format!("is {}{}", compact(requested), self.allowed()));
         }
         Ok(Some(round_to_micros(now + delta(requested))))
     }

@@ -2,6 +2,8 @@
 //! fresh PostgreSQL database when `PC_TEST_DATABASE_URL` is set), driven by the generated client.
 #![allow(dead_code)]
 
+pub mod proxy;
+
 use std::{
     io::Write,
     net::SocketAddr,
@@ -85,6 +87,23 @@ impl TestDb {
         }
     }
 
+    /// This database's URL with its host and port replaced by `addr` (PostgreSQL only).
+    pub fn url_via(&self, addr: SocketAddr) -> String {
+        let (scheme, rest) = self.url.split_once("://").expect("url has a scheme");
+        let (authority, path) = rest.split_at(rest.find('/').expect("url has a database"));
+        let userinfo = authority.rsplit_once('@').map(|(user, _)| format!("{user}@")).unwrap_or_default();
+        format!("{scheme}://{userinfo}{addr}{path}")
+    }
+
+    /// The address of this database's server (PostgreSQL only).
+    pub async fn server_addr(&self) -> SocketAddr {
+        let rest = self.url.split_once("://").expect("url has a scheme").1;
+        let authority = &rest[..rest.find('/').expect("url has a database")];
+        let host_port = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+        let host_port = if host_port.contains(':') { host_port.to_owned() } else { format!("{host_port}:5432") };
+        tokio::net::lookup_host(host_port).await.expect("resolve").next().expect("an address")
+    }
+
     pub fn config(&self) -> Config {
         Config::with_database_url(&self.url).expect("config")
     }
@@ -158,10 +177,9 @@ impl TestServer {
             if let Ok(channel) = self.endpoint().connect().await {
                 let mut client = PersonalClientServiceClient::new(channel);
                 // Any gRPC answer at all (UNAUTHENTICATED here) means the service is up.
-                if let Err(status) = client.list(pb::PersonalClientServiceListRequest::default()).await {
-                    if status.code() == Code::Unauthenticated {
-                        return;
-                    }
+                let answer = client.list(pb::PersonalClientServiceListRequest::default()).await;
+                if matches!(answer, Err(status) if status.code() == Code::Unauthenticated) {
+                    return;
                 }
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
