@@ -23,7 +23,10 @@ async fn operator_workflow_on_the_default_sqlite_database() {
     let dir = tempfile::tempdir().unwrap();
     let migrate = run(dir.path(), &["migrate"]);
     assert!(migrate.status.success(), "{}", String::from_utf8_lossy(&migrate.stderr));
-    assert!(dir.path().join("personal-clients.db").exists(), "the default database is a SQLite file in the working directory");
+    assert!(
+        dir.path().join("personal-clients.db").exists(),
+        "the default database is a SQLite file in the working directory"
+    );
 
     let minted = run(dir.path(), &["mint-token", "--user", "alice", "--roles", "reader,writer", "--ttl", "10m"]);
     assert!(minted.status.success(), "{}", String::from_utf8_lossy(&minted.stderr));
@@ -59,7 +62,10 @@ async fn operator_workflow_on_the_default_sqlite_database() {
 
     let mut client = PersonalClientServiceClient::connect(format!("http://{address}")).await.unwrap();
     let created = client
-        .create(authed(pb::PersonalClientServiceCreateRequest { display_name: "from cli".into(), ..Default::default() }, token))
+        .create(authed(
+            pb::PersonalClientServiceCreateRequest { display_name: "from cli".into(), ..Default::default() },
+            token,
+        ))
         .await
         .expect("the minted token works against the server on the same database")
         .into_inner();
