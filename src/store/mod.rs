@@ -10,8 +10,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sea_orm::{
     ActiveValue::Set,
-    ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect, QueryTrait, SqlErr,
+    ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, EntityTrait, QueryFilter,
+    QueryOrder, QuerySelect, QueryTrait, SqlErr, TransactionTrait,
     sea_query::{Expr, SimpleExpr},
     sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous},
 };
@@ -28,6 +28,9 @@ use migration::Migrator;
 
 /// How many random client ids Create tries before giving up (a collision is already rare).
 const CLIENT_ID_ATTEMPTS: usize = 8;
+
+/// Key of the PostgreSQL advisory lock that serialises migrations across replicas.
+const MIGRATION_LOCK: i64 = 0x7063_6d69_6772; // "pcmigr"
 
 /// Handle on the database; cheap to clone.
 #[derive(Debug, Clone)]
@@ -57,11 +60,23 @@ impl Store {
         Ok(Self { db })
     }
 
-    /// Brings the schema up to date; safe to run from several replicas at once on PostgreSQL,
-    /// where the migrator takes its own lock.
+    /// Brings the schema up to date. Replicas starting together take turns: the migrator runs
+    /// in one transaction that first takes the database's write lock (PostgreSQL: an advisory
+    /// lock; SQLite: a write to a lock table, which takes the RESERVED lock at once).
     #[instrument(skip_all)]
     pub async fn migrate(&self) -> Result<(), Error> {
-        Migrator::up(&self.db, None).await?;
+        let backend = self.db.get_database_backend();
+        if backend == DbBackend::Sqlite {
+            self.db.execute_unprepared("CREATE TABLE IF NOT EXISTS pc_migration_lock (held INTEGER)").await?;
+        }
+        let txn = self.db.begin().await?;
+        let take_lock = match backend {
+            DbBackend::Postgres => format!("SELECT pg_advisory_xact_lock({MIGRATION_LOCK})"),
+            _ => "DELETE FROM pc_migration_lock".to_owned(),
+        };
+        txn.execute_unprepared(&take_lock).await?;
+        Migrator::up(&txn, None).await?;
+        txn.commit().await?;
         Ok(())
     }
 

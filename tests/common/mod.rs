@@ -166,14 +166,17 @@ impl TestServer {
         let handle = tokio::spawn(personal_clients::serve(config.clone(), listener, async {
             let _ = rx.await;
         }));
-        let server = Self { addr, config, shutdown: Some(tx), handle: Some(handle) };
+        let mut server = Self { addr, config, shutdown: Some(tx), handle: Some(handle) };
         server.wait_until_ready().await;
         server
     }
 
-    async fn wait_until_ready(&self) {
+    async fn wait_until_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
+            if let Some(handle) = self.handle.take_if(|handle| handle.is_finished()) {
+                panic!("server on {} exited before it was ready: {:?}", self.addr, handle.await);
+            }
             if let Ok(channel) = self.endpoint().connect().await {
                 let mut client = PersonalClientServiceClient::new(channel);
                 // Any gRPC answer at all (UNAUTHENTICATED here) means the service is up.
