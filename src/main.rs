@@ -33,6 +33,8 @@ enum Command {
         #[arg(long, env = "PC_TTL", default_value = "1h", value_parser = humantime::parse_duration)]
         ttl: Duration,
     },
+    /// Measure the API in-process on a loopback port and print throughput and latency.
+    Bench(personal_clients::bench::BenchOptions),
 }
 
 #[tokio::main]
@@ -45,6 +47,7 @@ async fn main() -> ExitCode {
         Command::MintToken { user, roles, ttl } => {
             personal_clients::mint_token(&cli.config, &user, &roles, ttl).await.map(|token| println!("{token}"))
         }
+        Command::Bench(options) => personal_clients::bench::run(cli.config, &options).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
