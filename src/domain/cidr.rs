@@ -2,7 +2,7 @@ use std::net::IpAddr;
 
 use ipnet::{IpNet, Ipv4Net};
 
-use super::EntryViolation;
+use super::{EntryViolation, parse_entries};
 
 /// The source networks a credential may be used from, canonical and without duplicates.
 /// Empty means from anywhere.
@@ -15,23 +15,7 @@ impl CidrList {
     /// Parses CIDRs or bare addresses as a caller sent them. `10.1.2.3/8` becomes `10.0.0.0/8`;
     /// an IPv4-mapped IPv6 network (`::ffff:10.0.0.0/104`) becomes its IPv4 form.
     pub fn parse<S: AsRef<str>>(entries: &[S]) -> Result<Self, Vec<EntryViolation>> {
-        if entries.len() > Self::MAX_ENTRIES {
-            return Err(vec![EntryViolation::whole(format!(
-                "has {} entries; at most {} are allowed",
-                entries.len(),
-                Self::MAX_ENTRIES
-            ))]);
-        }
-        let mut networks: Vec<IpNet> = Vec::with_capacity(entries.len());
-        let mut violations = Vec::new();
-        for (index, entry) in entries.iter().enumerate() {
-            match parse_network(entry.as_ref()) {
-                Ok(network) if !networks.contains(&network) => networks.push(network),
-                Ok(_) => {}
-                Err(description) => violations.push(EntryViolation::at(index, description)),
-            }
-        }
-        if violations.is_empty() { Ok(Self(networks)) } else { Err(violations) }
+        parse_entries(entries, Self::MAX_ENTRIES, parse_network).map(Self)
     }
 
     /// Whether `address` may use the credential. IPv4-mapped IPv6 addresses match as IPv4.

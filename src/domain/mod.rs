@@ -45,6 +45,28 @@ impl EntryViolation {
     }
 }
 
+/// Parses a repeated field: at most `max` entries as sent, each with `parse`, duplicates
+/// dropped (the first kept). Names every bad entry by its index.
+fn parse_entries<S: AsRef<str>, T: PartialEq>(
+    entries: &[S],
+    max: usize,
+    parse: impl Fn(&str) -> Result<T, String>,
+) -> Result<Vec<T>, Vec<EntryViolation>> {
+    if entries.len() > max {
+        return Err(vec![EntryViolation::whole(format!("has {} entries; at most {max} are allowed", entries.len()))]);
+    }
+    let mut values: Vec<T> = Vec::with_capacity(entries.len());
+    let mut violations = Vec::new();
+    for (index, entry) in entries.iter().enumerate() {
+        match parse(entry.as_ref()) {
+            Ok(value) if !values.contains(&value) => values.push(value),
+            Ok(_) => {}
+            Err(description) => violations.push(EntryViolation::at(index, description)),
+        }
+    }
+    if violations.is_empty() { Ok(values) } else { Err(violations) }
+}
+
 /// Collects the violations of one request, so a caller hears of every bad field at once.
 #[derive(Debug, Default)]
 pub struct Violations(Vec<FieldViolation>);

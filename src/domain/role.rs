@@ -1,6 +1,6 @@
 use std::fmt;
 
-use super::EntryViolation;
+use super::{EntryViolation, parse_entries};
 
 /// An IAM role name: 1-128 characters of `[A-Za-z0-9_.:-]`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -39,23 +39,7 @@ impl RoleSet {
 
     /// Parses the scoped roles of a request: at most 50 as sent.
     pub fn parse<S: AsRef<str>>(entries: &[S]) -> Result<Self, Vec<EntryViolation>> {
-        if entries.len() > Self::MAX_ENTRIES {
-            return Err(vec![EntryViolation::whole(format!(
-                "has {} entries; at most {} are allowed",
-                entries.len(),
-                Self::MAX_ENTRIES
-            ))]);
-        }
-        let mut roles = Vec::with_capacity(entries.len());
-        let mut violations = Vec::new();
-        for (index, entry) in entries.iter().enumerate() {
-            match Role::parse(entry.as_ref()) {
-                Ok(role) if !roles.contains(&role) => roles.push(role),
-                Ok(_) => {}
-                Err(description) => violations.push(EntryViolation::at(index, description)),
-            }
-        }
-        if violations.is_empty() { Ok(Self(roles)) } else { Err(violations) }
+        parse_entries(entries, Self::MAX_ENTRIES, Role::parse).map(Self)
     }
 
     /// Roles as a token carried them: entries that are not valid role names are ignored, as they
