@@ -5,7 +5,7 @@
 pub mod entity;
 pub mod migration;
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use chrono::{DateTime, Utc};
 use sea_orm::{
@@ -16,6 +16,7 @@ use sea_orm::{
     sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous},
 };
 use sea_orm_migration::MigratorTrait;
+use tokio::sync::{Mutex, MutexGuard};
 use tracing::instrument;
 use uuid::Uuid;
 
@@ -36,6 +37,10 @@ const MIGRATION_LOCK: i64 = 0x7063_6d69_6772; // "pcmigr"
 #[derive(Debug, Clone)]
 pub struct Store {
     db: DatabaseConnection,
+    /// SQLite has one writer at a time. Writers of this process queue here, in order, instead
+    /// of polling the database's lock in SQLite's busy handler, whose sleeps grow to 100 ms.
+    /// Other processes on the same file still wait in the busy handler.
+    sqlite_writer: Option<Arc<Mutex<()>>>,
 }
 
 impl Store {
@@ -57,7 +62,8 @@ impl Store {
                     .foreign_keys(true)
             });
         let db = Database::connect(options).await?;
-        Ok(Self { db })
+        let sqlite_writer = (db.get_database_backend() == DbBackend::Sqlite).then(|| Arc::new(Mutex::new(())));
+        Ok(Self { db, sqlite_writer })
     }
 
     /// Brings the schema up to date. Replicas starting together take turns: the migrator runs
@@ -78,6 +84,14 @@ impl Store {
         Migrator::up(&txn, None).await?;
         txn.commit().await?;
         Ok(())
+    }
+
+    /// Waits for this process's turn to write (SQLite only).
+    async fn write_turn(&self) -> Option<MutexGuard<'_, ()>> {
+        match &self.sqlite_writer {
+            Some(writer) => Some(writer.lock().await),
+            None => None,
+        }
     }
 
     /// Answers when the database answers.
@@ -106,7 +120,11 @@ impl Store {
                 updated_at: Set(now),
                 deleted_at: Set(None),
             };
-            match personal_client::Entity::insert(row).exec_with_returning(&self.db).await {
+            let inserted = {
+                let _turn = self.write_turn().await;
+                personal_client::Entity::insert(row).exec_with_returning(&self.db).await
+            };
+            match inserted {
                 Ok(model) => return model.try_into(),
                 Err(err) if matches!(err.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => continue,
                 Err(err) => return Err(err.into()),
@@ -191,6 +209,7 @@ impl Store {
         let mut statement = update.into_query();
         statement.returning_all();
         let statement = self.db.get_database_backend().build(&statement);
+        let _turn = self.write_turn().await;
         personal_client::Entity::find().from_raw_sql(statement).one(&self.db).await?.ok_or(Error::NotFound)?.try_into()
     }
 
@@ -212,6 +231,7 @@ impl Store {
             private_key: Set(private_key.to_vec()),
             created_at: Set(created_at),
         };
+        let _turn = self.write_turn().await;
         signing_key::Entity::insert(row).exec_without_returning(&self.db).await?;
         Ok(())
     }
