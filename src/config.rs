@@ -126,11 +126,9 @@ impl fmt::Display for DatabaseUrl {
             return f.write_str(&self.0);
         };
         let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-        match rest[..authority_end].rfind('@') {
-            Some(at) => {
-                let user = rest[..at].split(':').next().unwrap_or_default();
-                write!(f, "{scheme}://{user}:***{}", &rest[at..])
-            }
+        let userinfo_end = rest[..authority_end].rfind('@');
+        match userinfo_end.and_then(|at| rest[..at].split_once(':').map(|(user, _)| (user, at))) {
+            Some((user, at)) => write!(f, "{scheme}://{user}:***{}", &rest[at..]),
             None => f.write_str(&self.0),
         }
     }
@@ -151,6 +149,8 @@ mod tests {
         let url: DatabaseUrl = "postgres://pc:hunter2@db:5432/pc?sslmode=require".parse().unwrap();
         assert_eq!(url.to_string(), "postgres://pc:***@db:5432/pc?sslmode=require");
         assert!(!format!("{url:?}").contains("hunter2"));
+        let no_password: DatabaseUrl = "postgres://postgres@127.0.0.1:5432/test".parse().unwrap();
+        assert_eq!(no_password.to_string(), "postgres://postgres@127.0.0.1:5432/test");
         let sqlite: DatabaseUrl = "sqlite://personal-clients.db?mode=rwc".parse().unwrap();
         assert_eq!(sqlite.to_string(), "sqlite://personal-clients.db?mode=rwc");
     }
