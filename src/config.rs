@@ -3,6 +3,7 @@
 use std::{fmt, net::SocketAddr, str::FromStr, time::Duration};
 
 use clap::{Args, Parser, ValueEnum};
+use ipnet::IpNet;
 
 use crate::domain::MaxLifetime;
 
@@ -39,6 +40,16 @@ pub struct Config {
     /// Namespace in issued secrets: `secret-token:<namespace>:v1:...`.
     #[arg(long, env = "PC_SECRET_NAMESPACE", default_value = "personal-clients", global = true)]
     pub secret_namespace: String,
+
+    /// Proxies (CIDRs, comma-separated) whose `X-Forwarded-For` is believed for the source
+    /// address of token requests. Default: none; the TCP peer is the source.
+    #[arg(long, env = "PC_TRUSTED_PROXIES", value_delimiter = ',', global = true)]
+    pub trusted_proxies: Vec<IpNet>,
+
+    /// How often `last_used_at` is written; uses in between are batched in memory. 30 s keeps it
+    /// accurate to well within a minute.
+    #[arg(long, env = "PC_USAGE_FLUSH_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration, global = true)]
+    pub usage_flush_interval: Duration,
 
     /// How long in-flight calls may run on after SIGTERM/SIGINT before the server stops.
     #[arg(long, env = "PC_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration, global = true)]
@@ -85,6 +96,9 @@ impl Config {
         if self.admin_role.is_empty() {
             return Err("--admin-role must not be empty".into());
         }
+        if self.usage_flush_interval.is_zero() {
+            return Err("--usage-flush-interval must be positive".into());
+        }
         if self.token_ttl.is_zero() {
             return Err("--token-ttl must be positive".into());
         }
@@ -110,6 +124,9 @@ impl FromStr for DatabaseUrl {
     type Err = String;
 
     fn from_str(url: &str) -> Result<Self, Self::Err> {
+        if url.starts_with("sqlite:") && (url.contains(":memory:") || url.contains("mode=memory")) {
+            return Err("in-memory SQLite is not supported: every connection would see a database of its own; use a file (sqlite://FILE?mode=rwc)".into());
+        }
         let supported = ["sqlite:", "postgres://", "postgresql://"];
         if supported.iter().any(|prefix| url.starts_with(prefix)) {
             Ok(Self(url.to_owned()))
@@ -157,7 +174,7 @@ mod tests {
 
     #[test]
     fn defaults_follow_the_spec() {
-        let config = Config::with_database_url("sqlite::memory:").unwrap();
+        let config = Config::with_database_url("sqlite://x.db?mode=rwc").unwrap();
         assert_eq!(config.public_host, "localhost");
         assert_eq!(config.issuer(), "http://localhost");
         assert_eq!(config.max_lifetime.to_string(), "365d");

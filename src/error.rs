@@ -5,7 +5,7 @@ use sea_orm::{DbErr, RuntimeErr, sqlx};
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use crate::domain::FieldViolation;
+use crate::{auth::assertion::Rejection, domain::FieldViolation};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -15,6 +15,13 @@ pub enum Error {
     /// No valid credential. The reason is for the log only: the caller learns nothing.
     #[error("unauthenticated: {0}")]
     Unauthenticated(String),
+    /// A token request names a grant type other than `client_credentials`.
+    #[error("unsupported grant type")]
+    UnsupportedGrantType(String),
+    /// A client failed to authenticate at the token endpoint; the reason is for logs and
+    /// metrics only, the caller hears `invalid_client`.
+    #[error("invalid client: {0}")]
+    InvalidClient(Rejection),
     /// Authenticated, but not allowed; the message is for the caller.
     #[error("permission denied: {0}")]
     PermissionDenied(String),
@@ -69,6 +76,41 @@ fn is_transient_code(code: &str) -> bool {
         || matches!(code, "40001" | "40P01" | "53300" | "57P01" | "57P02" | "57P03")
 }
 
+/// An OAuth2 error response (RFC 6749 §5.2) for the HTTP token endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OAuthError {
+    pub http_status: u16,
+    pub error: &'static str,
+    pub description: String,
+}
+
+impl From<Error> for OAuthError {
+    fn from(err: Error) -> Self {
+        let (http_status, error, description) = match err {
+            Error::InvalidArgument(violations) => (
+                400,
+                "invalid_request",
+                violations.iter().map(|v| format!("{}: {}", v.field, v.description)).collect::<Vec<_>>().join("; "),
+            ),
+            Error::UnsupportedGrantType(grant_type) => {
+                (400, "unsupported_grant_type", format!("{grant_type:?} is not supported; use client_credentials"))
+            }
+            Error::InvalidClient(_) | Error::Unauthenticated(_) | Error::NotFound | Error::PermissionDenied(_) => {
+                (401, "invalid_client", "client authentication failed".to_owned())
+            }
+            Error::Unavailable(detail) => {
+                tracing::warn!(%detail, "database unavailable");
+                (503, "temporarily_unavailable", "the service is unavailable; retry later".to_owned())
+            }
+            Error::Internal(detail) => {
+                tracing::error!(%detail, "internal error");
+                (500, "server_error", "internal error".to_owned())
+            }
+        };
+        Self { http_status, error, description }
+    }
+}
+
 impl From<Error> for Status {
     fn from(err: Error) -> Self {
         match err {
@@ -85,6 +127,14 @@ impl From<Error> for Status {
                 tracing::info!(%reason, "request rejected: unauthenticated");
                 Status::unauthenticated("missing or invalid bearer token")
             }
+            Error::UnsupportedGrantType(grant_type) => {
+                let mut details = ErrorDetails::new();
+                let description =
+                    format!("unsupported_grant_type: {grant_type:?}; only client_credentials is supported");
+                details.add_bad_request_violation("grant_type", &description);
+                Status::with_error_details(Code::InvalidArgument, format!("grant_type: {description}"), details)
+            }
+            Error::InvalidClient(_) => Status::unauthenticated("invalid_client: client authentication failed"),
             Error::PermissionDenied(message) => Status::permission_denied(message),
             Error::NotFound => Status::not_found("personal client not found"),
             Error::Unavailable(detail) => {

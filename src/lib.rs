@@ -10,6 +10,7 @@ pub mod bench;
 pub mod config;
 pub mod domain;
 mod error;
+pub mod exchange;
 pub mod store;
 
 /// Code generated from `proto/`.
@@ -26,15 +27,21 @@ pub mod pb {
 use std::{future::Future, sync::Arc, time::Duration};
 
 use tokio::{net::TcpListener, sync::Notify};
-use tonic::transport::{Server, server::TcpIncoming};
+use tonic::{
+    service::Routes,
+    transport::{Server, server::TcpIncoming},
+};
 
 pub use config::Config;
 pub use error::Error;
 
-use api::{AppState, PersonalClientApi};
+use api::{AppState, PersonalClientApi, TokenApi};
 use auth::{Authenticator, SigningKeys};
 use domain::{Role, RoleSet};
-use pb::iam::personal_client_service_server::PersonalClientServiceServer;
+use exchange::TokenExchange;
+use pb::{
+    auth::token_service_server::TokenServiceServer, iam::personal_client_service_server::PersonalClientServiceServer,
+};
 use store::Store;
 
 /// Connects to the database, brings its schema up to date and loads the signing keys.
@@ -43,11 +50,15 @@ async fn open(config: &Config) -> Result<AppState, Error> {
     let store = Store::connect(config.database_url.expose()).await?;
     store.migrate().await?;
     let keys = SigningKeys::load_or_create(store.clone()).await?;
-    Ok(AppState { auth: Arc::new(Authenticator::new(keys, config.issuer())), config: Arc::new(config.clone()), store })
+    Ok(AppState {
+        auth: Arc::new(Authenticator::new(keys, config.issuer(), store.clone())),
+        config: Arc::new(config.clone()),
+        store,
+    })
 }
 
-/// Serves gRPC on `listener` until `shutdown` resolves, then lets in-flight calls finish for at
-/// most `config.shutdown_grace`.
+/// Serves gRPC and HTTP/1.1 on `listener` until `shutdown` resolves, then lets in-flight calls
+/// finish for at most `config.shutdown_grace` and writes what is still batched in memory.
 pub async fn serve(
     config: Config,
     listener: TcpListener,
@@ -55,8 +66,25 @@ pub async fn serve(
 ) -> Result<(), Error> {
     let state = open(&config).await?;
     let address = listener.local_addr().map_err(|e| Error::Internal(e.to_string()))?;
+    let exchange =
+        Arc::new(TokenExchange::new(state.store.clone(), Arc::clone(&state.auth), Arc::clone(&state.config)));
+    let grpc = Routes::new(PersonalClientServiceServer::new(PersonalClientApi::new(state.clone())))
+        .add_service(TokenServiceServer::new(TokenApi::new(Arc::clone(&exchange))));
+    let routes = grpc.into_axum_router().merge(api::http::routes(Arc::clone(&exchange), Arc::clone(&state.auth)));
     tracing::info!(%address, database = %config.database_url, issuer = %config.issuer(), "serving");
 
+    let maintenance = tokio::spawn({
+        let exchange = Arc::clone(&exchange);
+        let interval = config.usage_flush_interval;
+        async move {
+            let mut ticks = tokio::time::interval(interval);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                exchange.maintain().await;
+            }
+        }
+    });
     let draining = Arc::new(Notify::new());
     let signal = {
         let draining = Arc::clone(&draining);
@@ -67,16 +95,20 @@ pub async fn serve(
         }
     };
     let server = Server::builder()
+        .accept_http1(true)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .add_service(PersonalClientServiceServer::new(PersonalClientApi::new(state)))
+        .add_routes(Routes::from(routes))
         .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), signal);
-    tokio::select! {
+    let served = tokio::select! {
         result = server => result.map_err(|e| Error::Internal(format!("server failed: {e}"))),
         () = async { draining.notified().await; tokio::time::sleep(config.shutdown_grace).await } => {
             tracing::warn!(grace = ?config.shutdown_grace, "in-flight calls still running after the grace period; stopping");
             Ok(())
         }
-    }
+    };
+    maintenance.abort();
+    exchange.maintain().await;
+    served
 }
 
 /// Brings the database schema up to date and creates the first signing key if needed.

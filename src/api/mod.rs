@@ -2,13 +2,16 @@
 //! call the store, build the response.
 
 pub mod convert;
+pub mod http;
 mod personal_client;
+mod token;
 
 use std::sync::Arc;
 
 use tonic::{Request, Status};
 
 pub use personal_client::PersonalClientApi;
+pub use token::TokenApi;
 
 use crate::{
     auth::{Authenticator, Principal},

@@ -7,6 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use chrono::Utc;
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use rand_core::OsRng;
@@ -95,6 +96,27 @@ impl SigningKeys {
         let ring = Self::read_ring(&self.store).await?;
         *self.ring.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = ring;
         Ok(self.cached(kid))
+    }
+
+    /// The public keys as a JWK Set (RFC 7517), for `/.well-known/jwks.json`.
+    pub fn jwks(&self) -> serde_json::Value {
+        let ring = self.ring.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut kids: Vec<&String> = ring.verifying.keys().collect();
+        kids.sort();
+        let keys: Vec<serde_json::Value> = kids
+            .into_iter()
+            .map(|kid| {
+                serde_json::json!({
+                    "kty": "OKP",
+                    "crv": "Ed25519",
+                    "x": URL_SAFE_NO_PAD.encode(ring.verifying[kid].as_bytes()),
+                    "kid": kid,
+                    "use": "sig",
+                    "alg": "EdDSA",
+                })
+            })
+            .collect();
+        serde_json::json!({ "keys": keys })
     }
 
     fn cached(&self, kid: &str) -> Option<VerifyingKey> {

@@ -1,5 +1,6 @@
 //! Who is calling: bearer tokens become a [`Principal`].
 
+pub mod assertion;
 pub mod jws;
 mod keys;
 
@@ -11,7 +12,7 @@ use uuid::Uuid;
 
 pub use keys::SigningKeys;
 
-use crate::{Error, domain::RoleSet};
+use crate::{Error, domain::RoleSet, store::Store};
 use jws::UnverifiedJws;
 
 /// The authenticated caller.
@@ -76,11 +77,16 @@ impl Audience {
 pub struct Authenticator {
     keys: SigningKeys,
     issuer: String,
+    store: Store,
 }
 
 impl Authenticator {
-    pub fn new(keys: SigningKeys, issuer: String) -> Self {
-        Self { keys, issuer }
+    pub fn new(keys: SigningKeys, issuer: String, store: Store) -> Self {
+        Self { keys, issuer, store }
+    }
+
+    pub fn keys(&self) -> &SigningKeys {
+        &self.keys
     }
 
     /// Mints an access token; returns it with its lifetime in seconds.
@@ -123,6 +129,19 @@ impl Authenticator {
         }
         if claims.sub.is_empty() {
             return Err(denied("token has no subject"));
+        }
+        // A revoked credential stops working at once, including the tokens it already obtained.
+        if let Some(client_id) = &claims.client_id {
+            let now = Utc::now();
+            let live = self.store.find_credential(client_id).await?.is_some_and(|credential| {
+                let client = credential.client;
+                client.deleted_at.is_none()
+                    && client.user_id == claims.sub
+                    && client.expires_at.is_none_or(|at| at > now)
+            });
+            if !live {
+                return Err(denied("token of a revoked, expired or unknown personal client"));
+            }
         }
         Ok(Principal { user_id: claims.sub, roles: RoleSet::from_claims(&claims.roles), client_id: claims.client_id })
     }

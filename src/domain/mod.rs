@@ -9,6 +9,7 @@ mod expiry;
 mod page;
 mod personal_client;
 mod role;
+mod source;
 
 pub use cidr::CidrList;
 pub use client_id::ClientId;
@@ -17,8 +18,9 @@ pub use display_name::DisplayName;
 pub use expiry::MaxLifetime;
 pub(crate) use expiry::round_to_micros;
 pub use page::{PageSize, PageToken};
-pub use personal_client::{ClientChanges, NewPersonalClient, PersonalClient};
+pub use personal_client::{ClientChanges, Credential, NewPersonalClient, PersonalClient};
 pub use role::{Role, RoleSet};
+pub use source::SourceAddress;
 
 /// One thing wrong with one field of a request, named by its path in the request.
 #[derive(Debug, Clone, PartialEq, Eq)]

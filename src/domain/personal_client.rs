@@ -20,6 +20,15 @@ pub struct PersonalClient {
     pub deleted_at: Option<DateTime<Utc>>,
 }
 
+/// A personal client with what the token exchange needs: its public key and the roles its
+/// owner had when creating it.
+#[derive(Debug, Clone)]
+pub struct Credential {
+    pub client: PersonalClient,
+    pub public_key: VerifyingKey,
+    pub owner_roles: Vec<String>,
+}
+
 /// What Create stores: validated fields, the owner and the public half of the key pair.
 #[derive(Debug, Clone)]
 pub struct NewPersonalClient {

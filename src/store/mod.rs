@@ -8,6 +8,7 @@ pub mod migration;
 use std::{sync::Arc, time::Duration};
 
 use chrono::{DateTime, Utc};
+use ed25519_dalek::VerifyingKey;
 use sea_orm::{
     ActiveValue::Set,
     ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, EntityTrait, QueryFilter,
@@ -22,9 +23,9 @@ use uuid::Uuid;
 
 use crate::{
     Error,
-    domain::{ClientChanges, ClientId, NewPersonalClient, PersonalClient},
+    domain::{ClientChanges, ClientId, Credential, NewPersonalClient, PersonalClient},
 };
-use entity::{personal_client, signing_key};
+use entity::{assertion_replay, personal_client, signing_key};
 use migration::Migrator;
 
 /// How many random client ids Create tries before giving up (a collision is already rare).
@@ -36,7 +37,12 @@ const MIGRATION_LOCK: i64 = 0x7063_6d69_6772; // "pcmigr"
 /// Handle on the database; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Store {
+    /// Every write that must survive a power loss once answered: Create, Update, Delete.
     db: DatabaseConnection,
+    /// The token exchange's bookkeeping (spent assertion ids, `last_used_at`), committed without
+    /// waiting for an fsync: SQLite `synchronous=NORMAL` in WAL mode, PostgreSQL
+    /// `synchronous_commit=off`. A crash may lose the last moments of it, never a revocation.
+    relaxed: DatabaseConnection,
     /// SQLite has one writer at a time. Writers of this process queue here, in order, instead
     /// of polling the database's lock in SQLite's busy handler, whose sleeps grow to 100 ms.
     /// Other processes on the same file still wait in the busy handler.
@@ -48,22 +54,12 @@ impl Store {
     /// `synchronous=FULL`, so an answered write survives a power loss.
     #[instrument(skip_all)]
     pub async fn connect(url: &str) -> Result<Self, Error> {
-        let mut options = ConnectOptions::new(url);
-        options
-            .max_connections(16)
-            .min_connections(1)
-            .connect_timeout(Duration::from_secs(5))
-            .acquire_timeout(Duration::from_secs(5))
-            .sqlx_logging(false)
-            .map_sqlx_sqlite_opts(|opts| {
-                opts.journal_mode(SqliteJournalMode::Wal)
-                    .synchronous(SqliteSynchronous::Full)
-                    .busy_timeout(Duration::from_secs(5))
-                    .foreign_keys(true)
-            });
-        let db = Database::connect(options).await?;
+        let db = Database::connect(pool_options(url, 16, SqliteSynchronous::Full, None)).await?;
+        let relaxed =
+            Database::connect(pool_options(url, 4, SqliteSynchronous::Normal, Some(("synchronous_commit", "off"))))
+                .await?;
         let sqlite_writer = (db.get_database_backend() == DbBackend::Sqlite).then(|| Arc::new(Mutex::new(())));
-        Ok(Self { db, sqlite_writer })
+        Ok(Self { db, relaxed, sqlite_writer })
     }
 
     /// Brings the schema up to date. Replicas starting together take turns: the migrator runs
@@ -213,6 +209,79 @@ impl Store {
         personal_client::Entity::find().from_raw_sql(statement).one(&self.db).await?.ok_or(Error::NotFound)?.try_into()
     }
 
+    /// The credential with OAuth2 client id `client_id`, deleted or not.
+    #[instrument(skip_all)]
+    pub async fn find_credential(&self, client_id: &str) -> Result<Option<Credential>, Error> {
+        let Some(row) = personal_client::Entity::find()
+            .filter(personal_client::Column::ClientId.eq(client_id))
+            .one(&self.db)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let key: [u8; 32] = row
+            .public_key
+            .as_slice()
+            .try_into()
+            .map_err(|_| Error::Internal(format!("public key of {} is not 32 bytes", row.id)))?;
+        let public_key = VerifyingKey::from_bytes(&key)
+            .map_err(|_| Error::Internal(format!("public key of {} is not an Ed25519 point", row.id)))?;
+        let owner_roles = from_json("owner_roles", &row.owner_roles)?;
+        Ok(Some(Credential { client: row.try_into()?, public_key, owner_roles }))
+    }
+
+    /// Marks an assertion's one-time value as used; `false` when it already was, by this
+    /// replica or any other.
+    #[instrument(skip_all, fields(%client_pk))]
+    pub async fn spend_one_time_value(
+        &self,
+        client_pk: Uuid,
+        value: &str,
+        spent_until: DateTime<Utc>,
+    ) -> Result<bool, Error> {
+        let row = assertion_replay::ActiveModel {
+            client_pk: Set(client_pk),
+            one_time_value: Set(value.to_owned()),
+            spent_until: Set(spent_until),
+        };
+        let _turn = self.write_turn().await;
+        match assertion_replay::Entity::insert(row).exec_without_returning(&self.relaxed).await {
+            Ok(_) => Ok(true),
+            Err(err) if matches!(err.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => Ok(false),
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    /// Forgets one-time values whose assertions have expired; returns how many.
+    #[instrument(skip_all)]
+    pub async fn purge_spent_values(&self, now: DateTime<Utc>) -> Result<u64, Error> {
+        let _turn = self.write_turn().await;
+        let result = assertion_replay::Entity::delete_many()
+            .filter(assertion_replay::Column::SpentUntil.lt(now))
+            .exec(&self.relaxed)
+            .await?;
+        Ok(result.rows_affected)
+    }
+
+    /// Records the last use of several clients in one transaction. `last_used_at` only moves
+    /// forward, whichever replica flushes last.
+    #[instrument(skip_all, fields(clients = uses.len()))]
+    pub async fn record_last_used(&self, uses: &[(Uuid, DateTime<Utc>)]) -> Result<(), Error> {
+        use personal_client::Column;
+        let _turn = self.write_turn().await;
+        let txn = self.relaxed.begin().await?;
+        for (id, at) in uses {
+            personal_client::Entity::update_many()
+                .col_expr(Column::LastUsedAt, Expr::value(Some(*at)))
+                .filter(Column::Id.eq(*id))
+                .filter(Column::LastUsedAt.is_null().or(Column::LastUsedAt.lt(*at)))
+                .exec(&txn)
+                .await?;
+        }
+        txn.commit().await?;
+        Ok(())
+    }
+
     /// Every signing key, oldest first.
     #[instrument(skip_all)]
     pub async fn signing_keys(&self) -> Result<Vec<signing_key::Model>, Error> {
@@ -235,6 +304,32 @@ impl Store {
         signing_key::Entity::insert(row).exec_without_returning(&self.db).await?;
         Ok(())
     }
+}
+
+fn pool_options(
+    url: &str,
+    max_connections: u32,
+    sqlite_synchronous: SqliteSynchronous,
+    postgres_setting: Option<(&'static str, &'static str)>,
+) -> ConnectOptions {
+    let mut options = ConnectOptions::new(url);
+    options
+        .max_connections(max_connections)
+        .min_connections(1)
+        .connect_timeout(Duration::from_secs(5))
+        .acquire_timeout(Duration::from_secs(5))
+        .sqlx_logging(false)
+        .map_sqlx_sqlite_opts(move |opts| {
+            opts.journal_mode(SqliteJournalMode::Wal)
+                .synchronous(sqlite_synchronous)
+                .busy_timeout(Duration::from_secs(5))
+                .foreign_keys(true)
+        })
+        .map_sqlx_postgres_opts(move |opts| match postgres_setting {
+            Some(setting) => opts.options([setting]),
+            None => opts,
+        });
+    options
 }
 
 /// Not deleted, and (when `owner` is given) belonging to that user.

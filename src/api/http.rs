@@ -1,0 +1,113 @@
+//! Plain HTTP/1.1 on the gRPC port: `POST /auth/v1/token` (RFC 6749 §4.4 with RFC 7523 client
+//! assertions, form-encoded) and `GET /.well-known/jwks.json`.
+
+use std::{collections::HashMap, sync::Arc};
+
+use axum::{
+    Router,
+    body::{Body, to_bytes},
+    extract::{Request, State},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::Response,
+    routing::{get, post},
+};
+use tonic::transport::server::TcpConnectInfo;
+
+use crate::{
+    auth::Authenticator,
+    error::OAuthError,
+    exchange::{RequestOrigin, TokenExchange, TokenRequest},
+};
+
+/// Token requests are a few hundred bytes; anything near this is not one.
+const MAX_FORM_BYTES: usize = 16 * 1024;
+
+#[derive(Debug, Clone)]
+struct HttpState {
+    exchange: Arc<TokenExchange>,
+    auth: Arc<Authenticator>,
+}
+
+pub fn routes(exchange: Arc<TokenExchange>, auth: Arc<Authenticator>) -> Router {
+    Router::new()
+        .route("/auth/v1/token", post(token))
+        .route("/.well-known/jwks.json", get(jwks))
+        .with_state(HttpState { exchange, auth })
+}
+
+async fn token(State(state): State<HttpState>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let origin = RequestOrigin {
+        peer: parts.extensions.get::<TcpConnectInfo>().and_then(TcpConnectInfo::remote_addr).map(|addr| addr.ip()),
+        forwarded_for: parts
+            .headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .map(|value| value.to_str().unwrap_or_default().to_owned())
+            .collect(),
+    };
+    let form = match read_form(&parts.headers, body).await {
+        Ok(form) => form,
+        Err(description) => return oauth_error(OAuthError { http_status: 400, error: "invalid_request", description }),
+    };
+    let field = |name: &str| form.get(name).map(String::as_str).unwrap_or_default();
+    let request = TokenRequest {
+        grant_type: field("grant_type"),
+        client_id: field("client_id"),
+        client_assertion_type: field("client_assertion_type"),
+        client_assertion: field("client_assertion"),
+    };
+    match state.exchange.exchange(request, &origin).await {
+        Ok(issued) => json(
+            StatusCode::OK,
+            &serde_json::json!({
+                "access_token": issued.access_token,
+                "token_type": "Bearer",
+                "expires_in": issued.expires_in,
+            }),
+        ),
+        Err(err) => oauth_error(OAuthError::from(err)),
+    }
+}
+
+/// The parameters of an `application/x-www-form-urlencoded` body; a parameter sent twice is
+/// malformed (RFC 6749 §3.2).
+async fn read_form(headers: &HeaderMap, body: Body) -> Result<HashMap<String, String>, String> {
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let media_type = content_type.split(';').next().unwrap_or_default().trim();
+    if !media_type.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
+        return Err(format!("content type {content_type:?} is not supported; send application/x-www-form-urlencoded"));
+    }
+    let bytes = to_bytes(body, MAX_FORM_BYTES)
+        .await
+        .map_err(|_| format!("the body is larger than {MAX_FORM_BYTES} bytes or could not be read"))?;
+    let mut form = HashMap::new();
+    for (name, value) in form_urlencoded::parse(&bytes) {
+        if form.insert(name.to_string(), value.into_owned()).is_some() {
+            return Err(format!("parameter {name:?} is sent more than once"));
+        }
+    }
+    Ok(form)
+}
+
+async fn jwks(State(state): State<HttpState>) -> Response {
+    let mut response = json(StatusCode::OK, &state.auth.keys().jwks());
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=300"));
+    response
+}
+
+fn oauth_error(err: OAuthError) -> Response {
+    let status = StatusCode::from_u16(err.http_status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    json(status, &serde_json::json!({ "error": err.error, "error_description": err.description }))
+}
+
+/// A JSON response that no cache keeps (RFC 6749 §5.1).
+fn json(status: StatusCode, body: &serde_json::Value) -> Response {
+    let mut response = Response::new(Body::from(body.to_string()));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    response
+}

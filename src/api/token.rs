@@ -1,0 +1,54 @@
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use crate::{
+    exchange::{RequestOrigin, TokenExchange, TokenRequest},
+    pb::auth::{TokenRequest as PbTokenRequest, TokenResponse, token_service_server::TokenService},
+};
+
+/// `c1.api.auth.v1.TokenService`: the token exchange over gRPC.
+#[derive(Debug, Clone)]
+pub struct TokenApi {
+    exchange: Arc<TokenExchange>,
+}
+
+impl TokenApi {
+    pub fn new(exchange: Arc<TokenExchange>) -> Self {
+        Self { exchange }
+    }
+}
+
+#[tonic::async_trait]
+impl TokenService for TokenApi {
+    async fn token(&self, request: Request<PbTokenRequest>) -> Result<Response<TokenResponse>, Status> {
+        let origin = RequestOrigin {
+            peer: request.remote_addr().map(|addr| addr.ip()),
+            // A value that is not text cannot be an address: kept as empty, it fails closed.
+            forwarded_for: request
+                .metadata()
+                .get_all("x-forwarded-for")
+                .iter()
+                .map(|value| value.to_str().unwrap_or_default().to_owned())
+                .collect(),
+        };
+        let req = request.get_ref();
+        let issued = self
+            .exchange
+            .exchange(
+                TokenRequest {
+                    grant_type: &req.grant_type,
+                    client_id: &req.client_id,
+                    client_assertion_type: &req.client_assertion_type,
+                    client_assertion: &req.client_assertion,
+                },
+                &origin,
+            )
+            .await?;
+        Ok(Response::new(TokenResponse {
+            access_token: issued.access_token,
+            token_type: "Bearer".into(),
+            expires_in: issued.expires_in,
+        }))
+    }
+}

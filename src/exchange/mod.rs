@@ -1,0 +1,184 @@
+//! The token exchange (SPEC §6): a personal client trades a signed assertion for an access token.
+
+mod usage;
+
+use std::{net::IpAddr, sync::Arc, time::Duration};
+
+use chrono::{DateTime, TimeDelta, Utc};
+
+pub use usage::UsageRecorder;
+
+use crate::{
+    Error,
+    auth::{
+        Authenticator,
+        assertion::{ClientAssertion, Rejection},
+    },
+    config::Config,
+    domain::{CidrList, Credential, RoleSet, SourceAddress, Violations, round_to_micros},
+    store::Store,
+};
+
+/// The only grant type served.
+pub const CLIENT_CREDENTIALS: &str = "client_credentials";
+/// RFC 7523 §2.2 client authentication.
+pub const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+
+/// A token request as both transports carry it.
+#[derive(Debug, Clone, Copy)]
+pub struct TokenRequest<'a> {
+    pub grant_type: &'a str,
+    pub client_id: &'a str,
+    pub client_assertion_type: &'a str,
+    pub client_assertion: &'a str,
+}
+
+/// Where a token request came from, before `--trusted-proxies` are applied.
+#[derive(Debug, Clone, Default)]
+pub struct RequestOrigin {
+    pub peer: Option<IpAddr>,
+    /// Every `X-Forwarded-For` value, in the order received.
+    pub forwarded_for: Vec<String>,
+}
+
+/// An access token issued to a personal client.
+#[derive(Debug, Clone)]
+pub struct IssuedToken {
+    pub access_token: String,
+    pub expires_in: i64,
+}
+
+/// Validates assertions and issues access tokens.
+#[derive(Debug)]
+pub struct TokenExchange {
+    store: Store,
+    auth: Arc<Authenticator>,
+    config: Arc<Config>,
+    usage: UsageRecorder,
+    /// Values `aud` may take: the public host (with and without a port) and the issuer.
+    audiences: Vec<String>,
+}
+
+impl TokenExchange {
+    pub fn new(store: Store, auth: Arc<Authenticator>, config: Arc<Config>) -> Self {
+        let host = config.public_host.clone();
+        let mut audiences = vec![host.clone(), config.issuer()];
+        if let Some((without_port, port)) = host.rsplit_once(':')
+            && port.chars().all(|c| c.is_ascii_digit())
+            && !without_port.contains(':')
+        {
+            audiences.push(without_port.to_owned());
+        }
+        Self { store, auth, config, usage: UsageRecorder::default(), audiences }
+    }
+
+    /// Runs one exchange. Client authentication failures are logged here with their reason and
+    /// come back as [`Error::InvalidClient`].
+    pub async fn exchange(&self, request: TokenRequest<'_>, origin: &RequestOrigin) -> Result<IssuedToken, Error> {
+        let mut v = Violations::default();
+        for (field, value) in [
+            ("grant_type", request.grant_type),
+            ("client_assertion_type", request.client_assertion_type),
+            ("client_assertion", request.client_assertion),
+        ] {
+            if value.is_empty() {
+                v.push(field, "is required");
+            }
+        }
+        if !v.is_empty() {
+            return Err(Error::InvalidArgument(v.into_vec()));
+        }
+        if request.grant_type != CLIENT_CREDENTIALS {
+            return Err(Error::UnsupportedGrantType(request.grant_type.to_owned()));
+        }
+        let source = SourceAddress::resolve(origin.peer, &origin.forwarded_for, &self.config.trusted_proxies);
+        let result = self.authenticate(&request, source).await;
+        match &result {
+            Ok(_) => {}
+            Err(Error::InvalidClient(reason)) => tracing::warn!(
+                reason = reason.as_str(),
+                client_id = %request.client_id,
+                source = ?source.map(SourceAddress::ip),
+                "token exchange refused"
+            ),
+            Err(_) => {}
+        }
+        result
+    }
+
+    async fn authenticate(
+        &self,
+        request: &TokenRequest<'_>,
+        source: Option<SourceAddress>,
+    ) -> Result<IssuedToken, Error> {
+        let refuse = |reason| Err(Error::InvalidClient(reason));
+        if request.client_assertion_type != JWT_BEARER {
+            return refuse(Rejection::UnsupportedAssertionType);
+        }
+        let assertion = ClientAssertion::parse(request.client_assertion).map_err(Error::InvalidClient)?;
+        let claimed = assertion.claimed_issuer().unwrap_or_default();
+        let client_id = if request.client_id.is_empty() { claimed } else { request.client_id };
+        if client_id.is_empty() {
+            return refuse(Rejection::IssuerMismatch);
+        }
+        if client_id != claimed {
+            return refuse(Rejection::ClientIdMismatch);
+        }
+        let Some(credential) = self.store.find_credential(client_id).await? else {
+            return refuse(Rejection::UnknownClient);
+        };
+        let now = round_to_micros(Utc::now());
+        let audiences: Vec<&str> = self.audiences.iter().map(String::as_str).collect();
+        let verified = assertion
+            .verify(&credential.public_key, client_id, &audiences, now.timestamp())
+            .map_err(Error::InvalidClient)?;
+        let client = &credential.client;
+        if client.deleted_at.is_some() {
+            return refuse(Rejection::ClientRevoked);
+        }
+        let lifetime_left = client.expires_at.map(|at| at - now);
+        if lifetime_left.is_some_and(|left| left < TimeDelta::seconds(1)) {
+            return refuse(Rejection::ClientExpired);
+        }
+        check_source(&credential, source)?;
+        let spent_until = DateTime::from_timestamp(verified.spent_until, 0).unwrap_or(now);
+        if !self.store.spend_one_time_value(client.id, &verified.one_time_value, spent_until).await? {
+            return refuse(Rejection::Replayed);
+        }
+
+        let ttl = lifetime_left
+            .and_then(|left| left.to_std().ok())
+            .map_or(self.config.token_ttl, |left| self.config.token_ttl.min(Duration::from_secs(left.as_secs())));
+        let roles = if client.scoped_roles.is_empty() { &credential.owner_roles } else { &client.scoped_roles };
+        let (access_token, expires_in) =
+            self.auth.mint(&client.user_id, &RoleSet::from_claims(roles), Some(&client.client_id), ttl);
+        self.usage.record(client.id, now);
+        tracing::info!(client_id = %client.client_id, user_id = %client.user_id, expires_in, "access token issued");
+        Ok(IssuedToken { access_token, expires_in })
+    }
+
+    /// Writes the batched `last_used_at` values and forgets expired one-time values.
+    pub async fn maintain(&self) {
+        if let Err(err) = self.usage.flush(&self.store).await {
+            tracing::warn!(error = %err, "could not write last_used_at; will retry");
+        }
+        if let Err(err) = self.store.purge_spent_values(Utc::now()).await {
+            tracing::warn!(error = %err, "could not purge spent assertion ids; will retry");
+        }
+    }
+}
+
+/// A credential with source CIDRs may only be used from inside them; an unknown source fails
+/// closed.
+fn check_source(credential: &Credential, source: Option<SourceAddress>) -> Result<(), Error> {
+    let allowed = CidrList::parse(&credential.client.allow_source_cidr)
+        .map_err(|_| Error::Internal(format!("stored CIDRs of {} do not parse", credential.client.id)))?;
+    if allowed.is_empty() {
+        return Ok(());
+    }
+    match source {
+        None => Err(Error::InvalidClient(Rejection::UnknownSource)),
+        Some(source) if allowed.allows(source.ip()) => Ok(()),
+        Some(_) => Err(Error::InvalidClient(Rejection::SourceNotAllowed)),
+    }
+}

@@ -1,0 +1,43 @@
+//! `last_used_at`, written behind: uses are remembered in memory and written in one batch per
+//! interval (and at shutdown), so the token exchange never waits for a database write for it.
+
+use std::{collections::HashMap, sync::Mutex};
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use crate::{Error, store::Store};
+
+#[derive(Debug, Default)]
+pub struct UsageRecorder {
+    pending: Mutex<HashMap<Uuid, DateTime<Utc>>>,
+}
+
+impl UsageRecorder {
+    /// Notes that client `id` was used at `at`.
+    pub fn record(&self, id: Uuid, at: DateTime<Utc>) {
+        let mut pending = self.pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let latest = pending.entry(id).or_insert(at);
+        *latest = (*latest).max(at);
+    }
+
+    /// Writes every pending use; on failure they stay pending for the next flush.
+    pub async fn flush(&self, store: &Store) -> Result<usize, Error> {
+        let batch: Vec<(Uuid, DateTime<Utc>)> = {
+            let mut pending = self.pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            pending.drain().collect()
+        };
+        if batch.is_empty() {
+            return Ok(0);
+        }
+        match store.record_last_used(&batch).await {
+            Ok(()) => Ok(batch.len()),
+            Err(err) => {
+                for (id, at) in batch {
+                    self.record(id, at);
+                }
+                Err(err)
+            }
+        }
+    }
+}
