@@ -3,13 +3,9 @@
 
 mod common;
 
-use std::{
-    io::{BufRead, BufReader},
-    process::{Command, Stdio},
-    time::Duration,
-};
+use std::process::Command;
 
-use common::authed;
+use common::{authed, oauth::ServerProcess};
 use personal_clients::pb::iam::{self as pb, personal_client_service_client::PersonalClientServiceClient};
 
 const BIN: &str = env!("CARGO_BIN_EXE_personal-clients");
@@ -40,27 +36,8 @@ async fn operator_workflow_on_the_default_sqlite_database() {
     assert!(bad.stdout.is_empty());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("roles"), "the error names what was wrong");
 
-    let mut child = Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
-        .current_dir(dir.path())
-        .env_remove("PC_DATABASE_URL")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("serve");
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut logged = String::new();
-    let address = loop {
-        let mut line = String::new();
-        assert!(stderr.read_line(&mut line).unwrap() > 0, "server exited early: {logged}");
-        logged.push_str(&line);
-        let entry: serde_json::Value = serde_json::from_str(&line).expect("json log lines");
-        if entry["fields"]["message"] == "serving" {
-            break entry["fields"]["address"].as_str().unwrap().to_owned();
-        }
-    };
-
-    let mut client = PersonalClientServiceClient::connect(format!("http://{address}")).await.unwrap();
+    let server = ServerProcess::spawn(dir.path(), None, &[]);
+    let mut client = PersonalClientServiceClient::connect(format!("http://{}", server.addr)).await.unwrap();
     let created = client
         .create(authed(
             pb::PersonalClientServiceCreateRequest { display_name: "from cli".into(), ..Default::default() },
@@ -70,20 +47,8 @@ async fn operator_workflow_on_the_default_sqlite_database() {
         .expect("the minted token works against the server on the same database")
         .into_inner();
 
-    let pid = child.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(std::time::Instant::now() < deadline, "server did not stop on SIGTERM");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let (status, logged) = server.terminate();
     assert!(status.success(), "SIGTERM is a clean exit: {status:?}");
-    let mut rest = String::new();
-    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
-    logged.push_str(&rest);
     assert!(!logged.contains(&created.client_secret), "the secret never reaches a log");
     assert!(!logged.contains(token), "tokens never reach a log");
     assert!(logged.contains(&created.client.unwrap().client_id), "the creation is logged");

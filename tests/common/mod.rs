@@ -2,6 +2,7 @@
 //! fresh PostgreSQL database when `PC_TEST_DATABASE_URL` is set), driven by the generated client.
 #![allow(dead_code)]
 
+pub mod oauth;
 pub mod proxy;
 
 use std::{

@@ -1,0 +1,516 @@
+//! The token exchange over gRPC and HTTP: what a personal client does with its secret, and every
+//! way it is refused.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use common::{
+    TestDb, TestServer, authed, create_request,
+    oauth::{
+        self, ServerProcess, claims, key_from_secret, post_token, sdk_assertion, sign, token_form, verify_with_jwks,
+    },
+};
+use ed25519_dalek::SigningKey;
+use hmac::{Hmac, Mac};
+use personal_clients::{
+    Config,
+    pb::{
+        auth::{TokenRequest, TokenResponse, token_service_client::TokenServiceClient},
+        iam as pb,
+    },
+};
+use prost_types::Duration as PbDuration;
+use serde_json::{Value, json};
+use tonic::{Code, Request, Status, metadata::MetadataValue};
+
+backend_tests!(
+    happy_path_over_grpc_and_http,
+    token_roles_default_to_the_owners_roles_and_stop_at_the_clients_expiry,
+    wrong_key,
+    tampered_payload,
+    alg_none,
+    alg_hs256_signed_with_the_public_key,
+    wrong_iss_or_sub,
+    wrong_aud,
+    missing_exp,
+    exp_too_far,
+    expired_assertion,
+    nbf_in_the_future,
+    replayed_assertion,
+    replay_against_a_second_server_process,
+    fifty_concurrent_uses_one_success,
+    deleted_client,
+    expired_client,
+    source_outside_the_cidrs,
+    spoofed_forwarded_for_from_an_untrusted_peer,
+    unknown_client_id,
+    malformed_form_body,
+    wrong_grant_type,
+    last_used_at_is_batched_and_flushed_on_shutdown,
+    last_used_at_never_moves_backwards,
+);
+
+/// A running server, a user, and one personal client with its key.
+struct Fixture {
+    server: TestServer,
+    user_token: String,
+    client: pb::PersonalClient,
+    key: SigningKey,
+}
+
+impl Fixture {
+    async fn new(db: &TestDb) -> Self {
+        Self::with(db.config(), create_request("automation")).await
+    }
+
+    async fn with(config: Config, create: pb::PersonalClientServiceCreateRequest) -> Self {
+        let server = TestServer::start(config).await;
+        let user_token = server.token("alice", &["reader", "writer"]).await;
+        let created = server.client().await.create(authed(create, &user_token)).await.unwrap().into_inner();
+        Self { key: key_from_secret(&created.client_secret), client: created.client.unwrap(), server, user_token }
+    }
+
+    fn client_id(&self) -> &str {
+        &self.client.client_id
+    }
+
+    /// A valid assertion with `edit` applied to its claims.
+    fn assertion_with(&self, edit: impl FnOnce(&mut Value)) -> String {
+        let mut claims = claims(self.client_id());
+        edit(&mut claims);
+        sign(&self.key, &json!({"alg": "EdDSA", "typ": "JWT"}), &claims)
+    }
+
+    async fn grpc(&self, assertion: &str, forwarded_for: Option<&str>) -> Result<TokenResponse, Status> {
+        let mut client = TokenServiceClient::connect(format!("http://{}", self.server.addr)).await.unwrap();
+        let mut request = Request::new(TokenRequest {
+            grant_type: "client_credentials".into(),
+            client_id: self.client_id().into(),
+            client_assertion_type: "urn:ietf:params:oauth:client-assertion-type:jwt-bearer".into(),
+            client_assertion: assertion.into(),
+        });
+        if let Some(xff) = forwarded_for {
+            request.metadata_mut().insert("x-forwarded-for", MetadataValue::try_from(xff).unwrap());
+        }
+        client.token(request).await.map(|r| r.into_inner())
+    }
+
+    /// Refused over both transports, with nothing but `invalid_client` said.
+    async fn assert_refused(&self, assertion: &str) {
+        let status = self.grpc(assertion, None).await.expect_err("refused over gRPC");
+        assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+        assert_eq!(status.message(), "invalid_client: client authentication failed");
+        let http = post_token(self.server.addr, &token_form(self.client_id(), assertion), &[]).await;
+        assert_eq!(http.status, 401, "{}", http.body);
+        assert_eq!(
+            http.json(),
+            json!({"error": "invalid_client", "error_description": "client authentication failed"})
+        );
+        assert_eq!(http.header("cache-control"), Some("no-store"));
+    }
+
+    async fn list_with(&self, token: &str) -> Result<Vec<pb::PersonalClient>, Status> {
+        let mut client = self.server.client().await;
+        client.list(authed(pb::PersonalClientServiceListRequest::default(), token)).await.map(|r| r.into_inner().list)
+    }
+}
+
+fn create_with(f: impl FnOnce(&mut pb::PersonalClientServiceCreateRequest)) -> pb::PersonalClientServiceCreateRequest {
+    let mut request = create_request("automation");
+    f(&mut request);
+    request
+}
+
+async fn happy_path_over_grpc_and_http(db: TestDb) {
+    let f = Fixture::with(db.config(), create_with(|r| r.scoped_roles = vec!["reader".into()])).await;
+
+    // Over gRPC, with the assertion exactly as ConductorOne's Go SDK makes it.
+    let issued = f.grpc(&sdk_assertion(&f.key, f.client_id()), None).await.expect("token over gRPC");
+    assert_eq!(issued.token_type, "Bearer");
+    assert_eq!(issued.expires_in, 3600);
+    let listed = f.list_with(&issued.access_token).await.expect("the token lists the owner's clients");
+    assert_eq!(listed.iter().map(|c| &c.id).collect::<Vec<_>>(), [&f.client.id]);
+
+    // A token from a personal client reads but never manages personal clients.
+    let mut client = f.server.client().await;
+    let get = client.get(authed(pb::PersonalClientServiceGetRequest { id: f.client.id.clone() }, &issued.access_token));
+    assert!(get.await.is_ok());
+    let create = client.create(authed(create_request("child"), &issued.access_token)).await.unwrap_err();
+    assert_eq!(create.code(), Code::PermissionDenied);
+    let delete =
+        client.delete(authed(pb::PersonalClientServiceDeleteRequest { id: f.client.id.clone() }, &issued.access_token));
+    assert_eq!(delete.await.unwrap_err().code(), Code::PermissionDenied);
+    let update = client
+        .update(authed(
+            pb::PersonalClientServiceUpdateRequest {
+                client: Some(pb::PersonalClient {
+                    id: f.client.id.clone(),
+                    display_name: "x".into(),
+                    ..Default::default()
+                }),
+                update_mask: None,
+            },
+            &issued.access_token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(update.code(), Code::PermissionDenied);
+
+    // Over HTTP, form-encoded, with a jti and the issuer as audience.
+    let assertion = f.assertion_with(|c| c["aud"] = json!(["http://localhost"]));
+    let http = post_token(f.server.addr, &token_form(f.client_id(), &assertion), &[]).await;
+    assert_eq!(http.status, 200, "{}", http.body);
+    assert_eq!(http.header("cache-control"), Some("no-store"));
+    let body = http.json();
+    assert_eq!(body["token_type"], "Bearer");
+    assert_eq!(body["expires_in"], 3600);
+    let token = body["access_token"].as_str().unwrap();
+    let claims = verify_with_jwks(f.server.addr, token).await;
+    assert_eq!(claims["iss"], "http://localhost");
+    assert_eq!(claims["aud"], "http://localhost");
+    assert_eq!(claims["sub"], "alice");
+    assert_eq!(claims["client_id"], f.client_id());
+    assert_eq!(claims["roles"], json!(["reader"]), "the client's scoped roles");
+    assert!(claims["jti"].is_string());
+    assert_eq!(claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(), 3600);
+    assert!(f.list_with(token).await.is_ok());
+
+    // Revoking the client ends its tokens at once.
+    let mut client = f.server.client().await;
+    client
+        .delete(authed(pb::PersonalClientServiceDeleteRequest { id: f.client.id.clone() }, &f.user_token))
+        .await
+        .unwrap();
+    assert_eq!(f.list_with(token).await.unwrap_err().code(), Code::Unauthenticated);
+    f.server.stop().await;
+}
+
+async fn token_roles_default_to_the_owners_roles_and_stop_at_the_clients_expiry(db: TestDb) {
+    let f = Fixture::with(db.config(), create_with(|r| r.expires = Some(PbDuration { seconds: 600, nanos: 0 }))).await;
+    let issued = f.grpc(&sdk_assertion(&f.key, f.client_id()), None).await.unwrap();
+    assert!((598..=600).contains(&issued.expires_in), "never past the client's expiry: {}", issued.expires_in);
+    let claims = verify_with_jwks(f.server.addr, &issued.access_token).await;
+    assert_eq!(claims["roles"], json!(["reader", "writer"]), "the owner's roles at creation");
+    f.server.stop().await;
+}
+
+async fn wrong_key(db: TestDb) {
+    let f = Fixture::new(&db).await;
+    let stranger = SigningKey::from_bytes(&[7; 32]);
+    f.assert_refused(&sign(&stranger, &json!({"alg": "EdDSA"}), &claims(f.client_id()))).await;
+    f.server.stop().await;
+}
+
+async fn tampered_payload(db: TestDb) {
+    let f = Fixture::new(&db).await;
+    let good = f.assertion_with(|_| {});
+    let parts: Vec<&str> = good.split('.').collect();
+    let mut altered = claims(f.client_id());
+    altered["exp"] = json!(oauth::now() + 120);
+    let tampered = format!("{}.{}.{}", parts[0], URL_SAFE_NO_PAD.encode(altered.to_string()), parts[2]);
+    f.assert_refused(&tampered).await;
+    f.server.stop().await;
+}
+
+async fn alg_none(db: TestDb) {
+    let f = Fixture::new(&db).await;
+    let header = URL_SAFE_NO_PAD.encode(r#"{"alg":"none"}"#);
+    let unsigned = format!("{header}.{}.", URL_SAFE_NO_PAD.encode(claims(f.client_id()).to_string()));
+    f.assert_refused(&unsigned).await;
+    f.server.stop().await;
+}
+
+async fn alg_hs256_signed_with_the_public_key(db: TestDb) {
+    let f = Fixture::new(&db).await;
+    let input = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(r#"{"alg":"HS256","typ":"JWT"}"#),
+        URL_SAFE_NO_PAD.encode(claims(f.client_id()).to_string())
+    );
+    // The classic confusion attack: the public key (raw, and as the JWK's x) used as an HMAC key.
+    let public = f.key.verifying_key().to_bytes();
+    for secret in [public.to_vec(), URL_SAFE_NO_PAD.encode(public).into_bytes()] {
+        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(&secret).unwrap();
+        mac.update(input.as_bytes());
+        let forged = format!("{input}.{}", URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()));
+        f.assert_refused(&forged).await;
+    }
+    f.server.stop().await;
+}
+
+async fn wrong_iss_or_sub(db: TestDb) {
+    let f = Fixture::new(&db).await;
+    let other = "brave-otter-00000@localhost/pcc";
+    f.assert_refused(&f.assertion_with(|c| c["iss"] = json!(other))).await;
+    f.assert_refused(&f.assertion_with(|c| c["sub"] = json!(other))).await;
+    f.assert_refused(&f.assertion_with(|c| c["sub"] = json!("alice"))).await;
+    f.server.stop().await;
+}
+
+async fn wrong_aud(db: TestDb) {
+    let f = Fixture::new(&db).await;
+    f.assert_refused(&f.assertion_with(|c| c["aud"] = json!("https://evil.example"))).await;
+    f.assert_refused(&f.assertion_with(|c| c["aud"] = json!(["localhost", "https://evil.example"]))).await;
+    f.assert_refused(&f.assertion_with(|c| c["aud"] = json!([]))).await;
+    f.server.stop().await;
+}
+
+async fn missing_exp(db: TestDb) {
+    let f = Fixture::new(&db).await;
+    f.assert_refused(&f.assertion_with(|c| drop(c.as_object_mut().unwrap().remove("exp")))).await;
+    f.assert_refused(&f.assertion_with(|c| c["exp"] = json!("tomorrow"))).await;
+    f.server.stop().await;
+}
+
+async fn exp_too_far(db: TestDb) {
+    let f = Fixture::new(&db).await;
+    f.assert_refused(&f.assertion_with(|c| c["exp"] = json!(oauth::now() + 3600))).await;
+    f.server.stop().await;
+}
+
+async fn expired_assertion(db: TestDb) {
+    let f = Fixture::new(&db).await;
+    f.assert_refused(&f.assertion_with(|c| c["exp"] = json!(oauth::now() - 120))).await;
+    f.server.stop().await;
+}
+
+async fn nbf_in_the_future(db: TestDb) {
+    let f = Fixture::new(&db).await;
+    f.assert_refused(&f.assertion_with(|c| c["nbf"] = json!(oauth::now() + 180))).await;
+    f.assert_refused(&f.assertion_with(|c| c["iat"] = json!(oauth::now() + 180))).await;
+    f.server.stop().await;
+}
+
+async fn replayed_assertion(db: TestDb) {
+    let f = Fixture::new(&db).await;
+    let assertion = sdk_assertion(&f.key, f.client_id());
+    f.grpc(&assertion, None).await.expect("first use");
+    f.assert_refused(&assertion).await;
+    let with_jti = f.assertion_with(|_| {});
+    let http = post_token(f.server.addr, &token_form(f.client_id(), &with_jti), &[]).await;
+    assert_eq!(http.status, 200);
+    f.assert_refused(&with_jti).await;
+    f.server.stop().await;
+}
+
+async fn replay_against_a_second_server_process(db: TestDb) {
+    let f = Fixture::new(&db).await;
+    let dir = tempfile::tempdir().unwrap();
+    let other = ServerProcess::spawn(dir.path(), Some(&db.url), &[]);
+    let assertion = sdk_assertion(&f.key, f.client_id());
+    f.grpc(&assertion, None).await.expect("first use, on this replica");
+    let http = post_token(other.addr, &token_form(f.client_id(), &assertion), &[]).await;
+    assert_eq!(http.status, 401, "the other replica knows it was spent: {}", http.body);
+    let fresh = sdk_assertion(&f.key, f.client_id());
+    let http = post_token(other.addr, &token_form(f.client_id(), &fresh), &[]).await;
+    assert_eq!(http.status, 200, "{}", http.body);
+    f.assert_refused(&fresh).await;
+    let (status, _) = other.terminate();
+    assert!(status.success());
+    f.server.stop().await;
+}
+
+async fn fifty_concurrent_uses_one_success(db: TestDb) {
+    let f = Fixture::new(&db).await;
+    let assertion = sdk_assertion(&f.key, f.client_id());
+    let fixture = std::sync::Arc::new(f);
+    let uses: Vec<_> = (0..50)
+        .map(|_| {
+            let (f, assertion) = (std::sync::Arc::clone(&fixture), assertion.clone());
+            tokio::spawn(async move { f.grpc(&assertion, None).await })
+        })
+        .collect();
+    let mut successes = 0;
+    for handle in uses {
+        match handle.await.unwrap() {
+            Ok(_) => successes += 1,
+            Err(status) => assert_eq!(status.code(), Code::Unauthenticated, "{status:?}"),
+        }
+    }
+    assert_eq!(successes, 1);
+}
+
+async fn deleted_client(db: TestDb) {
+    let f = Fixture::new(&db).await;
+    let mut client = f.server.client().await;
+    client
+        .delete(authed(pb::PersonalClientServiceDeleteRequest { id: f.client.id.clone() }, &f.user_token))
+        .await
+        .unwrap();
+    f.assert_refused(&sdk_assertion(&f.key, f.client_id())).await;
+    f.server.stop().await;
+}
+
+async fn expired_client(db: TestDb) {
+    let f = Fixture::with(db.config(), create_with(|r| r.expires = Some(PbDuration { seconds: 1, nanos: 0 }))).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    f.assert_refused(&sdk_assertion(&f.key, f.client_id())).await;
+    f.server.stop().await;
+}
+
+async fn source_outside_the_cidrs(db: TestDb) {
+    let f = Fixture::with(
+        db.config(),
+        create_with(|r| r.allow_source_cidr = vec!["10.0.0.0/8".into(), "2001:db8::/32".into()]),
+    )
+    .await;
+    f.assert_refused(&sdk_assertion(&f.key, f.client_id())).await;
+    let inside = Fixture::with(db.config(), create_with(|r| r.allow_source_cidr = vec!["127.0.0.0/8".into()])).await;
+    inside.grpc(&sdk_assertion(&inside.key, inside.client_id()), None).await.expect("inside the CIDRs");
+    f.server.stop().await;
+    inside.server.stop().await;
+}
+
+async fn spoofed_forwarded_for_from_an_untrusted_peer(db: TestDb) {
+    let create = create_with(|r| r.allow_source_cidr = vec!["10.0.0.0/8".into()]);
+    let f = Fixture::with(db.config(), create.clone()).await;
+    let spoofed = f.grpc(&sdk_assertion(&f.key, f.client_id()), Some("10.1.2.3")).await.unwrap_err();
+    assert_eq!(spoofed.code(), Code::Unauthenticated);
+    let xff = [("X-Forwarded-For", "10.1.2.3")];
+    let http = post_token(f.server.addr, &token_form(f.client_id(), &sdk_assertion(&f.key, f.client_id())), &xff).await;
+    assert_eq!(http.status, 401);
+    f.server.stop().await;
+
+    // Behind a trusted proxy the forwarded address counts, and only the right-most untrusted one.
+    let mut config = db.config();
+    config.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
+    let f = Fixture::with(config, create).await;
+    f.grpc(&sdk_assertion(&f.key, f.client_id()), Some("10.1.2.3")).await.expect("via a trusted proxy");
+    let http = post_token(f.server.addr, &token_form(f.client_id(), &sdk_assertion(&f.key, f.client_id())), &xff).await;
+    assert_eq!(http.status, 200, "{}", http.body);
+    let chain = [("X-Forwarded-For", "10.1.2.3, 198.51.100.7")];
+    let http =
+        post_token(f.server.addr, &token_form(f.client_id(), &sdk_assertion(&f.key, f.client_id())), &chain).await;
+    assert_eq!(http.status, 401, "the client cannot prepend an address of its choosing");
+    f.server.stop().await;
+}
+
+async fn unknown_client_id(db: TestDb) {
+    let f = Fixture::new(&db).await;
+    let ghost = "quiet-moon-12345@localhost/pcc";
+    let assertion = sign(&f.key, &json!({"alg": "EdDSA"}), &claims(ghost));
+    let http = post_token(f.server.addr, &token_form(ghost, &assertion), &[]).await;
+    assert_eq!(http.status, 401);
+    assert_eq!(http.json()["error"], "invalid_client");
+    // A client_id parameter that disagrees with the assertion's issuer.
+    let http = post_token(f.server.addr, &token_form(ghost, &f.assertion_with(|_| {})), &[]).await;
+    assert_eq!(http.status, 401);
+    f.server.stop().await;
+}
+
+async fn malformed_form_body(db: TestDb) {
+    let f = Fixture::new(&db).await;
+    let addr = f.server.addr;
+    let json_body = oauth::http(addr, "POST", "/auth/v1/token", &[("Content-Type", "application/json")], "{}").await;
+    assert_eq!(json_body.status, 400);
+    assert_eq!(json_body.json()["error"], "invalid_request");
+    assert!(json_body.json()["error_description"].as_str().unwrap().contains("application/x-www-form-urlencoded"));
+
+    let mut twice = token_form(f.client_id(), &f.assertion_with(|_| {}));
+    twice.push(("grant_type", "client_credentials".into()));
+    let repeated = post_token(addr, &twice, &[]).await;
+    assert_eq!(repeated.status, 400);
+    assert!(repeated.json()["error_description"].as_str().unwrap().contains("grant_type"));
+
+    let missing = post_token(addr, &token_form(f.client_id(), "")[..3], &[]).await;
+    assert_eq!(missing.status, 400);
+    assert_eq!(missing.json()["error"], "invalid_request");
+    assert!(missing.json()["error_description"].as_str().unwrap().contains("client_assertion"));
+
+    let status = f.grpc("", None).await.unwrap_err();
+    assert_eq!(common::violated_fields(&status), ["client_assertion"]);
+    let garbage = post_token(addr, &token_form(f.client_id(), "not-a-jwt"), &[]).await;
+    assert_eq!(garbage.status, 401, "a malformed assertion is a failed client authentication");
+    f.server.stop().await;
+}
+
+async fn wrong_grant_type(db: TestDb) {
+    let f = Fixture::new(&db).await;
+    let mut form = token_form(f.client_id(), &f.assertion_with(|_| {}));
+    form[0].1 = "password".into();
+    let http = post_token(f.server.addr, &form, &[]).await;
+    assert_eq!(http.status, 400);
+    assert_eq!(http.json()["error"], "unsupported_grant_type");
+
+    let mut client = TokenServiceClient::connect(format!("http://{}", f.server.addr)).await.unwrap();
+    let status = client
+        .token(TokenRequest {
+            grant_type: "authorization_code".into(),
+            client_id: f.client_id().into(),
+            client_assertion_type: "urn:ietf:params:oauth:client-assertion-type:jwt-bearer".into(),
+            client_assertion: f.assertion_with(|_| {}),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(common::violated_fields(&status), ["grant_type"]);
+    f.server.stop().await;
+}
+
+async fn last_used_at_is_batched_and_flushed_on_shutdown(db: TestDb) {
+    let mut config = db.config();
+    config.usage_flush_interval = Duration::from_secs(3600);
+    let f = Fixture::with(config.clone(), create_request("busy")).await;
+    let first = oauth::now();
+    for _ in 0..5 {
+        f.grpc(&sdk_assertion(&f.key, f.client_id()), None).await.unwrap();
+    }
+    let last = oauth::now();
+    let get = pb::PersonalClientServiceGetRequest { id: f.client.id.clone() };
+    let mut client = f.server.client().await;
+    let before = client.get(authed(get.clone(), &f.user_token)).await.unwrap().into_inner().client.unwrap();
+    assert_eq!(before.last_used_at, None, "no database write per exchange");
+    f.server.stop().await;
+
+    let server = TestServer::start(config).await;
+    let mut client = server.client().await;
+    let after = client.get(authed(get, &f.user_token)).await.unwrap().into_inner().client.unwrap();
+    let used = after.last_used_at.expect("written at shutdown").seconds;
+    assert!((first..=last).contains(&used), "{first} <= {used} <= {last}");
+    assert_eq!(after.updated_at, before.updated_at, "use is not an update");
+    server.stop().await;
+
+    // With a short interval it appears while the server runs.
+    let mut config = db.config();
+    config.usage_flush_interval = Duration::from_millis(200);
+    let f = Fixture::with(config, create_request("quick")).await;
+    f.grpc(&sdk_assertion(&f.key, f.client_id()), None).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let mut client = f.server.client().await;
+    let seen = client.get(authed(pb::PersonalClientServiceGetRequest { id: f.client.id.clone() }, &f.user_token)).await;
+    assert!(seen.unwrap().into_inner().client.unwrap().last_used_at.is_some());
+    f.server.stop().await;
+}
+
+async fn last_used_at_never_moves_backwards(db: TestDb) {
+    let mut config = db.config();
+    config.usage_flush_interval = Duration::from_secs(3600);
+    let a = Fixture::with(config.clone(), create_request("shared")).await;
+    let b = TestServer::start(config).await;
+    // Used on b first, then on a a little later; a flushes first, b's older use comes last.
+    let mut b_tokens = TokenServiceClient::connect(format!("http://{}", b.addr)).await.unwrap();
+    b_tokens
+        .token(TokenRequest {
+            grant_type: "client_credentials".into(),
+            client_id: a.client_id().into(),
+            client_assertion_type: "urn:ietf:params:oauth:client-assertion-type:jwt-bearer".into(),
+            client_assertion: sdk_assertion(&a.key, a.client_id()),
+        })
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    a.grpc(&sdk_assertion(&a.key, a.client_id()), None).await.unwrap();
+    let newer = oauth::now();
+    let Fixture { server, user_token, client, .. } = a;
+    server.stop().await;
+    b.stop().await;
+
+    let check = TestServer::start(db.config()).await;
+    let mut api = check.client().await;
+    let got = api.get(authed(pb::PersonalClientServiceGetRequest { id: client.id }, &user_token)).await.unwrap();
+    let used = got.into_inner().client.unwrap().last_used_at.unwrap().seconds;
+    assert!(used >= newer - 1, "the later use stands: {used} vs {newer}");
+    check.stop().await;
+}
