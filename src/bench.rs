@@ -1,14 +1,28 @@
 //! `personal-clients bench`: starts the service in-process on a loopback port over a database of
-//! its own and measures the API as a client sees it, printing throughput and latency per call.
+//! its own and measures the API as a client sees it (Create, Get, List, and the token exchange),
+//! printing throughput and latency per call.
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use ed25519_dalek::SigningKey;
 use tokio::{net::TcpListener, sync::oneshot};
-use tonic::{Request, metadata::MetadataValue, transport::Channel};
+use tonic::{
+    Request,
+    metadata::{Ascii, MetadataValue},
+    transport::Channel,
+};
 
 use crate::{
     Config, Error,
-    pb::iam::{self as pb, personal_client_service_client::PersonalClientServiceClient},
+    auth::jws::{self, Header},
+    pb::{
+        auth::{TokenRequest, token_service_client::TokenServiceClient},
+        iam::{self as pb, personal_client_service_client::PersonalClientServiceClient},
+    },
 };
 
 /// What to measure.
@@ -42,21 +56,21 @@ pub async fn run(mut config: Config, options: &BenchOptions) -> Result<(), Error
 }
 
 async fn measure(config: Config, options: &BenchOptions) -> Result<(), Error> {
-    let listener = TcpListener::bind("127.0.0.1:0").await.map_err(|e| Error::Internal(e.to_string()))?;
-    let address = listener.local_addr().map_err(|e| Error::Internal(e.to_string()))?;
+    let internal = |e: &dyn std::fmt::Display| Error::Internal(e.to_string());
+    let listener = TcpListener::bind("127.0.0.1:0").await.map_err(|e| internal(&e))?;
+    let address = listener.local_addr().map_err(|e| internal(&e))?;
     let token = crate::mint_token(&config, "bench-user", &["bench".into()], Duration::from_secs(3600)).await?;
     let (stop, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(crate::serve(config.clone(), listener, async {
         let _ = stopped.await;
     }));
     let channel = Channel::from_shared(format!("http://{address}"))
-        .map_err(|e| Error::Internal(e.to_string()))?
+        .map_err(|e| internal(&e))?
         .connect()
         .await
-        .map_err(|e| Error::Internal(e.to_string()))?;
-    let client = PersonalClientServiceClient::new(channel);
-    let bearer: MetadataValue<_> =
-        format!("Bearer {token}").parse().map_err(|_| Error::Internal("token is not ASCII".into()))?;
+        .map_err(|e| internal(&e))?;
+    let clients = PersonalClientServiceClient::new(channel.clone());
+    let bearer: MetadataValue<Ascii> = format!("Bearer {token}").parse().map_err(|e| internal(&e))?;
 
     println!(
         "database {}, {} callers, {:?} per phase, {} cores",
@@ -65,71 +79,106 @@ async fn measure(config: Config, options: &BenchOptions) -> Result<(), Error> {
         options.duration,
         std::thread::available_parallelism().map_or(1, usize::from)
     );
-    let created = phase("Create", options, &client, &bearer, |mut c, req_meta, i| async move {
-        let mut request = Request::new(pb::PersonalClientServiceCreateRequest {
-            display_name: format!("bench {i}"),
-            allow_source_cidr: vec!["10.0.0.0/8".into()],
-            ..Default::default()
-        });
-        request.metadata_mut().insert("authorization", req_meta);
-        c.create(request).await.map(|r| r.into_inner().client.map(|c| c.id).unwrap_or_default())
-    })
-    .await?;
-    let ids = std::sync::Arc::new(created);
-    let get_ids = std::sync::Arc::clone(&ids);
-    phase("Get", options, &client, &bearer, move |mut c, req_meta, i| {
-        let id = get_ids[i % get_ids.len()].clone();
+    let (c, a) = (clients.clone(), bearer.clone());
+    let created = phase("Create", options, move |i| {
+        let (mut c, a) = (c.clone(), a.clone());
         async move {
-            let mut request = Request::new(pb::PersonalClientServiceGetRequest { id });
-            request.metadata_mut().insert("authorization", req_meta);
-            c.get(request).await.map(|_| String::new())
+            let request = pb::PersonalClientServiceCreateRequest {
+                display_name: format!("bench {i}"),
+                allow_source_cidr: vec!["127.0.0.0/8".into()],
+                ..Default::default()
+            };
+            c.create(authed(&a, request)).await.map(|r| r.into_inner())
         }
     })
     .await?;
-    phase("List (50 per page)", options, &client, &bearer, |mut c, req_meta, _| async move {
-        let mut request =
-            Request::new(pb::PersonalClientServiceListRequest { page_size: 50, page_token: String::new() });
-        request.metadata_mut().insert("authorization", req_meta);
-        c.list(request).await.map(|_| String::new())
+    let ids: Arc<Vec<String>> =
+        Arc::new(created.iter().filter_map(|r| r.client.as_ref().map(|c| c.id.clone())).collect());
+    let (c, a) = (clients.clone(), bearer.clone());
+    phase("Get", options, move |i| {
+        let (mut c, a, id) = (c.clone(), a.clone(), ids[i % ids.len()].clone());
+        async move { c.get(authed(&a, pb::PersonalClientServiceGetRequest { id })).await.map(drop) }
+    })
+    .await?;
+    let (c, a) = (clients, bearer);
+    phase("List (50 per page)", options, move |_| {
+        let (mut c, a) = (c.clone(), a.clone());
+        async move {
+            c.list(authed(&a, pb::PersonalClientServiceListRequest { page_size: 50, page_token: String::new() }))
+                .await
+                .map(drop)
+        }
+    })
+    .await?;
+
+    let credential = created.first().ok_or_else(|| Error::Internal("no client was created".into()))?;
+    let client_id = credential.client.as_ref().map(|c| c.client_id.clone()).unwrap_or_default();
+    let key = Arc::new(signing_key_of(&credential.client_secret)?);
+    let tokens = TokenServiceClient::new(channel);
+    phase("Token (gRPC)", options, move |_| {
+        let (mut tokens, key, client_id) = (tokens.clone(), Arc::clone(&key), client_id.clone());
+        async move {
+            let now = chrono::Utc::now().timestamp();
+            let claims = serde_json::json!({
+                "iss": client_id, "sub": client_id, "aud": "localhost",
+                "iat": now, "exp": now + 60, "jti": uuid::Uuid::now_v7().to_string(),
+            });
+            let assertion = jws::sign(&Header { alg: "EdDSA".into(), ..Header::default() }, &claims, &key);
+            let request = TokenRequest {
+                grant_type: crate::exchange::CLIENT_CREDENTIALS.into(),
+                client_id,
+                client_assertion_type: crate::exchange::JWT_BEARER.into(),
+                client_assertion: assertion,
+            };
+            tokens.token(request).await.map(drop)
+        }
     })
     .await?;
 
     let _ = stop.send(());
-    server.await.map_err(|e| Error::Internal(e.to_string()))??;
+    server.await.map_err(|e| internal(&e))??;
     Ok(())
 }
 
-/// Runs `call` from `options.concurrency` callers for `options.duration`; prints the figures and
+fn authed<T>(bearer: &MetadataValue<Ascii>, message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    request.metadata_mut().insert("authorization", bearer.clone());
+    request
+}
+
+/// The private key in a secret, read as any client would.
+fn signing_key_of(secret: &str) -> Result<SigningKey, Error> {
+    let malformed = || Error::Internal("Create returned a malformed secret".into());
+    let encoded = secret.rsplit(':').next().ok_or_else(malformed)?;
+    let jwk: serde_json::Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(encoded).map_err(|_| malformed())?).map_err(|_| malformed())?;
+    let d = URL_SAFE_NO_PAD.decode(jwk["d"].as_str().unwrap_or_default()).map_err(|_| malformed())?;
+    Ok(SigningKey::from_bytes(&d.try_into().map_err(|_| malformed())?))
+}
+
+/// Runs `call` from `options.concurrency` callers for `options.duration`, prints the figures and
 /// returns what the calls returned.
-async fn phase<F, Fut>(
-    name: &str,
-    options: &BenchOptions,
-    client: &PersonalClientServiceClient<Channel>,
-    bearer: &MetadataValue<tonic::metadata::Ascii>,
-    call: F,
-) -> Result<Vec<String>, Error>
+async fn phase<T, F, Fut>(name: &str, options: &BenchOptions, call: F) -> Result<Vec<T>, Error>
 where
-    F: Fn(PersonalClientServiceClient<Channel>, MetadataValue<tonic::metadata::Ascii>, usize) -> Fut
-        + Clone
-        + Send
-        + 'static,
-    Fut: Future<Output = Result<String, tonic::Status>> + Send,
+    T: Send + 'static,
+    F: Fn(usize) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = Result<T, tonic::Status>> + Send,
 {
     let started = Instant::now();
     let deadline = started + options.duration;
     let workers: Vec<_> = (0..options.concurrency)
         .map(|worker| {
-            let (client, bearer, call) = (client.clone(), bearer.clone(), call.clone());
+            let call = call.clone();
+            let callers = options.concurrency;
             tokio::spawn(async move {
                 let mut results = Vec::new();
                 let mut latencies = Vec::new();
                 let mut i = worker;
                 while Instant::now() < deadline {
                     let at = Instant::now();
-                    let result = call(client.clone(), bearer.clone(), i).await;
+                    results.push(call(i).await);
                     latencies.push(at.elapsed());
-                    results.push(result);
-                    i += 1;
+                    i += callers;
                 }
                 (results, latencies)
             })
