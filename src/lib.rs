@@ -35,12 +35,16 @@ use tonic::{
 pub use config::Config;
 pub use error::Error;
 
-use api::{AppState, PersonalClientApi, TokenApi};
+use api::{AppState, PersonalClientApi, SearchApi, TokenApi};
 use auth::{Authenticator, SigningKeys};
 use domain::{Role, RoleSet};
 use exchange::TokenExchange;
 use pb::{
-    auth::token_service_server::TokenServiceServer, iam::personal_client_service_server::PersonalClientServiceServer,
+    auth::token_service_server::TokenServiceServer,
+    iam::{
+        personal_client_search_service_server::PersonalClientSearchServiceServer,
+        personal_client_service_server::PersonalClientServiceServer,
+    },
 };
 use store::Store;
 
@@ -69,6 +73,7 @@ pub async fn serve(
     let exchange =
         Arc::new(TokenExchange::new(state.store.clone(), Arc::clone(&state.auth), Arc::clone(&state.config)));
     let grpc = Routes::new(PersonalClientServiceServer::new(PersonalClientApi::new(state.clone())))
+        .add_service(PersonalClientSearchServiceServer::new(SearchApi::new(state.clone())))
         .add_service(TokenServiceServer::new(TokenApi::new(Arc::clone(&exchange))));
     let routes = grpc.into_axum_router().merge(api::http::routes(Arc::clone(&exchange), Arc::clone(&state.auth)));
     tracing::info!(%address, database = %config.database_url, issuer = %config.issuer(), "serving");

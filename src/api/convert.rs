@@ -7,7 +7,10 @@ use uuid::Uuid;
 
 use crate::{
     Error,
-    domain::{CidrList, ClientChanges, DisplayName, MaxLifetime, PersonalClient, RoleSet, Violations},
+    domain::{
+        CidrList, ClientChanges, DisplayName, MaxLifetime, PageSize, PageToken, PersonalClient, RoleSet, SearchFilter,
+        Violations,
+    },
     pb::iam as pb,
 };
 
@@ -168,5 +171,25 @@ pub fn update_spec(
     match id {
         Some(id) if v.is_empty() => Ok((id, changes)),
         _ => Err(Error::InvalidArgument(v.into_vec())),
+    }
+}
+
+/// A valid Search request: the filter, the page size and where to start.
+pub fn search_spec(
+    req: &pb::PersonalClientSearchServiceSearchRequest,
+    caller: &str,
+) -> Result<(SearchFilter, PageSize, Option<PageToken>), Error> {
+    let mut v = Violations::default();
+    let text = v.field("query", SearchFilter::parse_text(&req.query));
+    let ids: Vec<&str> = req.users.iter().map(|user| user.id.as_str()).collect();
+    let users = v.list_of("users", ".id", SearchFilter::parse_users(&ids));
+    let page_size = v.field("page_size", PageSize::parse(req.page_size));
+    let (Some(text), Some(users), Some(page_size)) = (text, users, page_size) else {
+        return Err(Error::InvalidArgument(v.into_vec()));
+    };
+    let filter = SearchFilter { text, users, include_deleted: req.include_deleted };
+    match PageToken::decode(&req.page_token, caller, &filter.fingerprint()) {
+        Ok(token) => Ok((filter, page_size, token)),
+        Err(description) => Err(Error::invalid("page_token", description)),
     }
 }

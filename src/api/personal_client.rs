@@ -1,7 +1,7 @@
 use chrono::Utc;
 use tonic::{Request, Response, Status};
 
-use super::{AppState, convert};
+use super::{AppState, convert, page_of};
 use crate::{
     Error,
     auth::Principal,
@@ -92,21 +92,10 @@ impl PersonalClientService for PersonalClientApi {
         let token = PageToken::decode(&req.page_token, &principal.user_id, LIST_QUERY)
             .map_err(|e| Error::invalid("page_token", e))?;
 
-        let mut clients =
+        let rows =
             self.state.store.list_clients(&principal.user_id, token.map(|t| t.after), page_size.get() + 1).await?;
-        let next_page_token = if clients.len() as u64 > page_size.get() {
-            clients.truncate(page_size.get() as usize);
-            clients
-                .last()
-                .map(|last| PageToken::new(&principal.user_id, LIST_QUERY, last.id).encode())
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
-        Ok(Response::new(pb::PersonalClientServiceListResponse {
-            list: clients.into_iter().map(Into::into).collect(),
-            next_page_token,
-        }))
+        let (list, next_page_token) = page_of(rows, page_size, &principal.user_id, LIST_QUERY);
+        Ok(Response::new(pb::PersonalClientServiceListResponse { list, next_page_token }))
     }
 
     async fn update(

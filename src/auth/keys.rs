@@ -3,12 +3,11 @@
 
 use std::{
     collections::HashMap,
-    sync::{Mutex, RwLock},
+    sync::RwLock,
     time::{Duration, Instant},
 };
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
-use chrono::Utc;
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use rand_core::OsRng;
 use serde::Serialize;
@@ -32,20 +31,23 @@ struct KeyRing {
 pub struct SigningKeys {
     store: Store,
     ring: RwLock<KeyRing>,
-    last_reload: Mutex<Option<Instant>>,
+    last_reload: tokio::sync::Mutex<Option<Instant>>,
 }
 
 impl SigningKeys {
-    /// Loads the keys, creating the first one if the database has none. Replicas starting
-    /// together may each create one; all of them then sign with the oldest.
+    /// Loads the keys, creating the first one if the database has none.
     pub async fn load_or_create(store: Store) -> Result<Self, Error> {
-        if store.signing_keys().await?.is_empty() {
-            let key = SigningKey::generate(&mut OsRng);
-            store.insert_signing_key(&Uuid::now_v7().to_string(), key.as_bytes(), Utc::now()).await?;
+        let created = store
+            .ensure_signing_key(|| {
+                let key = SigningKey::generate(&mut OsRng);
+                (Uuid::now_v7().to_string(), key.to_bytes().to_vec())
+            })
+            .await?;
+        if created {
             tracing::info!("created the first token signing key");
         }
         let ring = Self::read_ring(&store).await?;
-        Ok(Self { store, ring: RwLock::new(ring), last_reload: Mutex::new(None) })
+        Ok(Self { store, ring: RwLock::new(ring), last_reload: tokio::sync::Mutex::new(None) })
     }
 
     async fn read_ring(store: &Store) -> Result<KeyRing, Error> {
@@ -86,13 +88,15 @@ impl SigningKeys {
         if let Some(key) = self.cached(kid) {
             return Ok(Some(key));
         }
-        {
-            let mut last = self.last_reload.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            if last.is_some_and(|at| at.elapsed() < RELOAD_INTERVAL) {
-                return Ok(None);
-            }
-            *last = Some(Instant::now());
+        // Callers that arrive during a reload wait for it and see its result.
+        let mut last = self.last_reload.lock().await;
+        if let Some(key) = self.cached(kid) {
+            return Ok(Some(key));
         }
+        if last.is_some_and(|at| at.elapsed() < RELOAD_INTERVAL) {
+            return Ok(None);
+        }
+        *last = Some(Instant::now());
         let ring = Self::read_ring(&self.store).await?;
         *self.ring.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = ring;
         Ok(self.cached(kid))

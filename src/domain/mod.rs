@@ -9,6 +9,7 @@ mod expiry;
 mod page;
 mod personal_client;
 mod role;
+mod search;
 mod source;
 
 pub use cidr::CidrList;
@@ -20,6 +21,7 @@ pub(crate) use expiry::round_to_micros;
 pub use page::{PageSize, PageToken};
 pub use personal_client::{ClientChanges, Credential, NewPersonalClient, PersonalClient};
 pub use role::{Role, RoleSet};
+pub use search::SearchFilter;
 pub use source::SourceAddress;
 
 /// One thing wrong with one field of a request, named by its path in the request.
@@ -87,12 +89,17 @@ impl Violations {
 
     /// Records the errors of a repeated field as `field[index]`, and passes the value on.
     pub fn list<T>(&mut self, field: &str, result: Result<T, Vec<EntryViolation>>) -> Option<T> {
+        self.list_of(field, "", result)
+    }
+
+    /// As [`Violations::list`] for repeated messages: `field[index]suffix` (`users[1].id`).
+    pub fn list_of<T>(&mut self, field: &str, suffix: &str, result: Result<T, Vec<EntryViolation>>) -> Option<T> {
         match result {
             Ok(value) => Some(value),
             Err(entries) => {
                 for entry in entries {
                     let path = match entry.index {
-                        Some(index) => format!("{field}[{index}]"),
+                        Some(index) => format!("{field}[{index}]{suffix}"),
                         None => field.to_owned(),
                     };
                     self.push(&path, entry.description);

@@ -11,9 +11,9 @@ use chrono::{DateTime, Utc};
 use ed25519_dalek::VerifyingKey;
 use sea_orm::{
     ActiveValue::Set,
-    ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, EntityTrait, QueryFilter,
-    QueryOrder, QuerySelect, QueryTrait, SqlErr, TransactionTrait,
-    sea_query::{Expr, SimpleExpr},
+    ColumnTrait, Condition, ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction,
+    DbBackend, EntityTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait, SqlErr, TransactionTrait,
+    sea_query::{Expr, Func, LikeExpr, SimpleExpr},
     sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous},
 };
 use sea_orm_migration::MigratorTrait;
@@ -23,7 +23,7 @@ use uuid::Uuid;
 
 use crate::{
     Error,
-    domain::{ClientChanges, ClientId, Credential, NewPersonalClient, PersonalClient},
+    domain::{ClientChanges, ClientId, Credential, NewPersonalClient, PersonalClient, SearchFilter},
 };
 use entity::{assertion_replay, personal_client, signing_key};
 use migration::Migrator;
@@ -62,11 +62,20 @@ impl Store {
         Ok(Self { db, relaxed, sqlite_writer })
     }
 
-    /// Brings the schema up to date. Replicas starting together take turns: the migrator runs
-    /// in one transaction that first takes the database's write lock (PostgreSQL: an advisory
-    /// lock; SQLite: a write to a lock table, which takes the RESERVED lock at once).
+    /// Brings the schema up to date. Replicas starting together take turns (see
+    /// [`Store::exclusive`]).
     #[instrument(skip_all)]
     pub async fn migrate(&self) -> Result<(), Error> {
+        let txn = self.exclusive().await?;
+        Migrator::up(&txn, None).await?;
+        txn.commit().await?;
+        Ok(())
+    }
+
+    /// A transaction that holds the database's write lock from its first statement, for work
+    /// that replicas must do one at a time: PostgreSQL takes an advisory lock, SQLite writes to
+    /// a lock table (which takes the RESERVED lock at once, waiting in the busy handler).
+    async fn exclusive(&self) -> Result<DatabaseTransaction, Error> {
         let backend = self.db.get_database_backend();
         if backend == DbBackend::Sqlite {
             self.db.execute_unprepared("CREATE TABLE IF NOT EXISTS pc_migration_lock (held INTEGER)").await?;
@@ -77,9 +86,7 @@ impl Store {
             _ => "DELETE FROM pc_migration_lock".to_owned(),
         };
         txn.execute_unprepared(&take_lock).await?;
-        Migrator::up(&txn, None).await?;
-        txn.commit().await?;
-        Ok(())
+        Ok(txn)
     }
 
     /// Waits for this process's turn to write (SQLite only).
@@ -154,6 +161,44 @@ impl Store {
         }
         query
             .order_by_asc(personal_client::Column::Id)
+            .limit(limit)
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .map(PersonalClient::try_from)
+            .collect()
+    }
+
+    /// Up to `limit` clients matching `filter` with ids after `after`, oldest first.
+    #[instrument(skip_all)]
+    pub async fn search_clients(
+        &self,
+        filter: &SearchFilter,
+        after: Option<Uuid>,
+        limit: u64,
+    ) -> Result<Vec<PersonalClient>, Error> {
+        use personal_client::Column;
+        let mut query = personal_client::Entity::find();
+        if !filter.include_deleted {
+            query = query.filter(Column::DeletedAt.is_null());
+        }
+        if !filter.users.is_empty() {
+            query = query.filter(Column::UserId.is_in(filter.users.iter().cloned()));
+        }
+        if let Some(text) = &filter.text {
+            let escaped = escape_like(&text.to_lowercase());
+            let lower = |column: Column| Expr::expr(Func::lower(Expr::col(column)));
+            query = query.filter(
+                Condition::any()
+                    .add(lower(Column::DisplayName).like(LikeExpr::new(format!("%{escaped}%")).escape('\\')))
+                    .add(lower(Column::ClientId).like(LikeExpr::new(format!("{escaped}%")).escape('\\'))),
+            );
+        }
+        if let Some(after) = after {
+            query = query.filter(Column::Id.gt(after));
+        }
+        query
+            .order_by_asc(Column::Id)
             .limit(limit)
             .all(&self.db)
             .await?
@@ -288,21 +333,25 @@ impl Store {
         Ok(signing_key::Entity::find().order_by_asc(signing_key::Column::Kid).all(&self.db).await?)
     }
 
-    #[instrument(skip_all, fields(%kid))]
-    pub async fn insert_signing_key(
-        &self,
-        kid: &str,
-        private_key: &[u8],
-        created_at: DateTime<Utc>,
-    ) -> Result<(), Error> {
-        let row = signing_key::ActiveModel {
-            kid: Set(kid.to_owned()),
-            private_key: Set(private_key.to_vec()),
-            created_at: Set(created_at),
-        };
+    /// Stores `make()` as the first signing key unless there is one already; replicas starting
+    /// together agree on one key.
+    #[instrument(skip_all)]
+    pub async fn ensure_signing_key(&self, make: impl FnOnce() -> (String, Vec<u8>)) -> Result<bool, Error> {
         let _turn = self.write_turn().await;
-        signing_key::Entity::insert(row).exec_without_returning(&self.db).await?;
-        Ok(())
+        let txn = self.exclusive().await?;
+        if signing_key::Entity::find().one(&txn).await?.is_some() {
+            txn.commit().await?;
+            return Ok(false);
+        }
+        let (kid, private_key) = make();
+        let row = signing_key::ActiveModel {
+            kid: Set(kid),
+            private_key: Set(private_key),
+            created_at: Set(crate::domain::round_to_micros(Utc::now())),
+        };
+        signing_key::Entity::insert(row).exec_without_returning(&txn).await?;
+        txn.commit().await?;
+        Ok(true)
     }
 }
 
@@ -339,6 +388,18 @@ fn live(owner: Option<&str>) -> SimpleExpr {
         Some(user) => not_deleted.and(personal_client::Column::UserId.eq(user)),
         None => not_deleted,
     }
+}
+
+/// `text` as a literal inside a LIKE pattern with `\` as the escape character.
+fn escape_like(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped
 }
 
 fn to_json(values: &[String]) -> String {

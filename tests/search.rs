@@ -1,0 +1,121 @@
+//! Admins search personal clients across users; nobody else may.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{TestDb, TestServer, authed, create_request, violated_fields};
+use personal_clients::pb::iam::{self as pb, personal_client_search_service_client::PersonalClientSearchServiceClient};
+use tonic::{Code, transport::Channel};
+
+backend_tests!(search_filters_and_pages_across_users, search_requires_the_admin_role);
+
+fn search(query: &str, users: &[&str], include_deleted: bool) -> pb::PersonalClientSearchServiceSearchRequest {
+    pb::PersonalClientSearchServiceSearchRequest {
+        query: query.into(),
+        users: users.iter().map(|id| pb::UserRef { id: id.to_string() }).collect(),
+        include_deleted,
+        ..Default::default()
+    }
+}
+
+async fn names(
+    client: &mut PersonalClientSearchServiceClient<Channel>,
+    token: &str,
+    request: pb::PersonalClientSearchServiceSearchRequest,
+) -> Vec<String> {
+    let response = client.search(authed(request, token)).await.unwrap().into_inner();
+    assert!(response.next_page_token.is_empty());
+    response.list.into_iter().map(|c| c.display_name).collect()
+}
+
+async fn search_filters_and_pages_across_users(db: TestDb) {
+    let server = TestServer::start(db.config()).await;
+    let (alice, bob, admin) =
+        (server.token("alice", &[]).await, server.token("bob", &[]).await, server.token("root", &["admin"]).await);
+    let mut api = server.client().await;
+    let mut created = Vec::new();
+    for (token, name) in [
+        (&alice, "Deploy Bot"),
+        (&alice, "laptop"),
+        (&bob, "deploy-server"),
+        (&bob, "100% uptime"),
+        (&bob, "old DEPLOY key"),
+    ] {
+        created.push(api.create(authed(create_request(name), token)).await.unwrap().into_inner().client.unwrap());
+    }
+    api.delete(authed(pb::PersonalClientServiceDeleteRequest { id: created[4].id.clone() }, &bob)).await.unwrap();
+    let mut search_api = PersonalClientSearchServiceClient::new(
+        Channel::from_shared(format!("http://{}", server.addr)).unwrap().connect().await.unwrap(),
+    );
+
+    assert_eq!(
+        names(&mut search_api, &admin, search("", &[], false)).await,
+        ["Deploy Bot", "laptop", "deploy-server", "100% uptime"]
+    );
+    assert_eq!(
+        names(&mut search_api, &admin, search("DEPLOY", &[], false)).await,
+        ["Deploy Bot", "deploy-server"],
+        "case-insensitive substring"
+    );
+    assert_eq!(
+        names(&mut search_api, &admin, search("deploy", &[], true)).await,
+        ["Deploy Bot", "deploy-server", "old DEPLOY key"]
+    );
+    assert_eq!(names(&mut search_api, &admin, search("deploy", &["bob"], false)).await, ["deploy-server"]);
+    assert_eq!(
+        names(&mut search_api, &admin, search("", &["bob", "carol"], true)).await,
+        ["deploy-server", "100% uptime", "old DEPLOY key"]
+    );
+    assert_eq!(
+        names(&mut search_api, &admin, search("%", &[], false)).await,
+        ["100% uptime"],
+        "LIKE wildcards are literal"
+    );
+    let prefix = &created[1].client_id[..created[1].client_id.find('-').unwrap() + 2];
+    let by_prefix = names(&mut search_api, &admin, search(&prefix.to_uppercase(), &[], false)).await;
+    assert!(by_prefix.contains(&"laptop".to_owned()), "client id prefix, any case: {prefix} -> {by_prefix:?}");
+    let inside = &created[1].client_id[2..10];
+    let by_infix = names(&mut search_api, &admin, search(inside, &[], false)).await;
+    assert!(
+        !by_infix.contains(&"laptop".to_owned()) || created[1].display_name.contains(inside),
+        "client ids match by prefix only"
+    );
+
+    // Paging, bound to the query.
+    let mut request = search("", &[], true);
+    request.page_size = 2;
+    let mut seen = Vec::new();
+    loop {
+        let page = search_api.search(authed(request.clone(), &admin)).await.unwrap().into_inner();
+        assert!(page.list.len() <= 2);
+        seen.extend(page.list.into_iter().map(|c| c.id));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        let mut other_query = search("deploy", &[], true);
+        other_query.page_token = page.next_page_token.clone();
+        let refused = search_api.search(authed(other_query, &admin)).await.unwrap_err();
+        assert_eq!(violated_fields(&refused), ["page_token"]);
+        request.page_token = page.next_page_token;
+    }
+    assert_eq!(seen, created.iter().map(|c| c.id.clone()).collect::<Vec<_>>());
+    server.stop().await;
+}
+
+async fn search_requires_the_admin_role(db: TestDb) {
+    let server = TestServer::start(db.config()).await;
+    let alice = server.token("alice", &["reader"]).await;
+    let mut search_api = PersonalClientSearchServiceClient::new(
+        Channel::from_shared(format!("http://{}", server.addr)).unwrap().connect().await.unwrap(),
+    );
+    let denied = search_api.search(authed(search("", &[], false), &alice)).await.unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied);
+
+    let mut bad = search("x", &["alice", ""], false);
+    bad.page_size = -1;
+    let invalid = search_api.search(authed(bad, &alice)).await.unwrap_err();
+    assert_eq!(violated_fields(&invalid), ["users[1].id", "page_size"], "validation comes before authorisation");
+    let anonymous = search_api.search(search("", &[], false)).await.unwrap_err();
+    assert_eq!(anonymous.code(), Code::Unauthenticated);
+    server.stop().await;
+}
