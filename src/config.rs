@@ -51,6 +51,10 @@ pub struct Config {
     #[arg(long, env = "PC_USAGE_FLUSH_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration, global = true)]
     pub usage_flush_interval: Duration,
 
+    /// How often the database is pinged for the health service and `/healthz`.
+    #[arg(long, env = "PC_HEALTH_INTERVAL", default_value = "2s", value_parser = humantime::parse_duration, global = true)]
+    pub health_interval: Duration,
+
     /// How long in-flight calls may run on after SIGTERM/SIGINT before the server stops.
     #[arg(long, env = "PC_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration, global = true)]
     pub shutdown_grace: Duration,

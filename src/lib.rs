@@ -11,7 +11,11 @@ pub mod config;
 pub mod domain;
 mod error;
 pub mod exchange;
+pub mod health;
 pub mod store;
+
+/// The compiled contract, with the well-known types it imports, for gRPC reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("descriptors");
 
 /// Code generated from `proto/`.
 #[allow(missing_debug_implementations, clippy::all, clippy::pedantic)]
@@ -39,6 +43,7 @@ use api::{AppState, PersonalClientApi, SearchApi, TokenApi};
 use auth::{Authenticator, SigningKeys};
 use domain::{Role, RoleSet};
 use exchange::TokenExchange;
+use health::Health;
 use pb::{
     auth::token_service_server::TokenServiceServer,
     iam::{
@@ -75,9 +80,26 @@ pub async fn serve(
     let grpc = Routes::new(PersonalClientServiceServer::new(PersonalClientApi::new(state.clone())))
         .add_service(PersonalClientSearchServiceServer::new(SearchApi::new(state.clone())))
         .add_service(TokenServiceServer::new(TokenApi::new(Arc::clone(&exchange))));
-    let routes = grpc.into_axum_router().merge(api::http::routes(Arc::clone(&exchange), Arc::clone(&state.auth)));
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    let health = Health::default();
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_error = |e: tonic_reflection::server::Error| Error::Internal(format!("reflection: {e}"));
+    let grpc = grpc
+        .add_service(health_service)
+        .add_service(reflection().build_v1().map_err(reflection_error)?)
+        .add_service(reflection().build_v1alpha().map_err(reflection_error)?);
+    let routes = grpc.into_axum_router().merge(api::http::routes(
+        Arc::clone(&exchange),
+        Arc::clone(&state.auth),
+        health.clone(),
+    ));
     tracing::info!(%address, database = %config.database_url, issuer = %config.issuer(), "serving");
 
+    let watcher = tokio::spawn(health.watch(state.store.clone(), reporter, config.health_interval));
     let maintenance = tokio::spawn({
         let exchange = Arc::clone(&exchange);
         let interval = config.usage_flush_interval;
@@ -112,6 +134,7 @@ pub async fn serve(
         }
     };
     maintenance.abort();
+    watcher.abort();
     exchange.maintain().await;
     served
 }

@@ -1,5 +1,5 @@
 //! Plain HTTP/1.1 on the gRPC port: `POST /auth/v1/token` (RFC 6749 §4.4 with RFC 7523 client
-//! assertions, form-encoded) and `GET /.well-known/jwks.json`.
+//! assertions, form-encoded), `GET /.well-known/jwks.json` and `GET /healthz`.
 
 use std::{collections::HashMap, sync::Arc};
 
@@ -17,6 +17,7 @@ use crate::{
     auth::Authenticator,
     error::OAuthError,
     exchange::{RequestOrigin, TokenExchange, TokenRequest},
+    health::Health,
 };
 
 /// Token requests are a few hundred bytes; anything near this is not one.
@@ -26,13 +27,24 @@ const MAX_FORM_BYTES: usize = 16 * 1024;
 struct HttpState {
     exchange: Arc<TokenExchange>,
     auth: Arc<Authenticator>,
+    health: Health,
 }
 
-pub fn routes(exchange: Arc<TokenExchange>, auth: Arc<Authenticator>) -> Router {
+pub fn routes(exchange: Arc<TokenExchange>, auth: Arc<Authenticator>, health: Health) -> Router {
     Router::new()
         .route("/auth/v1/token", post(token))
         .route("/.well-known/jwks.json", get(jwks))
-        .with_state(HttpState { exchange, auth })
+        .route("/healthz", get(healthz))
+        .with_state(HttpState { exchange, auth, health })
+}
+
+/// 200 while the database answers, 503 while it does not.
+async fn healthz(State(state): State<HttpState>) -> Response {
+    if state.health.is_serving() {
+        json(StatusCode::OK, &serde_json::json!({ "status": "SERVING" }))
+    } else {
+        json(StatusCode::SERVICE_UNAVAILABLE, &serde_json::json!({ "status": "NOT_SERVING" }))
+    }
 }
 
 async fn token(State(state): State<HttpState>, request: Request) -> Response {

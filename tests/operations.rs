@@ -1,0 +1,127 @@
+//! What operators and dynamic clients rely on: health that follows the database, and reflection
+//! for clients without .proto files.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Backend, TestDb, TestServer, oauth::http, proxy::TcpProxy};
+use personal_clients::{Config, health::SERVICE_NAMES};
+use prost::Message;
+use tonic::{codegen::tokio_stream, transport::Channel};
+use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+use tonic_reflection::pb::{v1, v1alpha};
+
+backend_tests!(health_reports_serving_for_every_service, reflection_lists_and_describes_the_services);
+
+async fn channel(server: &TestServer) -> Channel {
+    Channel::from_shared(format!("http://{}", server.addr)).unwrap().connect().await.unwrap()
+}
+
+async fn statuses(server: &TestServer) -> Vec<ServingStatus> {
+    let mut health = HealthClient::new(channel(server).await);
+    let mut found = Vec::new();
+    for service in SERVICE_NAMES {
+        let response = health.check(HealthCheckRequest { service: service.into() }).await.unwrap().into_inner();
+        found.push(response.status());
+    }
+    found
+}
+
+async fn health_reports_serving_for_every_service(db: TestDb) {
+    let server = TestServer::start(db.config()).await;
+    assert_eq!(statuses(&server).await, [ServingStatus::Serving; 4]);
+    let unknown =
+        HealthClient::new(channel(&server).await).check(HealthCheckRequest { service: "no.such.Service".into() }).await;
+    assert_eq!(unknown.unwrap_err().code(), tonic::Code::NotFound);
+    let healthz = http(server.addr, "GET", "/healthz", &[], "").await;
+    assert_eq!(healthz.status, 200);
+    assert_eq!(healthz.json()["status"], "SERVING");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_follows_the_database_away_and_back() {
+    let Some(db) = TestDb::new(Backend::Postgres).await else { return };
+    let proxy = TcpProxy::start(db.server_addr().await).await;
+    let mut config = Config::with_database_url(&db.url_via(proxy.addr)).unwrap();
+    config.health_interval = Duration::from_millis(200);
+    let server = TestServer::start(config).await;
+    assert_eq!(statuses(&server).await, [ServingStatus::Serving; 4]);
+
+    proxy.cut();
+    let cut_at = Instant::now();
+    while statuses(&server).await != [ServingStatus::NotServing; 4] {
+        assert!(cut_at.elapsed() < Duration::from_secs(10), "NOT_SERVING within a few seconds");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(http(server.addr, "GET", "/healthz", &[], "").await.status, 503);
+
+    proxy.restore();
+    let restored_at = Instant::now();
+    while statuses(&server).await != [ServingStatus::Serving; 4] {
+        assert!(restored_at.elapsed() < Duration::from_secs(15), "SERVING again without a restart");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(http(server.addr, "GET", "/healthz", &[], "").await.status, 200);
+    server.stop().await;
+}
+
+async fn reflection_lists_and_describes_the_services(db: TestDb) {
+    let server = TestServer::start(db.config()).await;
+    let mut reflection = v1::server_reflection_client::ServerReflectionClient::new(channel(&server).await);
+    let list = v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(v1::server_reflection_request::MessageRequest::ListServices(String::new())),
+    };
+    let mut replies = reflection.server_reflection_info(tokio_stream::iter(vec![list])).await.unwrap().into_inner();
+    let Some(v1::server_reflection_response::MessageResponse::ListServicesResponse(services)) =
+        replies.message().await.unwrap().unwrap().message_response
+    else {
+        panic!("a list of services")
+    };
+    let names: Vec<String> = services.service.into_iter().map(|s| s.name).collect();
+    for expected in [
+        "c1.api.iam.v1.PersonalClientService",
+        "c1.api.iam.v1.PersonalClientSearchService",
+        "c1.api.auth.v1.TokenService",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(names.iter().any(|n| n == expected), "{expected} in {names:?}");
+    }
+
+    // What grpcurl asks next: the file that defines a service, with what it imports.
+    let describe = v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(v1::server_reflection_request::MessageRequest::FileContainingSymbol(
+            "c1.api.iam.v1.PersonalClientService".into(),
+        )),
+    };
+    let mut replies = reflection.server_reflection_info(tokio_stream::iter(vec![describe])).await.unwrap().into_inner();
+    let Some(v1::server_reflection_response::MessageResponse::FileDescriptorResponse(files)) =
+        replies.message().await.unwrap().unwrap().message_response
+    else {
+        panic!("file descriptors")
+    };
+    let files: Vec<String> = files
+        .file_descriptor_proto
+        .iter()
+        .map(|bytes| prost_types::FileDescriptorProto::decode(bytes.as_slice()).unwrap().name().to_owned())
+        .collect();
+    assert!(files.contains(&"c1/api/iam/v1/personal_client.proto".to_owned()), "{files:?}");
+
+    // The older v1alpha protocol, which many tools still speak.
+    let mut alpha = v1alpha::server_reflection_client::ServerReflectionClient::new(channel(&server).await);
+    let list = v1alpha::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(v1alpha::server_reflection_request::MessageRequest::ListServices(String::new())),
+    };
+    let mut replies = alpha.server_reflection_info(tokio_stream::iter(vec![list])).await.unwrap().into_inner();
+    let reply = replies.message().await.unwrap().unwrap();
+    assert!(matches!(
+        reply.message_response,
+        Some(v1alpha::server_reflection_response::MessageResponse::ListServicesResponse(ref s)) if s.service.iter().any(|s| s.name == "c1.api.auth.v1.TokenService")
+    ));
+    server.stop().await;
+}
