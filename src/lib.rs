@@ -12,6 +12,7 @@ pub mod domain;
 mod error;
 pub mod exchange;
 pub mod health;
+pub mod metrics;
 pub mod store;
 
 /// The compiled contract, with the well-known types it imports, for gRPC reflection.
@@ -44,6 +45,7 @@ use auth::{Authenticator, SigningKeys};
 use domain::{Role, RoleSet};
 use exchange::TokenExchange;
 use health::Health;
+use metrics::{Metrics, RecordRpcLayer};
 use pb::{
     auth::token_service_server::TokenServiceServer,
     iam::{
@@ -75,8 +77,13 @@ pub async fn serve(
 ) -> Result<(), Error> {
     let state = open(&config).await?;
     let address = listener.local_addr().map_err(|e| Error::Internal(e.to_string()))?;
-    let exchange =
-        Arc::new(TokenExchange::new(state.store.clone(), Arc::clone(&state.auth), Arc::clone(&state.config)));
+    let metrics = Arc::new(Metrics::new(state.store.clone()));
+    let exchange = Arc::new(TokenExchange::new(
+        state.store.clone(),
+        Arc::clone(&state.auth),
+        Arc::clone(&state.config),
+        Arc::clone(&metrics),
+    ));
     let grpc = Routes::new(PersonalClientServiceServer::new(PersonalClientApi::new(state.clone())))
         .add_service(PersonalClientSearchServiceServer::new(SearchApi::new(state.clone())))
         .add_service(TokenServiceServer::new(TokenApi::new(Arc::clone(&exchange))));
@@ -96,6 +103,7 @@ pub async fn serve(
         Arc::clone(&exchange),
         Arc::clone(&state.auth),
         health.clone(),
+        Arc::clone(&metrics),
     ));
     tracing::info!(%address, database = %config.database_url, issuer = %config.issuer(), "serving");
 
@@ -124,6 +132,7 @@ pub async fn serve(
     let server = Server::builder()
         .accept_http1(true)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .layer(RecordRpcLayer::new(metrics))
         .add_routes(Routes::from(routes))
         .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), signal);
     let served = tokio::select! {

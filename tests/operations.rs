@@ -13,7 +13,51 @@ use tonic::{codegen::tokio_stream, transport::Channel};
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
 use tonic_reflection::pb::{v1, v1alpha};
 
-backend_tests!(health_reports_serving_for_every_service, reflection_lists_and_describes_the_services);
+backend_tests!(
+    health_reports_serving_for_every_service,
+    reflection_lists_and_describes_the_services,
+    metrics_count_calls_and_exchange_outcomes
+);
+
+/// The value of the sample named `name` exactly (with its labels) in a Prometheus text page.
+fn sample(page: &str, name: &str) -> Option<f64> {
+    page.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+async fn metrics_count_calls_and_exchange_outcomes(db: TestDb) {
+    let server = TestServer::start(db.config()).await;
+    let token = server.token("alice", &[]).await;
+    let mut api = server.client().await;
+    api.list(common::authed(personal_clients::pb::iam::PersonalClientServiceListRequest::default(), &token))
+        .await
+        .unwrap();
+    let form = common::oauth::token_form("quiet-moon-12345@localhost/pcc", "not-a-jwt");
+    assert_eq!(common::oauth::post_token(server.addr, &form, &[]).await.status, 401);
+
+    let page = http(server.addr, "GET", "/metrics", &[], "").await;
+    assert_eq!(page.status, 200);
+    assert!(page.header("content-type").unwrap().starts_with("text/plain; version=0.0.4"));
+    let text = page.body;
+    let list = r#"method="/c1.api.iam.v1.PersonalClientService/List""#;
+    assert_eq!(
+        sample(&text, &format!("personal_clients_grpc_requests_total{{{list},code=\"Ok\"}}")),
+        Some(1.0),
+        "{text}"
+    );
+    assert!(
+        sample(&text, &format!("personal_clients_grpc_requests_total{{{list},code=\"Unauthenticated\"}}")).unwrap()
+            >= 1.0
+    );
+    let calls = sample(&text, &format!("personal_clients_grpc_request_duration_seconds_count{{{list}}}")).unwrap();
+    assert!(calls >= 2.0, "every call is timed: {calls}");
+    assert_eq!(
+        sample(&text, r#"personal_clients_token_exchanges_total{outcome="malformed_assertion"}"#),
+        Some(1.0),
+        "{text}"
+    );
+    assert!(sample(&text, r#"personal_clients_db_pool_connections{pool="durable",state="idle"}"#).is_some(), "{text}");
+    server.stop().await;
+}
 
 async fn channel(server: &TestServer) -> Channel {
     Channel::from_shared(format!("http://{}", server.addr)).unwrap().connect().await.unwrap()

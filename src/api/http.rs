@@ -1,5 +1,5 @@
 //! Plain HTTP/1.1 on the gRPC port: `POST /auth/v1/token` (RFC 6749 §4.4 with RFC 7523 client
-//! assertions, form-encoded), `GET /.well-known/jwks.json` and `GET /healthz`.
+//! assertions, form-encoded), `GET /.well-known/jwks.json`, `GET /healthz` and `GET /metrics`.
 
 use std::{collections::HashMap, sync::Arc};
 
@@ -18,6 +18,7 @@ use crate::{
     error::OAuthError,
     exchange::{RequestOrigin, TokenExchange, TokenRequest},
     health::Health,
+    metrics::Metrics,
 };
 
 /// Token requests are a few hundred bytes; anything near this is not one.
@@ -28,14 +29,25 @@ struct HttpState {
     exchange: Arc<TokenExchange>,
     auth: Arc<Authenticator>,
     health: Health,
+    metrics: Arc<Metrics>,
 }
 
-pub fn routes(exchange: Arc<TokenExchange>, auth: Arc<Authenticator>, health: Health) -> Router {
+pub fn routes(exchange: Arc<TokenExchange>, auth: Arc<Authenticator>, health: Health, metrics: Arc<Metrics>) -> Router {
     Router::new()
         .route("/auth/v1/token", post(token))
         .route("/.well-known/jwks.json", get(jwks))
         .route("/healthz", get(healthz))
-        .with_state(HttpState { exchange, auth, health })
+        .route("/metrics", get(metrics_text))
+        .with_state(HttpState { exchange, auth, health, metrics })
+}
+
+/// Prometheus text exposition format 0.0.4.
+async fn metrics_text(State(state): State<HttpState>) -> Response {
+    let mut response = Response::new(Body::from(state.metrics.render()));
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+    response
 }
 
 /// 200 while the database answers, 503 while it does not.

@@ -16,6 +16,7 @@ use crate::{
     },
     config::Config,
     domain::{CidrList, Credential, RoleSet, SourceAddress, Violations, round_to_micros},
+    metrics::Metrics,
     store::Store,
 };
 
@@ -55,12 +56,13 @@ pub struct TokenExchange {
     auth: Arc<Authenticator>,
     config: Arc<Config>,
     usage: UsageRecorder,
+    metrics: Arc<Metrics>,
     /// Values `aud` may take: the public host (with and without a port) and the issuer.
     audiences: Vec<String>,
 }
 
 impl TokenExchange {
-    pub fn new(store: Store, auth: Arc<Authenticator>, config: Arc<Config>) -> Self {
+    pub fn new(store: Store, auth: Arc<Authenticator>, config: Arc<Config>, metrics: Arc<Metrics>) -> Self {
         let host = config.public_host.clone();
         let mut audiences = vec![host.clone(), config.issuer()];
         if let Some((without_port, port)) = host.rsplit_once(':')
@@ -69,12 +71,26 @@ impl TokenExchange {
         {
             audiences.push(without_port.to_owned());
         }
-        Self { store, auth, config, usage: UsageRecorder::default(), audiences }
+        Self { store, auth, config, usage: UsageRecorder::default(), metrics, audiences }
     }
 
     /// Runs one exchange. Client authentication failures are logged here with their reason and
     /// come back as [`Error::InvalidClient`].
     pub async fn exchange(&self, request: TokenRequest<'_>, origin: &RequestOrigin) -> Result<IssuedToken, Error> {
+        let result = self.run(request, origin).await;
+        let outcome = match &result {
+            Ok(_) => "issued",
+            Err(Error::InvalidClient(reason)) => reason.as_str(),
+            Err(Error::InvalidArgument(_)) => "invalid_request",
+            Err(Error::UnsupportedGrantType(_)) => "unsupported_grant_type",
+            Err(Error::Unavailable(_)) => "unavailable",
+            Err(_) => "internal",
+        };
+        self.metrics.token_exchange(outcome);
+        result
+    }
+
+    async fn run(&self, request: TokenRequest<'_>, origin: &RequestOrigin) -> Result<IssuedToken, Error> {
         let mut v = Violations::default();
         for (field, value) in [
             ("grant_type", request.grant_type),

@@ -97,6 +97,11 @@ impl Store {
         }
     }
 
+    /// Size and idle connections of the durable and the relaxed pool.
+    pub fn pool_stats(&self) -> [(&'static str, PoolStats); 2] {
+        [("durable", pool_stats(&self.db)), ("relaxed", pool_stats(&self.relaxed))]
+    }
+
     /// Answers when the database answers.
     pub async fn ping(&self) -> Result<(), Error> {
         self.db.ping().await?;
@@ -352,6 +357,27 @@ impl Store {
         signing_key::Entity::insert(row).exec_without_returning(&txn).await?;
         txn.commit().await?;
         Ok(true)
+    }
+}
+
+/// Connections of one pool.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolStats {
+    pub size: u32,
+    pub idle: u32,
+}
+
+fn pool_stats(db: &DatabaseConnection) -> PoolStats {
+    match db {
+        DatabaseConnection::SqlxPostgresPoolConnection(_) => {
+            let pool = db.get_postgres_connection_pool();
+            PoolStats { size: pool.size(), idle: u32::try_from(pool.num_idle()).unwrap_or(u32::MAX) }
+        }
+        DatabaseConnection::SqlxSqlitePoolConnection(_) => {
+            let pool = db.get_sqlite_connection_pool();
+            PoolStats { size: pool.size(), idle: u32::try_from(pool.num_idle()).unwrap_or(u32::MAX) }
+        }
+        _ => PoolStats::default(),
     }
 }
 
