@@ -5,7 +5,7 @@ use std::{fmt, net::SocketAddr, str::FromStr, time::Duration};
 use clap::{Args, Parser, ValueEnum};
 use ipnet::IpNet;
 
-use crate::domain::MaxLifetime;
+use crate::{auth::external::TrustedJwks, domain::MaxLifetime};
 
 #[derive(Debug, Clone, Args)]
 pub struct Config {
@@ -40,6 +40,16 @@ pub struct Config {
     /// Namespace in issued secrets: `secret-token:<namespace>:v1:...`.
     #[arg(long, env = "PC_SECRET_NAMESPACE", default_value = "personal-clients", global = true)]
     pub secret_namespace: String,
+
+    /// An external identity provider whose user tokens are accepted: `ISSUER=PATH_OR_URL` of its
+    /// JWK Set (EdDSA, ES256, RS256). Repeat for several.
+    #[arg(long = "trusted-jwks", env = "PC_TRUSTED_JWKS", value_delimiter = ',', global = true)]
+    pub trusted_jwks: Vec<TrustedJwks>,
+
+    /// Claim of external tokens that holds the user's roles; a dotted path reaches into objects
+    /// (`realm_access.roles`).
+    #[arg(long, env = "PC_ROLES_CLAIM", default_value = "roles", global = true)]
+    pub roles_claim: String,
 
     /// Proxies (CIDRs, comma-separated) whose `X-Forwarded-For` is believed for the source
     /// address of token requests. Default: none; the TCP peer is the source.

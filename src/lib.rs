@@ -41,7 +41,7 @@ pub use config::Config;
 pub use error::Error;
 
 use api::{AppState, PersonalClientApi, SearchApi, TokenApi};
-use auth::{Authenticator, SigningKeys};
+use auth::{Authenticator, SigningKeys, external::ExternalIssuers};
 use domain::{Role, RoleSet};
 use exchange::TokenExchange;
 use health::Health;
@@ -61,8 +61,14 @@ async fn open(config: &Config) -> Result<AppState, Error> {
     let store = Store::connect(config.database_url.expose()).await?;
     store.migrate().await?;
     let keys = SigningKeys::load_or_create(store.clone()).await?;
+    // The JWKS client's TLS; a second install (another server in this process) changes nothing.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let audiences = vec![config.issuer(), config.public_host.clone()];
+    let external = ExternalIssuers::load(&config.trusted_jwks, audiences, config.roles_claim.clone())
+        .await
+        .map_err(Error::Internal)?;
     Ok(AppState {
-        auth: Arc::new(Authenticator::new(keys, config.issuer(), store.clone())),
+        auth: Arc::new(Authenticator::new(keys, config.issuer(), store.clone(), external)),
         config: Arc::new(config.clone()),
         store,
     })

@@ -1,0 +1,229 @@
+//! User tokens from an external identity provider, verified against its JWKS (EdDSA, ES256,
+//! RS256), from a file or a URL that is re-fetched when a new key appears.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+};
+
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use common::{TestDb, TestServer, authed, create_request, oauth::now};
+use ed25519_dalek::Signer as _;
+use personal_clients::pb::iam as pb;
+use rsa::{pkcs1v15, traits::PublicKeyParts};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tonic::Code;
+
+backend_tests!(external_tokens_of_every_algorithm_are_accepted, external_tokens_are_checked_like_our_own);
+
+const IDP: &str = "https://idp.test";
+
+/// Keys of a pretend identity provider, one per algorithm.
+struct Provider {
+    ed: ed25519_dalek::SigningKey,
+    ec: p256::ecdsa::SigningKey,
+    rsa: rsa::RsaPrivateKey,
+}
+
+impl Provider {
+    fn new() -> Self {
+        let mut rng = rand_core::OsRng;
+        Self {
+            ed: ed25519_dalek::SigningKey::generate(&mut rng),
+            ec: p256::ecdsa::SigningKey::random(&mut rng),
+            rsa: rsa::RsaPrivateKey::new(&mut rng, 2048).unwrap(),
+        }
+    }
+
+    fn jwk(&self, alg: &str, kid: &str) -> Value {
+        let b64 = |bytes: &[u8]| URL_SAFE_NO_PAD.encode(bytes);
+        match alg {
+            "EdDSA" => {
+                json!({"kty": "OKP", "crv": "Ed25519", "x": b64(self.ed.verifying_key().as_bytes()), "kid": kid})
+            }
+            "ES256" => {
+                let point = self.ec.verifying_key().to_encoded_point(false);
+                json!({"kty": "EC", "crv": "P-256", "x": b64(point.x().unwrap()), "y": b64(point.y().unwrap()), "kid": kid})
+            }
+            _ => {
+                let public = self.rsa.to_public_key();
+                json!({"kty": "RSA", "alg": "RS256", "n": b64(&public.n().to_bytes_be()), "e": b64(&public.e().to_bytes_be()), "kid": kid})
+            }
+        }
+    }
+
+    fn token(&self, alg: &str, kid: &str, claims: &Value) -> String {
+        let header = json!({"alg": alg, "typ": "JWT", "kid": kid});
+        let input =
+            format!("{}.{}", URL_SAFE_NO_PAD.encode(header.to_string()), URL_SAFE_NO_PAD.encode(claims.to_string()));
+        let signature: Vec<u8> = match alg {
+            "EdDSA" => self.ed.sign(input.as_bytes()).to_bytes().to_vec(),
+            "ES256" => {
+                let signature: p256::ecdsa::Signature = self.ec.sign(input.as_bytes());
+                signature.to_bytes().to_vec()
+            }
+            _ => {
+                let key = pkcs1v15::SigningKey::<sha2::Sha256>::new(self.rsa.clone());
+                let signature: pkcs1v15::Signature = key.sign(input.as_bytes());
+                Box::<[u8]>::from(signature).to_vec()
+            }
+        };
+        format!("{input}.{}", URL_SAFE_NO_PAD.encode(signature))
+    }
+}
+
+fn user_claims(sub: &str, roles: Value) -> Value {
+    json!({"iss": IDP, "sub": sub, "aud": "http://localhost", "exp": now() + 300, "iat": now(), "roles": roles})
+}
+
+async fn list(server: &TestServer, token: &str) -> Result<Vec<pb::PersonalClient>, tonic::Status> {
+    let mut api = server.client().await;
+    api.list(authed(pb::PersonalClientServiceListRequest::default(), token)).await.map(|r| r.into_inner().list)
+}
+
+async fn external_tokens_of_every_algorithm_are_accepted(db: TestDb) {
+    let idp = Provider::new();
+    let dir = tempfile::tempdir().unwrap();
+    let jwks = dir.path().join("jwks.json");
+    let set = json!({"keys": [idp.jwk("EdDSA", "ed-1"), idp.jwk("ES256", "ec-1"), idp.jwk("RS256", "rsa-1")]});
+    std::fs::write(&jwks, set.to_string()).unwrap();
+    let mut config = db.config();
+    config.trusted_jwks = vec![format!("{IDP}={}", jwks.display()).parse().unwrap()];
+    let server = TestServer::start(config).await;
+
+    for (alg, kid) in [("EdDSA", "ed-1"), ("ES256", "ec-1"), ("RS256", "rsa-1")] {
+        let token = idp.token(alg, kid, &user_claims("carol", json!(["reader"])));
+        let mut api = server.client().await;
+        let mut request = create_request(&format!("via {alg}"));
+        request.scoped_roles = vec!["reader".into()];
+        let created = api.create(authed(request, &token)).await.unwrap_or_else(|s| panic!("{alg}: {s:?}"));
+        assert_eq!(created.into_inner().client.unwrap().user_id, "carol", "the external subject owns it");
+    }
+    let token = idp.token("RS256", "rsa-1", &user_claims("carol", json!(["reader"])));
+    assert_eq!(list(&server, &token).await.unwrap().len(), 3);
+    // The roles come from the token: a role it lacks cannot be granted.
+    let mut api = server.client().await;
+    let mut request = create_request("too much");
+    request.scoped_roles = vec!["admin".into()];
+    assert_eq!(api.create(authed(request, &token)).await.unwrap_err().code(), Code::PermissionDenied);
+    server.stop().await;
+}
+
+async fn external_tokens_are_checked_like_our_own(db: TestDb) {
+    let idp = Provider::new();
+    let dir = tempfile::tempdir().unwrap();
+    let jwks = dir.path().join("jwks.json");
+    std::fs::write(&jwks, json!({"keys": [idp.jwk("ES256", "ec-1")]}).to_string()).unwrap();
+    let mut config = db.config();
+    config.trusted_jwks = vec![format!("{IDP}={}", jwks.display()).parse().unwrap()];
+    config.roles_claim = "realm_access.roles".into();
+    let server = TestServer::start(config).await;
+
+    let good = json!({"iss": IDP, "sub": "dave", "aud": ["api", "http://localhost"], "exp": now() + 300, "realm_access": {"roles": ["admin"]}});
+    let token = idp.token("ES256", "ec-1", &good);
+    assert!(list(&server, &token).await.is_ok());
+    let mut search =
+        personal_clients::pb::iam::personal_client_search_service_client::PersonalClientSearchServiceClient::connect(
+            format!("http://{}", server.addr),
+        )
+        .await
+        .unwrap();
+    let searched = search.search(authed(pb::PersonalClientSearchServiceSearchRequest::default(), &token)).await;
+    assert!(searched.is_ok(), "roles read from --roles-claim realm_access.roles: {searched:?}");
+
+    let mut refused = Vec::new();
+    let with = |edit: &dyn Fn(&mut Value)| {
+        let mut claims = good.clone();
+        edit(&mut claims);
+        claims
+    };
+    refused.push(("untrusted issuer", idp.token("ES256", "ec-1", &with(&|c| c["iss"] = json!("https://evil.test")))));
+    refused.push(("other audience", idp.token("ES256", "ec-1", &with(&|c| c["aud"] = json!("https://other.service")))));
+    refused.push(("expired", idp.token("ES256", "ec-1", &with(&|c| c["exp"] = json!(now() - 120)))));
+    refused.push(("not yet valid", idp.token("ES256", "ec-1", &with(&|c| c["nbf"] = json!(now() + 600)))));
+    refused.push(("unknown kid", idp.token("ES256", "ec-2", &good)));
+    refused.push(("key of another algorithm", idp.token("EdDSA", "ec-1", &good)));
+    let stranger = Provider::new();
+    refused.push(("signed by someone else", stranger.token("ES256", "ec-1", &good)));
+    let mut hs = Hmac::new_from_slice(b"secret").unwrap();
+    let input = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(json!({"alg": "HS256", "kid": "ec-1"}).to_string()),
+        URL_SAFE_NO_PAD.encode(good.to_string())
+    );
+    hmac::Mac::update(&mut hs, input.as_bytes());
+    refused.push(("HS256", format!("{input}.{}", URL_SAFE_NO_PAD.encode(hmac::Mac::finalize(hs).into_bytes()))));
+    for (why, token) in refused {
+        let status = list(&server, &token).await.expect_err(why);
+        assert_eq!(status.code(), Code::Unauthenticated, "{why}");
+    }
+    server.stop().await;
+}
+
+type Hmac = hmac::Hmac<sha2::Sha256>;
+use hmac::Mac as _;
+
+/// Serves a JWK Set over HTTP and counts the fetches.
+struct JwksServer {
+    addr: SocketAddr,
+    body: Arc<Mutex<String>>,
+    fetches: Arc<AtomicUsize>,
+}
+
+impl JwksServer {
+    async fn start(body: String) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (body, fetches) = (Arc::new(Mutex::new(body)), Arc::new(AtomicUsize::new(0)));
+        let (served, counted) = (Arc::clone(&body), Arc::clone(&fetches));
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let mut request = vec![0; 4096];
+                let _ = stream.read(&mut request).await;
+                counted.fetch_add(1, Ordering::SeqCst);
+                let body = served.lock().unwrap().clone();
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(response.as_bytes()).await;
+            }
+        });
+        Self { addr, body, fetches }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jwks_url_is_refetched_for_a_new_key_at_a_bounded_rate() {
+    let db = TestDb::new(common::Backend::Sqlite).await.unwrap();
+    let (old, new) = (Provider::new(), Provider::new());
+    let jwks = JwksServer::start(json!({"keys": [old.jwk("EdDSA", "2026-01")]}).to_string()).await;
+    let mut config = db.config();
+    config.trusted_jwks = vec![format!("{IDP}=http://{}/jwks.json", jwks.addr).parse().unwrap()];
+    let server = TestServer::start(config).await;
+    assert_eq!(jwks.fetches.load(Ordering::SeqCst), 1, "fetched at start");
+
+    assert!(list(&server, &old.token("EdDSA", "2026-01", &user_claims("erin", json!([])))).await.is_ok());
+    assert_eq!(jwks.fetches.load(Ordering::SeqCst), 1, "a known kid needs no fetch");
+
+    // The provider rotates: a token with the new kid makes the service fetch again.
+    *jwks.body.lock().unwrap() =
+        json!({"keys": [old.jwk("EdDSA", "2026-01"), new.jwk("EdDSA", "2026-02")]}).to_string();
+    assert!(list(&server, &new.token("EdDSA", "2026-02", &user_claims("erin", json!([])))).await.is_ok());
+    assert_eq!(jwks.fetches.load(Ordering::SeqCst), 2);
+
+    // A flood of unknown kids does not turn into a flood of fetches.
+    for i in 0..20 {
+        let token = new.token("EdDSA", &format!("bogus-{i}"), &user_claims("erin", json!([])));
+        assert_eq!(list(&server, &token).await.unwrap_err().code(), Code::Unauthenticated);
+    }
+    assert_eq!(jwks.fetches.load(Ordering::SeqCst), 2, "at most one fetch per interval");
+    server.stop().await;
+}
