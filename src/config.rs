@@ -1,6 +1,6 @@
 //! The service's configuration: every flag has a `PC_*` environment twin.
 
-use std::{fmt, net::SocketAddr, str::FromStr, time::Duration};
+use std::{fmt, net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
 
 use clap::{Args, Parser, ValueEnum};
 use ipnet::IpNet;
@@ -60,6 +60,19 @@ pub struct Config {
     /// accurate to well within a minute.
     #[arg(long, env = "PC_USAGE_FLUSH_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration, global = true)]
     pub usage_flush_interval: Duration,
+
+    /// PEM certificate chain: with `--tls-key`, serve TLS (gRPC and HTTP) on the same port.
+    /// Without both, plaintext, for meshes whose sidecar terminates TLS.
+    #[arg(long, env = "PC_TLS_CERT", requires = "tls_key", global = true)]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key for `--tls-cert`.
+    #[arg(long, env = "PC_TLS_KEY", requires = "tls_cert", global = true)]
+    pub tls_key: Option<PathBuf>,
+
+    /// Largest request body accepted; a larger gRPC request is refused with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "PC_MAX_REQUEST_BYTES", default_value_t = 64 * 1024, global = true)]
+    pub max_request_bytes: usize,
 
     /// How often the database is pinged for the health service and `/healthz`.
     #[arg(long, env = "PC_HEALTH_INTERVAL", default_value = "2s", value_parser = humantime::parse_duration, global = true)]

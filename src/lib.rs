@@ -12,8 +12,10 @@ pub mod domain;
 mod error;
 pub mod exchange;
 pub mod health;
+pub mod limits;
 pub mod metrics;
 pub mod store;
+mod tls;
 
 /// The compiled contract, with the well-known types it imports, for gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("descriptors");
@@ -29,7 +31,7 @@ pub mod pb {
     }
 }
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
 
 use tokio::{net::TcpListener, sync::Notify};
 use tonic::{
@@ -45,6 +47,7 @@ use auth::{Authenticator, SigningKeys, external::ExternalIssuers};
 use domain::{Role, RoleSet};
 use exchange::TokenExchange;
 use health::Health;
+use limits::RequestSizeLimitLayer;
 use metrics::{Metrics, RecordRpcLayer};
 use pb::{
     auth::token_service_server::TokenServiceServer,
@@ -135,12 +138,22 @@ pub async fn serve(
             draining.notify_one();
         }
     };
-    let server = Server::builder()
+    let router = Server::builder()
         .accept_http1(true)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .layer(RecordRpcLayer::new(metrics))
-        .add_routes(Routes::from(routes))
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), signal);
+        .layer(RequestSizeLimitLayer::new(config.max_request_bytes))
+        .add_routes(Routes::from(routes));
+    let server: Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> =
+        match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => {
+                let incoming = tls::incoming(listener, tls::server_config(cert, key)?);
+                Box::pin(router.serve_with_incoming_shutdown(incoming, signal))
+            }
+            _ => Box::pin(
+                router.serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), signal),
+            ),
+        };
     let served = tokio::select! {
         result = server => result.map_err(|e| Error::Internal(format!("server failed: {e}"))),
         () = async { draining.notified().await; tokio::time::sleep(config.shutdown_grace).await } => {

@@ -11,7 +11,7 @@ use axum::{
     response::Response,
     routing::{get, post},
 };
-use tonic::transport::server::TcpConnectInfo;
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 
 use crate::{
     auth::Authenticator,
@@ -62,7 +62,12 @@ async fn healthz(State(state): State<HttpState>) -> Response {
 async fn token(State(state): State<HttpState>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
     let origin = RequestOrigin {
-        peer: parts.extensions.get::<TcpConnectInfo>().and_then(TcpConnectInfo::remote_addr).map(|addr| addr.ip()),
+        peer: parts
+            .extensions
+            .get::<TcpConnectInfo>()
+            .or_else(|| parts.extensions.get::<TlsConnectInfo<TcpConnectInfo>>().map(TlsConnectInfo::get_ref))
+            .and_then(TcpConnectInfo::remote_addr)
+            .map(|addr| addr.ip()),
         forwarded_for: parts
             .headers
             .get_all("x-forwarded-for")

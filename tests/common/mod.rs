@@ -172,6 +172,34 @@ impl TestServer {
         server
     }
 
+    /// A server with TLS on: ready once it is serving (its first answer needs a TLS client).
+    pub async fn start_tls(config: Config, ca_pem: &str) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let (tx, rx) = oneshot::channel();
+        let handle = tokio::spawn(personal_clients::serve(config.clone(), listener, async {
+            let _ = rx.await;
+        }));
+        let tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(ca_pem))
+            .domain_name("localhost");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            assert!(Instant::now() < deadline && !handle.is_finished(), "TLS server did not become ready");
+            let endpoint = Channel::from_shared(format!("https://localhost:{}", addr.port())).expect("endpoint");
+            if let Ok(channel) = endpoint.tls_config(tls.clone()).expect("tls").connect().await {
+                let answer = PersonalClientServiceClient::new(channel)
+                    .list(pb::PersonalClientServiceListRequest::default())
+                    .await;
+                if matches!(answer, Err(status) if status.code() == Code::Unauthenticated) {
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Self { addr, config, shutdown: Some(tx), handle: Some(handle) }
+    }
+
     async fn wait_until_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {

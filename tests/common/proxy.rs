@@ -13,6 +13,7 @@ use tokio::{
 pub struct TcpProxy {
     pub addr: SocketAddr,
     up: watch::Sender<bool>,
+    stalled: watch::Sender<bool>,
 }
 
 impl TcpProxy {
@@ -20,8 +21,14 @@ impl TcpProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let addr = listener.local_addr().expect("proxy addr");
         let (up, watcher) = watch::channel(true);
+        let (stalled, stall_watcher) = watch::channel(false);
         tokio::spawn(async move {
+            let mut held = Vec::new();
             while let Ok((mut inbound, _)) = listener.accept().await {
+                if *stall_watcher.borrow() {
+                    held.push(inbound); // accepted, never answered: a database that hangs
+                    continue;
+                }
                 if !*watcher.borrow() {
                     continue; // dropped: the connection is refused as soon as it is made
                 }
@@ -35,7 +42,13 @@ impl TcpProxy {
                 });
             }
         });
-        Self { addr, up }
+        Self { addr, up, stalled }
+    }
+
+    /// Drops open connections and holds every new one without an answer: the database hangs.
+    pub fn stall(&self) {
+        self.stalled.send_replace(true);
+        self.cut();
     }
 
     /// Drops every open connection and every new one until [`TcpProxy::restore`].
