@@ -12,7 +12,7 @@ use ed25519_dalek::VerifyingKey;
 use sea_orm::{
     ActiveValue::Set,
     ColumnTrait, Condition, ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction,
-    DbBackend, EntityTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait, SqlErr, TransactionTrait,
+    DbBackend, EntityTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait, Select, SqlErr, TransactionTrait,
     sea_query::{Expr, Func, LikeExpr, SimpleExpr},
     sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous},
 };
@@ -160,18 +160,7 @@ impl Store {
         after: Option<Uuid>,
         limit: u64,
     ) -> Result<Vec<PersonalClient>, Error> {
-        let mut query = personal_client::Entity::find().filter(live(Some(user)));
-        if let Some(after) = after {
-            query = query.filter(personal_client::Column::Id.gt(after));
-        }
-        query
-            .order_by_asc(personal_client::Column::Id)
-            .limit(limit)
-            .all(&self.db)
-            .await?
-            .into_iter()
-            .map(PersonalClient::try_from)
-            .collect()
+        self.page_after(personal_client::Entity::find().filter(live(Some(user))), after, limit).await
     }
 
     /// Up to `limit` clients matching `filter` with ids after `after`, oldest first.
@@ -199,11 +188,22 @@ impl Store {
                     .add(lower(Column::ClientId).like(LikeExpr::new(format!("{escaped}%")).escape('\\'))),
             );
         }
+        self.page_after(query, after, limit).await
+    }
+
+    /// Keyset paging: up to `limit` rows of `query` with ids after `after`, in id (creation)
+    /// order.
+    async fn page_after(
+        &self,
+        mut query: Select<personal_client::Entity>,
+        after: Option<Uuid>,
+        limit: u64,
+    ) -> Result<Vec<PersonalClient>, Error> {
         if let Some(after) = after {
-            query = query.filter(Column::Id.gt(after));
+            query = query.filter(personal_client::Column::Id.gt(after));
         }
         query
-            .order_by_asc(Column::Id)
+            .order_by_asc(personal_client::Column::Id)
             .limit(limit)
             .all(&self.db)
             .await?
