@@ -178,10 +178,12 @@ pub async fn mint_token(config: &Config, user: &str, roles: &[String], ttl: Dura
     if user.trim().is_empty() {
         return Err(Error::invalid("user", "is required"));
     }
-    for role in roles {
+    // `--roles ""` means no roles.
+    let roles: Vec<String> = roles.iter().filter(|role| !role.is_empty()).cloned().collect();
+    for role in &roles {
         Role::parse(role).map_err(|e| Error::invalid("roles", e))?;
     }
     let state = open(config).await?;
-    let (token, _) = state.auth.mint(user, &RoleSet::from_claims(roles), None, ttl);
+    let (token, _) = state.auth.mint(user, &RoleSet::from_claims(&roles), None, ttl);
     Ok(token)
 }

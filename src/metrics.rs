@@ -90,7 +90,7 @@ impl Metrics {
     }
 
     fn rpc(&self, method: &str, code: Code, seconds: f64) {
-        self.requests.get_or_create(&RpcLabels { method: method.to_owned(), code: format!("{code:?}") }).inc();
+        self.requests.get_or_create(&RpcLabels { method: method.to_owned(), code: code_name(code) }).inc();
         self.latency.get_or_create(&MethodLabels { method: method.to_owned() }).observe(seconds);
     }
 
@@ -108,6 +108,19 @@ impl Metrics {
         let _ = encode(&mut text, &self.registry);
         text
     }
+}
+
+/// The canonical name of a gRPC status code, as other gRPC services label it: `OK`,
+/// `NOT_FOUND`, `DEADLINE_EXCEEDED`.
+fn code_name(code: Code) -> String {
+    let mut name = String::new();
+    for (i, c) in format!("{code:?}").chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            name.push('_');
+        }
+        name.push(c.to_ascii_uppercase());
+    }
+    name
 }
 
 /// A tower layer that records every gRPC call in [`Metrics`].
@@ -187,5 +200,18 @@ where
             }
             response
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_have_their_canonical_names() {
+        assert_eq!(code_name(Code::Ok), "OK");
+        assert_eq!(code_name(Code::NotFound), "NOT_FOUND");
+        assert_eq!(code_name(Code::DeadlineExceeded), "DEADLINE_EXCEEDED");
+        assert_eq!(code_name(Code::Unauthenticated), "UNAUTHENTICATED");
     }
 }

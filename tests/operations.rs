@@ -40,12 +40,12 @@ async fn metrics_count_calls_and_exchange_outcomes(db: TestDb) {
     let text = page.body;
     let list = r#"method="/c1.api.iam.v1.PersonalClientService/List""#;
     assert_eq!(
-        sample(&text, &format!("personal_clients_grpc_requests_total{{{list},code=\"Ok\"}}")),
+        sample(&text, &format!("personal_clients_grpc_requests_total{{{list},code=\"OK\"}}")),
         Some(1.0),
         "{text}"
     );
     assert!(
-        sample(&text, &format!("personal_clients_grpc_requests_total{{{list},code=\"Unauthenticated\"}}")).unwrap()
+        sample(&text, &format!("personal_clients_grpc_requests_total{{{list},code=\"UNAUTHENTICATED\"}}")).unwrap()
             >= 1.0
     );
     let calls = sample(&text, &format!("personal_clients_grpc_request_duration_seconds_count{{{list}}}")).unwrap();

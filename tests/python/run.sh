@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Runs the Python client tests against the release binary: the service as seen by a client
+# written in another language (generated stubs, reflection only, PyJWT, plain HTTP).
+#
+#   bash tests/python/run.sh [extra pytest arguments]
+#
+# Needs python3 (with venv) and cargo on PATH, and PyPI for the first run.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+cd "$ROOT"
+
+VENV="$ROOT/target/python-venv"
+if [[ ! -x "$VENV/bin/python" ]]; then
+    python3 -m venv "$VENV"
+fi
+# Exactly these packages; pip is quick when they are already installed, so a venv left half
+# set up by an interrupted run mends itself.
+"$VENV/bin/python" -m pip install -q \
+    grpcio grpcio-tools grpcio-reflection grpcio-health-checking PyJWT cryptography pytest
+PYTHON="$VENV/bin/python"
+
+BINARY="$ROOT/target/release/personal-clients"
+# Build when the binary is missing, and also when any of its sources is newer: a stale binary
+# would test yesterday's server (an old one lacking the health service fails every test here).
+# When the binary is current, cargo is not run at all.
+if [[ ! -x "$BINARY" ]] || [[ -n "$(find "$ROOT/src" "$ROOT/proto" "$ROOT/Cargo.toml" "$ROOT/Cargo.lock" \
+        "$ROOT/build.rs" -newer "$BINARY" -print -quit 2>/dev/null)" ]]; then
+    cargo build --release --locked
+fi
+export PC_BINARY="$BINARY"
+
+# Stubs go to a fresh directory each run, so they always match proto/ as it is now.
+STUBS="$(mktemp -d)"
+trap 'rm -rf "$STUBS"' EXIT
+# grpc_tools ships the well-known types (google/protobuf/*.proto) and adds them to the include
+# path itself, so only proto/ is named here.
+"$PYTHON" -m grpc_tools.protoc \
+    --proto_path="$ROOT/proto" \
+    --python_out="$STUBS" \
+    --grpc_python_out="$STUBS" \
+    c1/api/iam/v1/personal_client.proto \
+    c1/api/auth/v1/token.proto
+export PYTHONPATH="$STUBS${PYTHONPATH:+:$PYTHONPATH}"
+
+# Keep the work tree clean: no __pycache__ beside the tests, pytest's cache under target/.
+export PYTHONDONTWRITEBYTECODE=1
+# No `exec`: the EXIT trap must still remove the stubs. pytest's status is the script's status.
+status=0
+"$PYTHON" -m pytest -q -o cache_dir="$ROOT/target/pytest-cache" tests/python "$@" || status=$?
+exit "$status"
