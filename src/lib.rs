@@ -108,12 +108,10 @@ pub async fn serve(
         .add_service(health_service)
         .add_service(reflection().build_v1().map_err(reflection_error)?)
         .add_service(reflection().build_v1alpha().map_err(reflection_error)?);
-    let routes = grpc.into_axum_router().merge(api::http::routes(
-        Arc::clone(&exchange),
-        Arc::clone(&state.auth),
-        health.clone(),
-        Arc::clone(&metrics),
-    ));
+    let routes = grpc
+        .into_axum_router()
+        .merge(api::http::routes(Arc::clone(&exchange), Arc::clone(&state.auth), health.clone(), Arc::clone(&metrics)))
+        .fallback(api::http::not_found);
     tracing::info!(%address, database = %config.database_url, issuer = %config.issuer(), "serving");
 
     let watcher = tokio::spawn(health.watch(state.store.clone(), reporter, config.health_interval));

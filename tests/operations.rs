@@ -79,6 +79,14 @@ async fn health_reports_serving_for_every_service(db: TestDb) {
     let unknown =
         HealthClient::new(channel(&server).await).check(HealthCheckRequest { service: "no.such.Service".into() }).await;
     assert_eq!(unknown.unwrap_err().code(), tonic::Code::NotFound);
+    let path = http::uri::PathAndQuery::from_static("/c1.api.iam.v1.PersonalClientService/Explode");
+    let mut grpc = tonic::client::Grpc::new(channel(&server).await);
+    grpc.ready().await.unwrap();
+    let codec = tonic_prost::ProstCodec::<HealthCheckRequest, HealthCheckRequest>::default();
+    let missing = grpc.unary(tonic::Request::new(HealthCheckRequest::default()), path, codec).await;
+    assert_eq!(missing.unwrap_err().code(), tonic::Code::Unimplemented, "gRPC to an unknown method");
+    let nowhere = http(server.addr, "GET", "/no/such/page", &[], "").await;
+    assert_eq!(nowhere.status, 404, "plain HTTP to an unknown path is a 404");
     let healthz = http(server.addr, "GET", "/healthz", &[], "").await;
     assert_eq!(healthz.status, 200);
     assert_eq!(healthz.json()["status"], "SERVING");

@@ -41,6 +41,19 @@ pub fn routes(exchange: Arc<TokenExchange>, auth: Arc<Authenticator>, health: He
         .with_state(HttpState { exchange, auth, health, metrics })
 }
 
+/// What no route matched: gRPC callers get `UNIMPLEMENTED` as gRPC expects, anyone else a 404.
+pub async fn not_found(request: Request) -> Response {
+    let is_grpc = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"));
+    if is_grpc {
+        return tonic::Status::unimplemented(format!("no method {}", request.uri().path())).into_http();
+    }
+    json(StatusCode::NOT_FOUND, &serde_json::json!({ "error": "not_found" }))
+}
+
 /// Prometheus text exposition format 0.0.4.
 async fn metrics_text(State(state): State<HttpState>) -> Response {
     let mut response = Response::new(Body::from(state.metrics.render()));
