@@ -141,10 +141,6 @@ impl DatabaseUrl {
     pub fn expose(&self) -> &str {
         &self.0
     }
-
-    pub fn is_postgres(&self) -> bool {
-        self.0.starts_with("postgres://") || self.0.starts_with("postgresql://")
-    }
 }
 
 impl FromStr for DatabaseUrl {

@@ -149,15 +149,19 @@ pub struct RecordRpc<S> {
     metrics: std::sync::Arc<Metrics>,
 }
 
+/// Whether a request is gRPC (`application/grpc`, `application/grpc+proto`, ...) rather than
+/// plain HTTP.
+pub fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"))
+}
+
 /// The method label of a gRPC request: `/package.Service/Method`. Paths outside the services
 /// served here share one label, so a scanner cannot grow the label set.
 fn method_label(request: &http::Request<impl Sized>) -> Option<String> {
-    let is_grpc = request
-        .headers()
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/grpc"));
-    if !is_grpc {
+    if !is_grpc(request.headers()) {
         return None;
     }
     let path = request.uri().path();

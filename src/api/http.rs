@@ -18,7 +18,7 @@ use crate::{
     error::OAuthError,
     exchange::{RequestOrigin, TokenExchange, TokenRequest},
     health::Health,
-    metrics::Metrics,
+    metrics::{Metrics, is_grpc},
 };
 
 /// Token requests are a few hundred bytes; anything near this is not one.
@@ -43,12 +43,7 @@ pub fn routes(exchange: Arc<TokenExchange>, auth: Arc<Authenticator>, health: He
 
 /// What no route matched: gRPC callers get `UNIMPLEMENTED` as gRPC expects, anyone else a 404.
 pub async fn not_found(request: Request) -> Response {
-    let is_grpc = request
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/grpc"));
-    if is_grpc {
+    if is_grpc(request.headers()) {
         return tonic::Status::unimplemented(format!("no method {}", request.uri().path())).into_http();
     }
     json(StatusCode::NOT_FOUND, &serde_json::json!({ "error": "not_found" }))
@@ -74,20 +69,14 @@ async fn healthz(State(state): State<HttpState>) -> Response {
 
 async fn token(State(state): State<HttpState>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
-    let origin = RequestOrigin {
-        peer: parts
-            .extensions
-            .get::<TcpConnectInfo>()
-            .or_else(|| parts.extensions.get::<TlsConnectInfo<TcpConnectInfo>>().map(TlsConnectInfo::get_ref))
-            .and_then(TcpConnectInfo::remote_addr)
-            .map(|addr| addr.ip()),
-        forwarded_for: parts
-            .headers
-            .get_all("x-forwarded-for")
-            .iter()
-            .map(|value| value.to_str().unwrap_or_default().to_owned())
-            .collect(),
-    };
+    let peer = parts
+        .extensions
+        .get::<TcpConnectInfo>()
+        .or_else(|| parts.extensions.get::<TlsConnectInfo<TcpConnectInfo>>().map(TlsConnectInfo::get_ref))
+        .and_then(TcpConnectInfo::remote_addr)
+        .map(|addr| addr.ip());
+    let origin =
+        RequestOrigin::new(peer, parts.headers.get_all("x-forwarded-for").iter().map(|value| value.to_str().ok()));
     let form = match read_form(&parts.headers, body).await {
         Ok(form) => form,
         Err(description) => return oauth_error(OAuthError { http_status: 400, error: "invalid_request", description }),

@@ -22,16 +22,11 @@ impl TokenApi {
 #[tonic::async_trait]
 impl TokenService for TokenApi {
     async fn token(&self, request: Request<PbTokenRequest>) -> Result<Response<TokenResponse>, Status> {
-        let origin = RequestOrigin {
-            peer: request.remote_addr().map(|addr| addr.ip()),
-            // A value that is not text cannot be an address: kept as empty, it fails closed.
-            forwarded_for: request
-                .metadata()
-                .get_all("x-forwarded-for")
-                .iter()
-                .map(|value| value.to_str().unwrap_or_default().to_owned())
-                .collect(),
-        };
+        let forwarded_for = request.metadata().get_all("x-forwarded-for");
+        let origin = RequestOrigin::new(
+            request.remote_addr().map(|addr| addr.ip()),
+            forwarded_for.iter().map(|value| value.to_str().ok()),
+        );
         let req = request.get_ref();
         let issued = self
             .exchange

@@ -8,14 +8,6 @@ use chrono::{DateTime, TimeDelta, Utc};
 pub struct MaxLifetime(Option<Duration>);
 
 impl MaxLifetime {
-    pub fn new(limit: Option<Duration>) -> Self {
-        Self(limit)
-    }
-
-    pub fn limit(&self) -> Option<Duration> {
-        self.0
-    }
-
     /// Expiry of a credential created at `now` that asked for `lifetime` (seconds, nanos as in
     /// `google.protobuf.Duration`); no lifetime means the longest allowed.
     pub fn expiry_for_lifetime(

@@ -51,9 +51,3 @@ pub struct ClientChanges {
     /// `Some(None)` makes the credential never expire.
     pub expires_at: Option<Option<DateTime<Utc>>>,
 }
-
-impl ClientChanges {
-    pub fn is_empty(&self) -> bool {
-        *self == Self::default()
-    }
-}

@@ -42,6 +42,14 @@ pub struct RequestOrigin {
     pub forwarded_for: Vec<String>,
 }
 
+impl RequestOrigin {
+    /// The origin of a request from its TCP peer and its `X-Forwarded-For` values (`None` for a
+    /// value that is not text: kept as empty, it cannot be an address and fails closed).
+    pub fn new<'a>(peer: Option<IpAddr>, forwarded_for: impl Iterator<Item = Option<&'a str>>) -> Self {
+        Self { peer, forwarded_for: forwarded_for.map(|value| value.unwrap_or_default().to_owned()).collect() }
+    }
+}
+
 /// An access token issued to a personal client.
 #[derive(Debug, Clone)]
 pub struct IssuedToken {
