@@ -5,14 +5,19 @@ use std::{env, error::Error, fs, path::PathBuf};
 
 use prost::Message;
 
-const PROTOS: &[&str] = &["c1/api/iam/v1/personal_client.proto", "c1/api/auth/v1/token.proto"];
+/// The contract: Rust code is generated for these.
+const CONTRACT: &[&str] = &["c1/api/iam/v1/personal_client.proto", "c1/api/auth/v1/token.proto"];
+/// The error details the service sends (`google.rpc.BadRequest` in `grpc-status-details-bin`):
+/// served by reflection so dynamic clients can decode them; their Rust types come from
+/// `tonic-types`.
+const ERROR_MODEL: &[&str] = &["google/rpc/status.proto", "google/rpc/error_details.proto"];
 
 fn main() -> Result<(), Box<dyn Error>> {
-    println!("cargo:rerun-if-changed=proto/c1/api/iam/v1");
-    println!("cargo:rerun-if-changed=proto/c1/api/auth/v1");
-    let descriptors = protox::compile(PROTOS, ["proto"])?;
-    // Served by gRPC reflection, with the well-known types the contract imports.
-    fs::write(PathBuf::from(env::var("OUT_DIR")?).join("descriptors.bin"), descriptors.encode_to_vec())?;
-    tonic_prost_build::configure().compile_fds(descriptors)?;
+    for dir in ["proto/c1/api/iam/v1", "proto/c1/api/auth/v1", "proto/google/rpc"] {
+        println!("cargo:rerun-if-changed={dir}");
+    }
+    let served = protox::compile(CONTRACT.iter().chain(ERROR_MODEL), ["proto"])?;
+    fs::write(PathBuf::from(env::var("OUT_DIR")?).join("descriptors.bin"), served.encode_to_vec())?;
+    tonic_prost_build::configure().compile_fds(protox::compile(CONTRACT, ["proto"])?)?;
     Ok(())
 }
