@@ -17,17 +17,20 @@ use tonic::{
 };
 
 use crate::{
-    Config, Error,
+    Error,
     auth::jws::{self, Header},
+    config::{Config, CredentialArgs, DatabaseArgs, DatabaseUrl, IssuerArgs, ServingArgs, TrustArgs, parse_listen},
+    domain::{Role, RoleSet},
     pb::{
         auth::{TokenRequest, token_service_client::TokenServiceClient},
         iam::{self as pb, personal_client_service_client::PersonalClientServiceClient},
     },
 };
 
-/// What to measure.
+/// What to measure, and the service to measure: the same options as `serve`, but for the
+/// database, which is a scratch one unless named.
 #[derive(Debug, Clone, clap::Args)]
-pub struct BenchOptions {
+pub struct BenchArgs {
     /// Concurrent callers.
     #[arg(long, env = "PC_BENCH_CONCURRENCY", default_value_t = 16)]
     pub concurrency: usize,
@@ -37,31 +40,57 @@ pub struct BenchOptions {
     /// Database to measure on [default: a new SQLite file in the temporary directory, removed
     /// afterwards]. Never point this at a database in use: it fills it with test clients.
     #[arg(long, env = "PC_BENCH_DATABASE_URL")]
-    pub bench_database_url: Option<String>,
+    pub database_url: Option<DatabaseUrl>,
+    /// Address the measured service listens on [default: a free loopback port].
+    #[arg(long, env = "PC_BENCH_LISTEN", default_value = "127.0.0.1:0", value_parser = parse_listen)]
+    pub listen: std::net::SocketAddr,
+    #[command(flatten)]
+    pub issuer: IssuerArgs,
+    #[command(flatten)]
+    pub credentials: CredentialArgs,
+    #[command(flatten)]
+    pub trust: TrustArgs,
+    #[command(flatten)]
+    pub serving: ServingArgs,
 }
 
-/// Runs Create, Get and List phases against a fresh service.
-pub async fn run(mut config: Config, options: &BenchOptions) -> Result<(), Error> {
+/// Runs Create, Get, List and token phases against a fresh service.
+pub async fn run(args: BenchArgs) -> Result<(), Error> {
     let scratch = std::env::temp_dir().join(format!("personal-clients-bench-{}.db", uuid::Uuid::now_v7()));
-    let url = match &options.bench_database_url {
+    let database_url = match &args.database_url {
         Some(url) => url.clone(),
-        None => format!("sqlite://{}?mode=rwc", scratch.display()),
+        None => format!("sqlite://{}?mode=rwc", scratch.display())
+            .parse()
+            .map_err(|e: String| Error::internal(format!("scratch database: {e}")))?,
     };
-    config.database_url = url.parse().map_err(|e| Error::invalid("bench-database-url", e))?;
-    let result = measure(config, options).await;
+    let config = Config {
+        database: DatabaseArgs { database_url },
+        issuer: args.issuer.clone(),
+        credentials: args.credentials.clone(),
+        trust: args.trust.clone(),
+        serving: args.serving.clone(),
+    };
+    let result = measure(config, &args).await;
     for suffix in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", scratch.display()));
     }
     result
 }
 
-async fn measure(config: Config, options: &BenchOptions) -> Result<(), Error> {
-    let internal = |e: &dyn std::fmt::Display| Error::Internal(e.to_string());
-    let listener = TcpListener::bind("127.0.0.1:0").await.map_err(|e| internal(&e))?;
+async fn measure(config: Config, options: &BenchArgs) -> Result<(), Error> {
+    let internal = |e: &dyn std::fmt::Display| Error::internal(e.to_string());
+    let listener = TcpListener::bind(options.listen)
+        .await
+        .map_err(|e| Error::internal_with(format!("cannot listen on {}", options.listen), e))?;
     let address = listener.local_addr().map_err(|e| internal(&e))?;
-    let token = crate::mint_token(&config, "bench-user", &["bench".into()], Duration::from_secs(3600)).await?;
+    let database = &config.database.database_url;
+    crate::server::migrate(database).await?;
+    let roles = RoleSet::from_claims(&[Role::parse("bench").map_err(Error::internal)?.as_str()]);
+    let token =
+        crate::server::mint_token(database, &config.issuer, "bench-user", &roles, Duration::from_secs(3600)).await?;
+    let audience = config.issuer.public_host.clone();
     let (stop, stopped) = oneshot::channel::<()>();
-    let server = tokio::spawn(crate::serve(config.clone(), listener, async {
+    let server = tokio::spawn(crate::server::serve(config.clone(), listener, async {
         let _ = stopped.await;
     }));
     let channel = Channel::from_shared(format!("http://{address}"))
@@ -74,7 +103,7 @@ async fn measure(config: Config, options: &BenchOptions) -> Result<(), Error> {
 
     println!(
         "database {}, {} callers, {:?} per phase, {} cores",
-        config.database_url,
+        config.database.database_url,
         options.concurrency,
         options.duration,
         std::thread::available_parallelism().map_or(1, usize::from)
@@ -111,16 +140,17 @@ async fn measure(config: Config, options: &BenchOptions) -> Result<(), Error> {
     })
     .await?;
 
-    let credential = created.first().ok_or_else(|| Error::Internal("no client was created".into()))?;
+    let credential = created.first().ok_or_else(|| Error::internal("no client was created"))?;
     let client_id = credential.client.as_ref().map(|c| c.client_id.clone()).unwrap_or_default();
     let key = Arc::new(signing_key_of(&credential.client_secret)?);
     let tokens = TokenServiceClient::new(channel);
     phase("Token (gRPC)", options, move |_| {
-        let (mut tokens, key, client_id) = (tokens.clone(), Arc::clone(&key), client_id.clone());
+        let (mut tokens, key, client_id, audience) =
+            (tokens.clone(), Arc::clone(&key), client_id.clone(), audience.clone());
         async move {
             let now = chrono::Utc::now().timestamp();
             let claims = serde_json::json!({
-                "iss": client_id, "sub": client_id, "aud": "localhost",
+                "iss": client_id, "sub": client_id, "aud": audience,
                 "iat": now, "exp": now + 60, "jti": uuid::Uuid::now_v7().to_string(),
             });
             let assertion = jws::sign(&Header { alg: "EdDSA".into(), ..Header::default() }, &claims, &key);
@@ -148,7 +178,7 @@ fn authed<T>(bearer: &MetadataValue<Ascii>, message: T) -> Request<T> {
 
 /// The private key in a secret, read as any client would.
 fn signing_key_of(secret: &str) -> Result<SigningKey, Error> {
-    let malformed = || Error::Internal("Create returned a malformed secret".into());
+    let malformed = || Error::internal("Create returned a malformed secret");
     let encoded = secret.rsplit(':').next().ok_or_else(malformed)?;
     let jwk: serde_json::Value =
         serde_json::from_slice(&URL_SAFE_NO_PAD.decode(encoded).map_err(|_| malformed())?).map_err(|_| malformed())?;
@@ -158,7 +188,7 @@ fn signing_key_of(secret: &str) -> Result<SigningKey, Error> {
 
 /// Runs `call` from `options.concurrency` callers for `options.duration`, prints the figures and
 /// returns what the calls returned.
-async fn phase<T, F, Fut>(name: &str, options: &BenchOptions, call: F) -> Result<Vec<T>, Error>
+async fn phase<T, F, Fut>(name: &str, options: &BenchArgs, call: F) -> Result<Vec<T>, Error>
 where
     T: Send + 'static,
     F: Fn(usize) -> Fut + Clone + Send + 'static,
@@ -187,9 +217,9 @@ where
     let mut values = Vec::new();
     let mut latencies = Vec::new();
     for worker in workers {
-        let (results, worker_latencies) = worker.await.map_err(|e| Error::Internal(e.to_string()))?;
+        let (results, worker_latencies) = worker.await.map_err(|e| Error::internal_with("a bench worker failed", e))?;
         for result in results {
-            values.push(result.map_err(|status| Error::Internal(format!("{name} failed: {status}")))?);
+            values.push(result.map_err(|status| Error::internal_with(format!("{name} failed"), status))?);
         }
         latencies.extend(worker_latencies);
     }

@@ -1,136 +1,200 @@
-//! The service's configuration: every flag has a `PC_*` environment twin.
+//! The service's configuration, in argument groups that each command takes only as it needs:
+//! the database, the names the service issues under, the rules for credentials, whom it
+//! trusts, and how it serves. Every flag has a `PC_*` environment twin; a value that cannot
+//! work is refused as a usage error that names its flag.
 
 use std::{fmt, net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
 
-use clap::{Args, Parser, ValueEnum};
+use clap::{Args, CommandFactory, FromArgMatches, Parser};
 use ipnet::IpNet;
 
-use crate::{auth::external::TrustedJwks, domain::MaxLifetime};
+use crate::domain::{MaxLifetime, Role};
 
+/// The embedded default: a SQLite file in the working directory, created at first start.
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://personal-clients.db?mode=rwc";
+
+/// Which database: every command takes this.
 #[derive(Debug, Clone, Args)]
-pub struct Config {
+pub struct DatabaseArgs {
     /// Database: `sqlite://FILE?mode=rwc` (embedded) or `postgres://USER:PASS@HOST/DB`.
-    #[arg(long, env = "PC_DATABASE_URL", default_value = "sqlite://personal-clients.db?mode=rwc", global = true)]
+    #[arg(long, env = "PC_DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
     pub database_url: DatabaseUrl,
+}
 
-    /// Address to serve gRPC and HTTP on.
-    #[arg(long, env = "PC_LISTEN", default_value = "127.0.0.1:50051", global = true)]
-    pub listen: SocketAddr,
-
+/// The names the service issues under: in client ids and in the tokens it mints.
+#[derive(Debug, Clone, Args)]
+pub struct IssuerArgs {
     /// Host name used in client ids and expected as the audience of client assertions.
-    #[arg(long, env = "PC_PUBLIC_HOST", default_value = "localhost", global = true)]
+    #[arg(long, env = "PC_PUBLIC_HOST", default_value = "localhost", value_parser = parse_public_host)]
     pub public_host: String,
 
     /// `iss` of the access tokens this service mints [default: http://<public-host>].
-    #[arg(long, env = "PC_ISSUER", global = true)]
+    #[arg(long, env = "PC_ISSUER", value_parser = parse_non_empty)]
     pub issuer: Option<String>,
+}
 
+impl IssuerArgs {
+    pub fn issuer(&self) -> String {
+        self.issuer.clone().unwrap_or_else(|| format!("http://{}", self.public_host))
+    }
+}
+
+/// The rules for credentials and the tokens they obtain.
+#[derive(Debug, Clone, Args)]
+pub struct CredentialArgs {
     /// Role that may search and revoke any user's personal clients.
-    #[arg(long, env = "PC_ADMIN_ROLE", default_value = "admin", global = true)]
-    pub admin_role: String,
+    #[arg(long, env = "PC_ADMIN_ROLE", default_value = "admin", value_parser = Role::parse)]
+    pub admin_role: Role,
 
     /// Longest credential lifetime (`365d`, `90d`, ...), or `none` for no limit.
-    #[arg(long, env = "PC_MAX_LIFETIME", default_value = "365d", global = true)]
+    #[arg(long, env = "PC_MAX_LIFETIME", default_value = "365d")]
     pub max_lifetime: MaxLifetime,
 
     /// Lifetime of the access tokens the token exchange issues.
-    #[arg(long, env = "PC_TOKEN_TTL", default_value = "1h", value_parser = humantime::parse_duration, global = true)]
+    #[arg(long, env = "PC_TOKEN_TTL", default_value = "1h", value_parser = parse_positive_duration)]
     pub token_ttl: Duration,
 
     /// Namespace in issued secrets: `secret-token:<namespace>:v1:...`.
-    #[arg(long, env = "PC_SECRET_NAMESPACE", default_value = "personal-clients", global = true)]
+    #[arg(long, env = "PC_SECRET_NAMESPACE", default_value = "personal-clients", value_parser = parse_namespace)]
     pub secret_namespace: String,
+}
 
+/// Whom the service believes: other identity providers and proxies.
+#[derive(Debug, Clone, Args)]
+pub struct TrustArgs {
     /// An external identity provider whose user tokens are accepted: `ISSUER=PATH_OR_URL` of its
     /// JWK Set (EdDSA, ES256, RS256). Repeat for several.
-    #[arg(long = "trusted-jwks", env = "PC_TRUSTED_JWKS", value_delimiter = ',', global = true)]
+    #[arg(long = "trusted-jwks", env = "PC_TRUSTED_JWKS", value_delimiter = ',')]
     pub trusted_jwks: Vec<TrustedJwks>,
 
     /// Claim of external tokens that holds the user's roles; a dotted path reaches into objects
     /// (`realm_access.roles`).
-    #[arg(long, env = "PC_ROLES_CLAIM", default_value = "roles", global = true)]
+    #[arg(long, env = "PC_ROLES_CLAIM", default_value = "roles", value_parser = parse_non_empty)]
     pub roles_claim: String,
 
     /// Proxies (CIDRs, comma-separated) whose `X-Forwarded-For` is believed for the source
     /// address of token requests. Default: none; the TCP peer is the source.
-    #[arg(long, env = "PC_TRUSTED_PROXIES", value_delimiter = ',', global = true)]
+    #[arg(long, env = "PC_TRUSTED_PROXIES", value_delimiter = ',')]
     pub trusted_proxies: Vec<IpNet>,
+}
 
-    /// How often `last_used_at` is written; uses in between are batched in memory. 30 s keeps it
-    /// accurate to well within a minute.
-    #[arg(long, env = "PC_USAGE_FLUSH_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration, global = true)]
-    pub usage_flush_interval: Duration,
-
+/// How the service serves: transport, limits and background work.
+#[derive(Debug, Clone, Args)]
+pub struct ServingArgs {
     /// PEM certificate chain: with `--tls-key`, serve TLS (gRPC and HTTP) on the same port.
     /// Without both, plaintext, for meshes whose sidecar terminates TLS.
-    #[arg(long, env = "PC_TLS_CERT", requires = "tls_key", global = true)]
+    #[arg(long, env = "PC_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
 
     /// PEM private key for `--tls-cert`.
-    #[arg(long, env = "PC_TLS_KEY", requires = "tls_cert", global = true)]
+    #[arg(long, env = "PC_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
 
     /// Largest request body accepted; a larger gRPC request is refused with RESOURCE_EXHAUSTED.
-    #[arg(long, env = "PC_MAX_REQUEST_BYTES", default_value_t = 64 * 1024, global = true)]
+    #[arg(long, env = "PC_MAX_REQUEST_BYTES", default_value_t = 64 * 1024)]
     pub max_request_bytes: usize,
 
+    /// How often `last_used_at` is written; uses in between are batched in memory. 30 s keeps it
+    /// accurate to well within a minute.
+    #[arg(long, env = "PC_USAGE_FLUSH_INTERVAL", default_value = "30s", value_parser = parse_positive_duration)]
+    pub usage_flush_interval: Duration,
+
     /// How often the database is pinged for the health service and `/healthz`.
-    #[arg(long, env = "PC_HEALTH_INTERVAL", default_value = "2s", value_parser = humantime::parse_duration, global = true)]
+    #[arg(long, env = "PC_HEALTH_INTERVAL", default_value = "2s", value_parser = parse_positive_duration)]
     pub health_interval: Duration,
 
     /// How long in-flight calls may run on after SIGTERM/SIGINT before the server stops.
-    #[arg(long, env = "PC_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration, global = true)]
+    #[arg(long, env = "PC_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
-
-    /// Log format.
-    #[arg(long, env = "PC_LOG_FORMAT", value_enum, default_value = "text", global = true)]
-    pub log_format: LogFormat,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
+/// Everything the running service uses, but where it listens.
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    #[command(flatten)]
+    pub issuer: IssuerArgs,
+    #[command(flatten)]
+    pub credentials: CredentialArgs,
+    #[command(flatten)]
+    pub trust: TrustArgs,
+    #[command(flatten)]
+    pub serving: ServingArgs,
 }
 
 #[derive(Parser)]
-struct Defaults {
+struct ConfigOnly {
     #[command(flatten)]
     config: Config,
 }
 
 impl Config {
-    /// The defaults (and any `PC_*` variables) with another database; what tests start from.
-    pub fn with_database_url(url: &str) -> Result<Self, clap::Error> {
-        Defaults::try_parse_from(["personal-clients", "--database-url", url]).map(|d| d.config)
+    /// The defaults with another database, whatever the environment holds: what tests and
+    /// `bench` start from.
+    pub fn defaults(database_url: &str) -> Result<Self, clap::Error> {
+        let command = ConfigOnly::command().mut_args(|arg| arg.env(None::<&'static str>));
+        let matches = command.try_get_matches_from(["personal-clients", "--database-url", database_url])?;
+        ConfigOnly::from_arg_matches(&matches).map(|parsed| parsed.config)
     }
+}
 
-    pub fn issuer(&self) -> String {
-        self.issuer.clone().unwrap_or_else(|| format!("http://{}", self.public_host))
+fn parse_public_host(value: &str) -> Result<String, String> {
+    if value.is_empty() || value.contains(['/', '@', ' ', '?', '#']) {
+        return Err("must be a host name with an optional port (pc.example.com, localhost:50051)".into());
     }
+    Ok(value.to_owned())
+}
 
-    /// Checks what clap cannot: values that would produce unusable client ids or secrets.
-    pub fn validate(&self) -> Result<(), String> {
-        if self.public_host.is_empty() || self.public_host.contains(['/', '@', ' ']) {
-            return Err(format!("--public-host {:?} must be a host name (with an optional port)", self.public_host));
-        }
-        if self.secret_namespace.is_empty() || self.secret_namespace.contains([':', ' ']) {
-            return Err(format!(
-                "--secret-namespace {:?} must be non-empty without ':' or spaces",
-                self.secret_namespace
-            ));
-        }
-        if self.admin_role.is_empty() {
-            return Err("--admin-role must not be empty".into());
-        }
-        if self.usage_flush_interval.is_zero() {
-            return Err("--usage-flush-interval must be positive".into());
-        }
-        if self.token_ttl.is_zero() {
-            return Err("--token-ttl must be positive".into());
-        }
-        Ok(())
+fn parse_namespace(value: &str) -> Result<String, String> {
+    if value.is_empty() || value.contains([':', ' ']) {
+        return Err("must be non-empty, without ':' or spaces".into());
     }
+    Ok(value.to_owned())
+}
+
+fn parse_non_empty(value: &str) -> Result<String, String> {
+    if value.is_empty() { Err("must not be empty".into()) } else { Ok(value.to_owned()) }
+}
+
+fn parse_positive_duration(value: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(value) {
+        Ok(duration) if duration.is_zero() => Err("must be longer than zero".into()),
+        Ok(duration) => Ok(duration),
+        Err(err) => Err(format!("{err}; use a duration like 90s, 15m or 1h")),
+    }
+}
+
+/// `ISSUER=PATH_OR_URL` of an external identity provider's JWK Set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrustedJwks {
+    pub issuer: String,
+    pub source: String,
+}
+
+impl FromStr for TrustedJwks {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        let (issuer, source) = value
+            .split_once('=')
+            .ok_or("must be ISSUER=PATH_OR_URL, e.g. https://idp.example=https://idp.example/jwks.json")?;
+        if issuer.is_empty() || source.is_empty() {
+            return Err("both the issuer and the JWKS path or URL are required".into());
+        }
+        Ok(Self { issuer: issuer.to_owned(), source: source.to_owned() })
+    }
+}
+
+impl fmt::Display for TrustedJwks {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}={}", self.issuer, self.source)
+    }
+}
+
+/// Where a command listens: `serve` on a fixed port, `bench` on any free one.
+pub fn parse_listen(value: &str) -> Result<SocketAddr, String> {
+    value.parse().map_err(|_| "must be an address and port, e.g. 127.0.0.1:50051 or 0.0.0.0:50051".to_owned())
 }
 
 /// A database URL whose password never appears in `Debug` or `Display`.
@@ -140,6 +204,16 @@ pub struct DatabaseUrl(String);
 impl DatabaseUrl {
     pub fn expose(&self) -> &str {
         &self.0
+    }
+
+    pub fn is_sqlite(&self) -> bool {
+        self.0.starts_with("sqlite:")
+    }
+
+    /// The file of a SQLite URL: `sqlite://data/pc.db?mode=rwc` is `data/pc.db`.
+    pub fn sqlite_path(&self) -> Option<&str> {
+        let rest = self.0.strip_prefix("sqlite://").or_else(|| self.0.strip_prefix("sqlite:"))?;
+        Some(rest.split('?').next().unwrap_or(rest))
     }
 }
 
@@ -193,15 +267,16 @@ mod tests {
         assert_eq!(no_password.to_string(), "postgres://postgres@127.0.0.1:5432/test");
         let sqlite: DatabaseUrl = "sqlite://personal-clients.db?mode=rwc".parse().unwrap();
         assert_eq!(sqlite.to_string(), "sqlite://personal-clients.db?mode=rwc");
+        assert_eq!(sqlite.sqlite_path(), Some("personal-clients.db"));
     }
 
     #[test]
     fn defaults_follow_the_spec() {
-        let config = Config::with_database_url("sqlite://x.db?mode=rwc").unwrap();
-        assert_eq!(config.public_host, "localhost");
-        assert_eq!(config.issuer(), "http://localhost");
-        assert_eq!(config.max_lifetime.to_string(), "365d");
-        assert_eq!(config.token_ttl, Duration::from_secs(3600));
-        assert!(config.validate().is_ok());
+        let config = Config::defaults("sqlite://x.db?mode=rwc").unwrap();
+        assert_eq!(config.issuer.public_host, "localhost");
+        assert_eq!(config.issuer.issuer(), "http://localhost");
+        assert_eq!(config.credentials.max_lifetime.to_string(), "365d");
+        assert_eq!(config.credentials.token_ttl, Duration::from_secs(3600));
+        assert_eq!(config.credentials.admin_role.as_str(), "admin");
     }
 }

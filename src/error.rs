@@ -1,22 +1,29 @@
 //! The service's one error type, by meaning, and the only place that turns it into a
-//! `tonic::Status`.
+//! `tonic::Status` or an OAuth2 error response.
 
-use sea_orm::{DbErr, RuntimeErr, sqlx};
+use std::fmt::Write as _;
+
+use sea_orm::{
+    DbErr, RuntimeErr,
+    sqlx::{self, postgres::PgDatabaseError, sqlite::SqliteError},
+};
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use crate::{auth::assertion::Rejection, domain::FieldViolation};
+use crate::domain::{FieldViolation, Rejection};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The request is malformed; one violation per bad field.
-    #[error("invalid argument: {0:?}")]
+    #[error("invalid argument: {}", summary(.0))]
     InvalidArgument(Vec<FieldViolation>),
     /// No valid credential. The reason is for the log only: the caller learns nothing.
     #[error("unauthenticated: {0}")]
     Unauthenticated(String),
     /// A token request names a grant type other than `client_credentials`.
-    #[error("unsupported grant type")]
+    #[error("unsupported grant type {0:?}")]
     UnsupportedGrantType(String),
     /// A client failed to authenticate at the token endpoint; the reason is for logs and
     /// metrics only, the caller hears `invalid_client`.
@@ -29,22 +36,63 @@ pub enum Error {
     #[error("not found")]
     NotFound,
     /// The database cannot be reached or is busy: the caller may retry.
-    #[error("unavailable: {0}")]
-    Unavailable(String),
+    #[error("the database is unavailable or busy")]
+    Unavailable(#[source] DbErr),
+    /// The database refused a statement for a reason retrying will not fix.
+    #[error("database error")]
+    Database(#[source] DbErr),
     /// Anything else; the detail is logged, never returned.
-    #[error("internal: {0}")]
-    Internal(String),
+    #[error("{message}")]
+    Internal {
+        message: String,
+        #[source]
+        source: Option<BoxError>,
+    },
 }
 
 impl Error {
     pub fn invalid(field: &str, description: impl Into<String>) -> Self {
         Self::InvalidArgument(vec![FieldViolation { field: field.to_owned(), description: description.into() }])
     }
+
+    /// An internal error with what was being done.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::Internal { message: message.into(), source: None }
+    }
+
+    /// An internal error with what was being done and what went wrong underneath.
+    pub fn internal_with(message: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        Self::Internal { message: message.into(), source: Some(source.into()) }
+    }
+
+    /// Whether retrying later may help (the database is away or busy).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Unavailable(_))
+    }
+}
+
+fn summary(violations: &[FieldViolation]) -> String {
+    violations.iter().map(|v| format!("{}: {}", v.field, v.description)).collect::<Vec<_>>().join("; ")
+}
+
+/// `err` and each of its sources, as one line: `cannot open ...: unable to open database file`.
+/// A source already quoted by the message before it is not repeated.
+pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let said = cause.to_string();
+        if !text.contains(&said) {
+            let _ = write!(text, ": {said}");
+        }
+        source = cause.source();
+    }
+    text
 }
 
 impl From<DbErr> for Error {
     fn from(err: DbErr) -> Self {
-        if is_transient(&err) { Self::Unavailable(err.to_string()) } else { Self::Internal(err.to_string()) }
+        if is_transient(&err) { Self::Unavailable(err) } else { Self::Database(err) }
     }
 }
 
@@ -55,25 +103,40 @@ fn is_transient(err: &DbErr) -> bool {
         DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => e,
         _ => return false,
     };
-    match sqlx_err {
+    match sqlx_err.as_ref() {
         sqlx::Error::Io(_)
         | sqlx::Error::Tls(_)
         | sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
         | sqlx::Error::WorkerCrashed => true,
-        sqlx::Error::Database(db) => db.code().is_some_and(|code| is_transient_code(&code)),
+        sqlx::Error::Database(db) => {
+            if let Some(postgres) = db.try_downcast_ref::<PgDatabaseError>() {
+                is_transient_sqlstate(postgres.code())
+            } else if db.try_downcast_ref::<SqliteError>().is_some() {
+                // SQLITE_BUSY (5) and SQLITE_LOCKED (6), with their extended codes.
+                db.code().and_then(|code| code.parse::<i32>().ok()).is_some_and(|code| matches!(code & 0xff, 5 | 6))
+            } else {
+                false
+            }
+        }
         _ => false,
     }
 }
 
-/// SQLite: SQLITE_BUSY (5) and SQLITE_LOCKED (6), with their extended codes. PostgreSQL:
-/// connection exceptions (class 08), serialisation failures and deadlocks, too many
+/// PostgreSQL: connection exceptions (class 08), serialisation failures and deadlocks, too many
 /// connections, and the server shutting down or starting up.
-fn is_transient_code(code: &str) -> bool {
-    let sqlite_primary = code.parse::<i32>().ok().map(|c| c & 0xff);
-    matches!(sqlite_primary, Some(5 | 6))
-        || code.starts_with("08")
-        || matches!(code, "40001" | "40P01" | "53300" | "57P01" | "57P02" | "57P03")
+fn is_transient_sqlstate(code: &str) -> bool {
+    code.starts_with("08") || matches!(code, "40001" | "40P01" | "53300" | "57P01" | "57P02" | "57P03")
+}
+
+/// Logs what the caller is not told.
+fn log_hidden(err: &Error) {
+    match err {
+        Error::Unauthenticated(reason) => tracing::info!(%reason, "request rejected: unauthenticated"),
+        Error::Unavailable(_) => tracing::warn!(error = %chain(err), "database unavailable"),
+        Error::Database(_) | Error::Internal { .. } => tracing::error!(error = %chain(err), "internal error"),
+        _ => {}
+    }
 }
 
 /// An OAuth2 error response (RFC 6749 §5.2) for the HTTP token endpoint.
@@ -86,26 +149,19 @@ pub struct OAuthError {
 
 impl From<Error> for OAuthError {
     fn from(err: Error) -> Self {
+        log_hidden(&err);
         let (http_status, error, description) = match err {
-            Error::InvalidArgument(violations) => (
-                400,
-                "invalid_request",
-                violations.iter().map(|v| format!("{}: {}", v.field, v.description)).collect::<Vec<_>>().join("; "),
-            ),
+            Error::InvalidArgument(violations) => (400, "invalid_request", summary(&violations)),
             Error::UnsupportedGrantType(grant_type) => {
                 (400, "unsupported_grant_type", format!("{grant_type:?} is not supported; use client_credentials"))
             }
             Error::InvalidClient(_) | Error::Unauthenticated(_) | Error::NotFound | Error::PermissionDenied(_) => {
                 (401, "invalid_client", "client authentication failed".to_owned())
             }
-            Error::Unavailable(detail) => {
-                tracing::warn!(%detail, "database unavailable");
+            Error::Unavailable(_) => {
                 (503, "temporarily_unavailable", "the service is unavailable; retry later".to_owned())
             }
-            Error::Internal(detail) => {
-                tracing::error!(%detail, "internal error");
-                (500, "server_error", "internal error".to_owned())
-            }
+            Error::Database(_) | Error::Internal { .. } => (500, "server_error", "internal error".to_owned()),
         };
         Self { http_status, error, description }
     }
@@ -113,20 +169,16 @@ impl From<Error> for OAuthError {
 
 impl From<Error> for Status {
     fn from(err: Error) -> Self {
+        log_hidden(&err);
         match err {
             Error::InvalidArgument(violations) => {
                 let mut details = ErrorDetails::new();
                 for violation in &violations {
                     details.add_bad_request_violation(&violation.field, &violation.description);
                 }
-                let summary =
-                    violations.iter().map(|v| format!("{}: {}", v.field, v.description)).collect::<Vec<_>>().join("; ");
-                Status::with_error_details(Code::InvalidArgument, summary, details)
+                Status::with_error_details(Code::InvalidArgument, summary(&violations), details)
             }
-            Error::Unauthenticated(reason) => {
-                tracing::info!(%reason, "request rejected: unauthenticated");
-                Status::unauthenticated("missing or invalid bearer token")
-            }
+            Error::Unauthenticated(_) => Status::unauthenticated("missing or invalid bearer token"),
             Error::UnsupportedGrantType(grant_type) => {
                 let mut details = ErrorDetails::new();
                 let description =
@@ -137,14 +189,28 @@ impl From<Error> for Status {
             Error::InvalidClient(_) => Status::unauthenticated("invalid_client: client authentication failed"),
             Error::PermissionDenied(message) => Status::permission_denied(message),
             Error::NotFound => Status::not_found("personal client not found"),
-            Error::Unavailable(detail) => {
-                tracing::warn!(%detail, "database unavailable");
-                Status::unavailable("the database is unavailable or busy; retry later")
-            }
-            Error::Internal(detail) => {
-                tracing::error!(%detail, "internal error");
-                Status::internal("internal error")
-            }
+            Error::Unavailable(_) => Status::unavailable("the database is unavailable or busy; retry later"),
+            Error::Database(_) | Error::Internal { .. } => Status::internal("internal error"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chains_name_every_cause_once() {
+        let io = std::io::Error::other("unable to open database file");
+        let err = Error::internal_with("cannot open /var/lib/pc/x.db", io);
+        assert_eq!(chain(&err), "cannot open /var/lib/pc/x.db: unable to open database file");
+    }
+
+    #[test]
+    fn sqlstates_are_not_read_as_sqlite_codes() {
+        assert!(is_transient_sqlstate("08006"));
+        assert!(is_transient_sqlstate("57P01"));
+        // 22021 (invalid byte sequence, a NUL in a string) ends in 5 as a number would.
+        assert!(!is_transient_sqlstate("22021"));
     }
 }

@@ -10,31 +10,12 @@ use std::{
     time::Duration,
 };
 
-use tonic::server::NamedService;
 use tonic_health::{ServingStatus, server::HealthReporter};
 
-use crate::{
-    api::{PersonalClientApi, SearchApi, TokenApi},
-    pb::{
-        auth::token_service_server::TokenServiceServer,
-        iam::{
-            personal_client_search_service_server::PersonalClientSearchServiceServer,
-            personal_client_service_server::PersonalClientServiceServer,
-        },
-    },
-    store::Store,
-};
+use crate::store::Store;
 
 /// Longest a health ping may take before the database counts as unreachable.
 const PING_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// Every name the health service answers for: the server as a whole and each service.
-pub const SERVICE_NAMES: [&str; 4] = [
-    "",
-    <PersonalClientServiceServer<PersonalClientApi> as NamedService>::NAME,
-    <PersonalClientSearchServiceServer<SearchApi> as NamedService>::NAME,
-    <TokenServiceServer<TokenApi> as NamedService>::NAME,
-];
 
 /// Whether the service can do its work, as last seen.
 #[derive(Debug, Clone, Default)]
@@ -47,23 +28,37 @@ impl Health {
         self.serving.load(Ordering::Relaxed)
     }
 
-    /// Pings the database every `interval` and reports changes until the task is dropped.
-    pub async fn watch(self, store: Store, reporter: HealthReporter, interval: Duration) {
-        let mut known: Option<bool> = None;
-        loop {
-            let up = tokio::time::timeout(PING_TIMEOUT, store.ping()).await.is_ok_and(|pinged| pinged.is_ok());
-            if known != Some(up) {
-                let status = if up { ServingStatus::Serving } else { ServingStatus::NotServing };
-                for name in SERVICE_NAMES {
-                    reporter.set_service_status(name, status).await;
-                }
-                self.serving.store(up, Ordering::Relaxed);
-                if known.is_some() || !up {
-                    tracing::warn!(serving = up, "database health changed");
-                }
-                known = Some(up);
+    /// Reports the database's health for each of `names` now, then watches it: a ping every
+    /// `interval`, changes reported, until the returned task is aborted.
+    pub async fn watch(
+        self,
+        store: Store,
+        reporter: HealthReporter,
+        names: Vec<&'static str>,
+        interval: Duration,
+    ) -> tokio::task::JoinHandle<()> {
+        let mut known = self.check(&store, &reporter, &names, None).await;
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(interval).await;
+                known = self.check(&store, &reporter, &names, Some(known)).await;
             }
-            tokio::time::sleep(interval).await;
+        })
+    }
+
+    /// One ping; reports the outcome if it differs from `known`, and returns it.
+    async fn check(&self, store: &Store, reporter: &HealthReporter, names: &[&str], known: Option<bool>) -> bool {
+        let up = tokio::time::timeout(PING_TIMEOUT, store.ping()).await.is_ok_and(|pinged| pinged.is_ok());
+        if known != Some(up) {
+            let status = if up { ServingStatus::Serving } else { ServingStatus::NotServing };
+            for name in names {
+                reporter.set_service_status(name, status).await;
+            }
+            self.serving.store(up, Ordering::Relaxed);
+            if known.is_some() || !up {
+                tracing::warn!(serving = up, "database health changed");
+            }
         }
+        up
     }
 }

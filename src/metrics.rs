@@ -1,11 +1,13 @@
-//! Prometheus metrics, served as text at `GET /metrics`: gRPC calls by method and status code
-//! with latency histograms, token exchange outcomes by reason, and the database pools.
+//! Prometheus metrics, served in the OpenMetrics text format at `GET /metrics`: gRPC calls by
+//! method and status code with latency histograms, token exchange outcomes by reason, and the
+//! database pools.
 
 use std::{
     future::Future,
     pin::Pin,
+    sync::Arc,
     task::{Context, Poll},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use prometheus_client::{
@@ -55,7 +57,12 @@ pub struct Metrics {
     exchanges: Family<OutcomeLabels, Counter>,
     pool_connections: Family<PoolLabels, Gauge>,
     store: Store,
+    /// The gRPC services served here: only their methods get a label of their own.
+    services: Vec<&'static str>,
 }
+
+/// The content type of [`Metrics::render`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 fn latency_histogram() -> Histogram {
     // 0.25 ms to about 4 s.
@@ -63,7 +70,7 @@ fn latency_histogram() -> Histogram {
 }
 
 impl Metrics {
-    pub fn new(store: Store) -> Self {
+    pub fn new(store: Store, services: &[&'static str]) -> Self {
         let mut registry = Registry::with_prefix("personal_clients");
         let requests = Family::<RpcLabels, Counter>::default();
         let latency: LatencyFamily = Family::new_with_constructor(latency_histogram);
@@ -81,7 +88,8 @@ impl Metrics {
             "Database pool connections by pool and state",
             pool_connections.clone(),
         );
-        Self { registry, requests, latency, exchanges, pool_connections, store }
+        let services = services.iter().copied().filter(|name| !name.is_empty()).collect();
+        Self { registry, requests, latency, exchanges, pool_connections, store, services }
     }
 
     /// Counts one token exchange: `issued`, or why it was refused.
@@ -94,7 +102,7 @@ impl Metrics {
         self.latency.get_or_create(&MethodLabels { method: method.to_owned() }).observe(seconds);
     }
 
-    /// The Prometheus text exposition of every metric, pool gauges read now.
+    /// Every metric in the OpenMetrics text format ([`CONTENT_TYPE`]), pool gauges read now.
     pub fn render(&self) -> String {
         for (pool, stats) in self.store.pool_stats() {
             let PoolStats { size, idle } = stats;
@@ -123,14 +131,16 @@ fn code_name(code: Code) -> String {
     name
 }
 
-/// A tower layer that records every gRPC call in [`Metrics`].
+/// A tower layer that records every gRPC call in [`Metrics`], including calls that never
+/// finish: cut off by the caller's deadline (`DEADLINE_EXCEEDED`) or abandoned by the caller
+/// (`CANCELLED`).
 #[derive(Debug, Clone)]
 pub struct RecordRpcLayer {
-    metrics: std::sync::Arc<Metrics>,
+    metrics: Arc<Metrics>,
 }
 
 impl RecordRpcLayer {
-    pub fn new(metrics: std::sync::Arc<Metrics>) -> Self {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
         Self { metrics }
     }
 }
@@ -139,14 +149,64 @@ impl<S> tower::Layer<S> for RecordRpcLayer {
     type Service = RecordRpc<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        RecordRpc { inner, metrics: std::sync::Arc::clone(&self.metrics) }
+        RecordRpc { inner, metrics: Arc::clone(&self.metrics) }
     }
 }
 
 #[derive(Debug, Clone)]
 pub struct RecordRpc<S> {
     inner: S,
-    metrics: std::sync::Arc<Metrics>,
+    metrics: Arc<Metrics>,
+}
+
+/// One gRPC call being served. Recorded when it ends; if its future is dropped first (the
+/// server's timeout for the caller's deadline, or the caller going away), recorded then.
+struct CallRecord {
+    metrics: Arc<Metrics>,
+    method: String,
+    started: Instant,
+    deadline: Option<Duration>,
+    recorded: bool,
+}
+
+impl CallRecord {
+    fn finish(mut self, code: Code) {
+        self.metrics.rpc(&self.method, code, self.started.elapsed().as_secs_f64());
+        self.recorded = true;
+    }
+}
+
+impl Drop for CallRecord {
+    fn drop(&mut self) {
+        if !self.recorded {
+            let elapsed = self.started.elapsed();
+            let code = match self.deadline {
+                Some(deadline) if elapsed >= deadline => Code::DeadlineExceeded,
+                _ => Code::Cancelled,
+            };
+            self.metrics.rpc(&self.method, code, elapsed.as_secs_f64());
+        }
+    }
+}
+
+/// The caller's deadline from `grpc-timeout` (`100m`, `5S`, `1H`: an integer of at most eight
+/// digits and a unit, per the gRPC over HTTP/2 protocol).
+fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
+    let value = headers.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 {
+        return None;
+    }
+    let amount: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(amount * 3600),
+        "M" => Duration::from_secs(amount * 60),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    })
 }
 
 /// Whether a request is gRPC (`application/grpc`, `application/grpc+proto`, ...) rather than
@@ -158,17 +218,19 @@ pub fn is_grpc(headers: &http::HeaderMap) -> bool {
         .is_some_and(|v| v.starts_with("application/grpc"))
 }
 
-/// The method label of a gRPC request: `/package.Service/Method`. Paths outside the services
-/// served here share one label, so a scanner cannot grow the label set.
-fn method_label(request: &http::Request<impl Sized>) -> Option<String> {
-    if !is_grpc(request.headers()) {
-        return None;
+impl Metrics {
+    /// The method label of a gRPC request: `/package.Service/Method`. Paths outside the services
+    /// served here share one label, so a scanner cannot grow the label set.
+    fn method_label(&self, request: &http::Request<impl Sized>) -> Option<String> {
+        if !is_grpc(request.headers()) {
+            return None;
+        }
+        let path = request.uri().path();
+        let known = self.services.iter().any(|service| {
+            path.strip_prefix('/').and_then(|p| p.strip_prefix(service)).is_some_and(|rest| rest.starts_with('/'))
+        }) || path.starts_with("/grpc.");
+        Some(if known { path.to_owned() } else { "unknown".to_owned() })
     }
-    let path = request.uri().path();
-    let known = crate::health::SERVICE_NAMES.iter().filter(|name| !name.is_empty()).any(|service| {
-        path.strip_prefix('/').and_then(|p| p.strip_prefix(service)).is_some_and(|rest| rest.starts_with('/'))
-    }) || path.starts_with("/grpc.");
-    Some(if known { path.to_owned() } else { "unknown".to_owned() })
 }
 
 impl<S, B, R> tower::Service<http::Request<B>> for RecordRpc<S>
@@ -185,22 +247,28 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let method = method_label(&request);
-        let started = Instant::now();
-        let metrics = std::sync::Arc::clone(&self.metrics);
+        let record = self.metrics.method_label(&request).map(|method| CallRecord {
+            metrics: Arc::clone(&self.metrics),
+            method,
+            started: Instant::now(),
+            deadline: grpc_timeout(request.headers()),
+            recorded: false,
+        });
         let response = self.inner.call(request);
         Box::pin(async move {
             let response = response.await;
-            if let (Some(method), Ok(response)) = (method, &response) {
+            if let Some(record) = record {
                 // Unary errors come as "trailers-only" responses with the status in the headers;
                 // a response without one in its headers ends with OK in its trailers.
-                let code = response
-                    .headers()
-                    .get("grpc-status")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse::<i32>().ok())
-                    .map_or(Code::Ok, Code::from_i32);
-                metrics.rpc(&method, code, started.elapsed().as_secs_f64());
+                let code = response.as_ref().map_or(Code::Internal, |response| {
+                    response
+                        .headers()
+                        .get("grpc-status")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse::<i32>().ok())
+                        .map_or(Code::Ok, Code::from_i32)
+                });
+                record.finish(code);
             }
             response
         })
@@ -217,5 +285,20 @@ mod tests {
         assert_eq!(code_name(Code::NotFound), "NOT_FOUND");
         assert_eq!(code_name(Code::DeadlineExceeded), "DEADLINE_EXCEEDED");
         assert_eq!(code_name(Code::Unauthenticated), "UNAUTHENTICATED");
+    }
+
+    #[test]
+    fn grpc_timeouts_parse_as_the_protocol_writes_them() {
+        let timeout = |value: &str| {
+            let mut headers = http::HeaderMap::new();
+            headers.insert("grpc-timeout", value.parse().unwrap());
+            grpc_timeout(&headers)
+        };
+        assert_eq!(timeout("300m"), Some(Duration::from_millis(300)));
+        assert_eq!(timeout("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(timeout("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(timeout("123456789S"), None, "at most eight digits");
+        assert_eq!(timeout("5x"), None);
+        assert_eq!(timeout("m"), None);
     }
 }

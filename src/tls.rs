@@ -20,18 +20,25 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The server's TLS settings from PEM files: the certificate chain and its private key.
 pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, Error> {
-    let bad = |path: &Path, e: &dyn std::fmt::Display| Error::Internal(format!("TLS: {}: {e}", path.display()));
+    let bad = |path: &Path, e: rustls::pki_types::pem::Error| {
+        Error::internal_with(format!("cannot read the TLS certificate or key {} (PEM expected)", path.display()), e)
+    };
     let chain = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| bad(cert, &e))?
+        .map_err(|e| bad(cert, e))?
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| bad(cert, &e))?;
-    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| bad(key, &e))?;
+        .map_err(|e| bad(cert, e))?;
+    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| bad(key, e))?;
     let mut config = ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()
-        .map_err(|e| Error::Internal(format!("TLS: {e}")))?
+        .map_err(|e| Error::internal_with("cannot set up TLS", e))?
         .with_no_client_auth()
         .with_single_cert(chain, key_der)
-        .map_err(|e| bad(cert, &e))?;
+        .map_err(|e| {
+            Error::internal_with(
+                format!("{} and {} are not a usable certificate and key", cert.display(), key.display()),
+                e,
+            )
+        })?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }

@@ -7,9 +7,10 @@ use uuid::Uuid;
 
 use crate::{
     Error,
+    clients::NewClientRequest,
     domain::{
-        CidrList, ClientChanges, DisplayName, MaxLifetime, PageSize, PageToken, PersonalClient, RoleSet, SearchFilter,
-        Violations,
+        CidrList, ClientChanges, DisplayName, MaxLifetime, PageRequest, PageSize, PageToken, PersonalClient, RoleSet,
+        SearchFilter, Violations,
     },
     pb::iam as pb,
 };
@@ -32,11 +33,11 @@ impl From<PersonalClient> for pb::PersonalClient {
     fn from(client: PersonalClient) -> Self {
         Self {
             id: client.id.to_string(),
-            client_id: client.client_id,
-            display_name: client.display_name,
+            client_id: client.client_id.into_string(),
+            display_name: client.display_name.into_string(),
             user_id: client.user_id,
-            allow_source_cidr: client.allow_source_cidr,
-            scoped_roles: client.scoped_roles,
+            allow_source_cidr: client.allow_source_cidr.to_strings(),
+            scoped_roles: client.scoped_roles.to_strings(),
             expires_time: client.expires_at.map(timestamp),
             last_used_at: client.last_used_at.map(timestamp),
             created_at: Some(timestamp(client.created_at)),
@@ -46,20 +47,12 @@ impl From<PersonalClient> for pb::PersonalClient {
     }
 }
 
-/// A valid Create request.
-#[derive(Debug)]
-pub struct CreateSpec {
-    pub display_name: DisplayName,
-    pub allow_source_cidr: CidrList,
-    pub scoped_roles: RoleSet,
-    pub expires_at: Option<DateTime<Utc>>,
-}
-
-pub fn create_spec(
+/// A Create request, validated.
+pub fn create_request(
     req: &pb::PersonalClientServiceCreateRequest,
     max_lifetime: &MaxLifetime,
     now: DateTime<Utc>,
-) -> Result<CreateSpec, Error> {
+) -> Result<NewClientRequest, Error> {
     let mut v = Violations::default();
     let display_name = v.field("display_name", DisplayName::parse(&req.display_name));
     let allow_source_cidr = v.list("allow_source_cidr", CidrList::parse(&req.allow_source_cidr));
@@ -68,7 +61,7 @@ pub fn create_spec(
     let expires_at = v.field("expires", max_lifetime.expiry_for_lifetime(lifetime, now));
     match (display_name, allow_source_cidr, scoped_roles, expires_at) {
         (Some(display_name), Some(allow_source_cidr), Some(scoped_roles), Some(expires_at)) if v.is_empty() => {
-            Ok(CreateSpec { display_name, allow_source_cidr, scoped_roles, expires_at })
+            Ok(NewClientRequest { display_name, allow_source_cidr, scoped_roles, expires_at })
         }
         _ => Err(Error::InvalidArgument(v.into_vec())),
     }
@@ -110,8 +103,8 @@ fn update_path(path: &str) -> Result<UpdatePath, String> {
     }
 }
 
-/// A valid Update request: which client, and what changes.
-pub fn update_spec(
+/// An Update request, validated: which client, and what changes.
+pub fn update_request(
     req: &pb::PersonalClientServiceUpdateRequest,
     max_lifetime: &MaxLifetime,
     now: DateTime<Utc>,
@@ -174,11 +167,22 @@ pub fn update_spec(
     }
 }
 
-/// A valid Search request: the filter, the page size and where to start.
-pub fn search_spec(
+/// A List request of `caller`, validated: which page.
+pub fn list_request(req: &pb::PersonalClientServiceListRequest, caller: &str) -> Result<PageRequest, Error> {
+    let mut v = Violations::default();
+    let size = v.field("page_size", PageSize::parse(req.page_size));
+    let token = v.field("page_token", PageToken::decode(&req.page_token, caller, PageToken::LIST_QUERY));
+    match (size, token) {
+        (Some(size), Some(token)) => Ok(PageRequest { size, after: token.map(|t| t.after) }),
+        _ => Err(Error::InvalidArgument(v.into_vec())),
+    }
+}
+
+/// A Search request of `caller`, validated: the filter and which page.
+pub fn search_request(
     req: &pb::PersonalClientSearchServiceSearchRequest,
     caller: &str,
-) -> Result<(SearchFilter, PageSize, Option<PageToken>), Error> {
+) -> Result<(SearchFilter, PageRequest), Error> {
     let mut v = Violations::default();
     let text = v.field("query", SearchFilter::parse_text(&req.query));
     let ids: Vec<&str> = req.users.iter().map(|user| user.id.as_str()).collect();
@@ -189,7 +193,7 @@ pub fn search_spec(
     };
     let filter = SearchFilter { text, users, include_deleted: req.include_deleted };
     match PageToken::decode(&req.page_token, caller, &filter.fingerprint()) {
-        Ok(token) => Ok((filter, page_size, token)),
+        Ok(token) => Ok((filter, PageRequest { size: page_size, after: token.map(|t| t.after) })),
         Err(description) => Err(Error::invalid("page_token", description)),
     }
 }

@@ -18,7 +18,7 @@ use crate::{
     error::OAuthError,
     exchange::{RequestOrigin, TokenExchange, TokenRequest},
     health::Health,
-    metrics::{Metrics, is_grpc},
+    metrics::{self, Metrics, is_grpc},
 };
 
 /// Token requests are a few hundred bytes; anything near this is not one.
@@ -49,12 +49,10 @@ pub async fn not_found(request: Request) -> Response {
     json(StatusCode::NOT_FOUND, &serde_json::json!({ "error": "not_found" }))
 }
 
-/// Prometheus text exposition format 0.0.4.
+/// The OpenMetrics text format, which Prometheus reads.
 async fn metrics_text(State(state): State<HttpState>) -> Response {
     let mut response = Response::new(Body::from(state.metrics.render()));
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(metrics::CONTENT_TYPE));
     response
 }
 

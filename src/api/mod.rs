@@ -1,13 +1,12 @@
-//! gRPC services, one file per proto service. Each handler: authenticate, validate, authorise,
-//! call the store, build the response.
+//! The service's surfaces, one file per proto service plus the plain HTTP routes. Translation
+//! only: a handler validates the request into domain values, hands them to `clients` or
+//! `exchange` with the caller, and builds the response. No rule lives here.
 
 pub mod convert;
 pub mod http;
 mod personal_client;
 mod search;
 mod token;
-
-use std::sync::Arc;
 
 use tonic::{Request, Status};
 
@@ -16,43 +15,25 @@ pub use search::SearchApi;
 pub use token::TokenApi;
 
 use crate::{
-    auth::{Authenticator, Principal},
-    config::Config,
-    domain::{PageSize, PageToken, PersonalClient},
-    pb::iam as pb,
-    store::Store,
+    Error,
+    domain::Principal,
+    pb::{
+        auth::token_service_server,
+        iam::{personal_client_search_service_server, personal_client_service_server},
+    },
 };
 
-/// What every handler needs; cheap to clone.
-#[derive(Debug, Clone)]
-pub struct AppState {
-    pub config: Arc<Config>,
-    pub store: Store,
-    pub auth: Arc<Authenticator>,
-}
+/// The services that require a bearer token: every method of each.
+pub const PROTECTED_SERVICES: [&str; 2] =
+    [personal_client_service_server::SERVICE_NAME, personal_client_search_service_server::SERVICE_NAME];
 
-impl AppState {
-    /// The caller of `request`, from its `authorization: Bearer` metadata.
-    pub async fn caller<T>(&self, request: &Request<T>) -> Result<Principal, Status> {
-        let header = request.metadata().get("authorization").and_then(|value| value.to_str().ok());
-        Ok(self.auth.authenticate(header).await?)
-    }
-}
+/// The contract's services that anyone may call.
+pub const PUBLIC_SERVICES: [&str; 1] = [token_service_server::SERVICE_NAME];
 
-/// One page of a listing. `rows` holds up to one row more than `size`: that row, when present,
-/// says another page follows, and the token points after the last row returned.
-fn page_of(
-    mut rows: Vec<PersonalClient>,
-    size: PageSize,
-    user: &str,
-    query: &str,
-) -> (Vec<pb::PersonalClient>, String) {
-    let size = usize::try_from(size.get()).unwrap_or(usize::MAX);
-    let next_page_token = if rows.len() > size {
-        rows.truncate(size);
-        rows.last().map(|last| PageToken::new(user, query, last.id).encode()).unwrap_or_default()
-    } else {
-        String::new()
-    };
-    (rows.into_iter().map(Into::into).collect(), next_page_token)
+/// The caller, as the authentication layer put it into the request.
+fn caller<T>(request: &Request<T>) -> Result<&Principal, Status> {
+    request
+        .extensions()
+        .get::<Principal>()
+        .ok_or_else(|| Error::internal("a protected method was served without the authentication layer").into())
 }

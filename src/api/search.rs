@@ -1,20 +1,20 @@
 use tonic::{Request, Response, Status};
 
-use super::{AppState, convert, page_of};
+use super::{caller, convert};
 use crate::{
-    Error,
+    clients::PersonalClients,
     pb::iam::{self as pb, personal_client_search_service_server::PersonalClientSearchService},
 };
 
 /// `c1.api.iam.v1.PersonalClientSearchService`: personal clients across users, for admins.
 #[derive(Debug, Clone)]
 pub struct SearchApi {
-    state: AppState,
+    clients: PersonalClients,
 }
 
 impl SearchApi {
-    pub fn new(state: AppState) -> Self {
-        Self { state }
+    pub fn new(clients: PersonalClients) -> Self {
+        Self { clients }
     }
 }
 
@@ -24,17 +24,12 @@ impl PersonalClientSearchService for SearchApi {
         &self,
         request: Request<pb::PersonalClientSearchServiceSearchRequest>,
     ) -> Result<Response<pb::PersonalClientSearchServiceSearchResponse>, Status> {
-        let principal = self.state.caller(&request).await?;
-        let (filter, page_size, token) = convert::search_spec(request.get_ref(), &principal.user_id)?;
-        let admin_role = &self.state.config.admin_role;
-        if !principal.has_role(admin_role) {
-            return Err(Error::PermissionDenied(format!(
-                "searching personal clients requires the {admin_role:?} role"
-            ))
-            .into());
-        }
-        let rows = self.state.store.search_clients(&filter, token.map(|t| t.after), page_size.get() + 1).await?;
-        let (list, next_page_token) = page_of(rows, page_size, &principal.user_id, &filter.fingerprint());
-        Ok(Response::new(pb::PersonalClientSearchServiceSearchResponse { list, next_page_token }))
+        let caller = caller(&request)?;
+        let (filter, page) = convert::search_request(request.get_ref(), &caller.user_id)?;
+        let page = self.clients.search(caller, &filter, page).await?;
+        Ok(Response::new(pb::PersonalClientSearchServiceSearchResponse {
+            list: page.clients.into_iter().map(Into::into).collect(),
+            next_page_token: page.next_page_token,
+        }))
     }
 }

@@ -5,8 +5,6 @@
 
 use std::{
     collections::HashMap,
-    fmt,
-    str::FromStr,
     sync::RwLock,
     time::{Duration, Instant},
 };
@@ -17,6 +15,8 @@ use jsonwebtoken::{
 };
 use serde_json::Value;
 
+use crate::config::TrustedJwks;
+
 /// Least time between two fetches of one provider's JWKS.
 const REFETCH_INTERVAL: Duration = Duration::from_secs(30);
 /// A JWKS fetched from a URL is fetched again after this long, even without an unknown `kid`.
@@ -26,33 +26,6 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_JWKS_BYTES: usize = 1 << 20;
 /// Algorithms accepted from external providers.
 const ALGORITHMS: [Algorithm; 3] = [Algorithm::EdDSA, Algorithm::ES256, Algorithm::RS256];
-
-/// `ISSUER=PATH_OR_URL` as given on the command line.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TrustedJwks {
-    pub issuer: String,
-    pub source: String,
-}
-
-impl FromStr for TrustedJwks {
-    type Err = String;
-
-    fn from_str(value: &str) -> Result<Self, Self::Err> {
-        let (issuer, source) = value
-            .split_once('=')
-            .ok_or("must be ISSUER=PATH_OR_URL, e.g. https://idp.example=https://idp.example/jwks.json")?;
-        if issuer.is_empty() || source.is_empty() {
-            return Err("both the issuer and the JWKS path or URL are required".into());
-        }
-        Ok(Self { issuer: issuer.to_owned(), source: source.to_owned() })
-    }
-}
-
-impl fmt::Display for TrustedJwks {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}={}", self.issuer, self.source)
-    }
-}
 
 /// What an external token says about its bearer, once verified.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -256,13 +229,5 @@ mod tests {
         assert_eq!(roles_at(&claims, "realm_access.roles"), ["b", "c"]);
         assert_eq!(roles_at(&claims, "scope"), ["x", "y"]);
         assert!(roles_at(&claims, "missing.path").is_empty());
-    }
-
-    #[test]
-    fn trusted_jwks_flag() {
-        let parsed: TrustedJwks = "https://idp.example=https://idp.example/jwks.json".parse().unwrap();
-        assert_eq!(parsed.issuer, "https://idp.example");
-        assert_eq!(parsed.source, "https://idp.example/jwks.json");
-        assert!("no-equals".parse::<TrustedJwks>().is_err());
     }
 }

@@ -14,7 +14,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use super::jws::{self, Header};
-use crate::{Error, store::Store};
+use crate::{Error, domain::TokenKey, store::Store};
 
 /// A key id unknown to this replica makes it re-read the keys at most this often.
 const RELOAD_INTERVAL: Duration = Duration::from_secs(5);
@@ -35,39 +35,32 @@ pub struct SigningKeys {
 }
 
 impl SigningKeys {
-    /// Loads the keys, creating the first one if the database has none.
-    pub async fn load_or_create(store: Store) -> Result<Self, Error> {
+    /// Creates the first key if the database has none (at `serve` and `migrate`).
+    pub async fn create_first(store: &Store) -> Result<(), Error> {
         let created = store
-            .ensure_signing_key(|| {
-                let key = SigningKey::generate(&mut OsRng);
-                (Uuid::now_v7().to_string(), key.to_bytes().to_vec())
-            })
+            .ensure_signing_key(|| TokenKey { kid: Uuid::now_v7().to_string(), key: SigningKey::generate(&mut OsRng) })
             .await?;
         if created {
             tracing::info!("created the first token signing key");
         }
+        Ok(())
+    }
+
+    /// Loads the keys the database holds.
+    pub async fn load(store: Store) -> Result<Self, Error> {
         let ring = Self::read_ring(&store).await?;
         Ok(Self { store, ring: RwLock::new(ring), last_reload: tokio::sync::Mutex::new(None) })
     }
 
     async fn read_ring(store: &Store) -> Result<KeyRing, Error> {
-        let rows = store.signing_keys().await?;
-        let mut verifying = HashMap::with_capacity(rows.len());
-        let mut oldest = None;
-        for row in rows {
-            let bytes: [u8; 32] = row
-                .private_key
-                .as_slice()
-                .try_into()
-                .map_err(|_| Error::Internal(format!("signing key {} is not 32 bytes", row.kid)))?;
-            let key = SigningKey::from_bytes(&bytes);
-            verifying.insert(row.kid.clone(), key.verifying_key());
-            if oldest.is_none() {
-                oldest = Some((row.kid, key));
-            }
-        }
-        let (signing_kid, signing_key) =
-            oldest.ok_or_else(|| Error::Internal("no signing key in the database".into()))?;
+        let keys = store.signing_keys().await?;
+        let verifying = keys.iter().map(|stored| (stored.kid.clone(), stored.key.verifying_key())).collect();
+        // The oldest key signs.
+        let TokenKey { kid: signing_kid, key: signing_key } = keys.into_iter().next().ok_or_else(|| {
+            Error::internal(
+                "the database holds no token signing key: run `personal-clients migrate` or start the server first",
+            )
+        })?;
         Ok(KeyRing { signing_kid, signing_key, verifying })
     }
 

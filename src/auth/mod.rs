@@ -1,46 +1,26 @@
-//! Who is calling: bearer tokens become a [`Principal`].
+//! Who is calling: bearer tokens become a [`Principal`], put into the request's extensions by
+//! [`authenticate`] before any handler runs; and the access tokens this service mints.
 
-pub mod assertion;
 pub mod external;
 pub mod jws;
 mod keys;
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
+use axum::{extract::Request, middleware::Next, response::Response};
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 pub use keys::SigningKeys;
 
-use crate::{Error, domain::RoleSet, store::Store};
+use crate::{
+    Error,
+    domain::{ClientId, Principal, RoleSet},
+    store::Store,
+};
 use external::ExternalIssuers;
 use jws::UnverifiedJws;
-
-/// The authenticated caller.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Principal {
-    pub user_id: String,
-    pub roles: RoleSet,
-    /// Set when the token was issued to a personal client rather than to the user directly.
-    pub client_id: Option<String>,
-}
-
-impl Principal {
-    pub fn has_role(&self, role: &str) -> bool {
-        self.roles.iter().any(|r| r.as_str() == role)
-    }
-
-    /// Tokens of personal clients may read personal clients but never change them.
-    pub fn ensure_may_manage_clients(&self) -> Result<(), Error> {
-        match &self.client_id {
-            Some(client_id) => Err(Error::PermissionDenied(format!(
-                "a token issued to personal client {client_id} may read personal clients but not create, update or delete them; use a user token"
-            ))),
-            None => Ok(()),
-        }
-    }
-}
 
 /// Claims of the access tokens this service issues.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -93,7 +73,7 @@ impl Authenticator {
     }
 
     /// Mints an access token; returns it with its lifetime in seconds.
-    pub fn mint(&self, user_id: &str, roles: &RoleSet, client_id: Option<&str>, ttl: Duration) -> (String, i64) {
+    pub fn mint(&self, user_id: &str, roles: &RoleSet, client_id: Option<&ClientId>, ttl: Duration) -> (String, i64) {
         let now = Utc::now().timestamp();
         let ttl = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX / 2).max(1);
         let claims = AccessTokenClaims {
@@ -104,7 +84,7 @@ impl Authenticator {
             exp: now.saturating_add(ttl),
             jti: Uuid::now_v7().to_string(),
             roles: roles.to_strings(),
-            client_id: client_id.map(str::to_owned),
+            client_id: client_id.map(|id| id.as_str().to_owned()),
         };
         (self.keys.sign(&claims), ttl)
     }
@@ -147,18 +127,58 @@ impl Authenticator {
         }
         // A revoked credential stops working at once, including the tokens it already obtained.
         if let Some(client_id) = &claims.client_id {
-            let now = Utc::now();
-            let live = self.store.find_credential(client_id).await?.is_some_and(|credential| {
-                let client = credential.client;
-                client.deleted_at.is_none()
-                    && client.user_id == claims.sub
-                    && client.expires_at.is_none_or(|at| at > now)
-            });
-            if !live {
+            let client = self.store.find_client(client_id).await?;
+            if !client.is_some_and(|client| client.user_id == claims.sub && client.is_live(Utc::now())) {
                 return Err(denied("token of a revoked, expired or unknown personal client"));
             }
         }
-        Ok(Principal { user_id: claims.sub, roles: RoleSet::from_claims(&claims.roles), client_id: claims.client_id })
+        Ok(Principal {
+            user_id: claims.sub,
+            roles: RoleSet::from_claims(&claims.roles),
+            client_id: claims.client_id.map(ClientId::from_stored),
+        })
+    }
+}
+
+/// The gate in front of every gRPC service: which services anyone may call, and who the
+/// caller of the others is.
+#[derive(Debug, Clone)]
+pub struct Gate {
+    auth: Arc<Authenticator>,
+    public_services: Arc<[&'static str]>,
+}
+
+impl Gate {
+    /// Every service not named in `public_services` requires a bearer token, so a service or
+    /// method added later is protected unless it is deliberately made public.
+    pub fn new(auth: Arc<Authenticator>, public_services: &[&'static str]) -> Self {
+        Self { auth, public_services: public_services.into() }
+    }
+
+    fn is_public(&self, path: &str) -> bool {
+        let service = path.trim_start_matches('/').split('/').next().unwrap_or_default();
+        self.public_services.contains(&service)
+    }
+}
+
+/// Middleware for the gRPC services: unless the service is public, the caller's [`Principal`]
+/// goes into the request's extensions, or the call ends here with `UNAUTHENTICATED`. Handlers
+/// read the principal and cannot forget to check it: a request without one never reaches them.
+pub async fn authenticate(
+    axum::extract::State(gate): axum::extract::State<Gate>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    if gate.is_public(request.uri().path()) {
+        return next.run(request).await;
+    }
+    let header = request.headers().get(http::header::AUTHORIZATION).and_then(|value| value.to_str().ok());
+    match gate.auth.authenticate(header).await {
+        Ok(principal) => {
+            request.extensions_mut().insert(principal);
+            next.run(request).await
+        }
+        Err(err) => tonic::Status::from(err).into_http(),
     }
 }
 

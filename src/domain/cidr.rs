@@ -18,6 +18,21 @@ impl CidrList {
         parse_entries(entries, Self::MAX_ENTRIES, parse_network).map(Self)
     }
 
+    /// Networks as stored: made canonical again, never refused.
+    pub fn from_networks(networks: impl IntoIterator<Item = IpNet>) -> Self {
+        let mut list: Vec<IpNet> = Vec::new();
+        for network in networks.into_iter().map(|network| unmap_ipv4(network).trunc()) {
+            if !list.contains(&network) {
+                list.push(network);
+            }
+        }
+        Self(list)
+    }
+
+    pub fn networks(&self) -> &[IpNet] {
+        &self.0
+    }
+
     /// Whether `address` may use the credential. IPv4-mapped IPv6 addresses match as IPv4.
     pub fn allows(&self, address: IpAddr) -> bool {
         let address = address.to_canonical();

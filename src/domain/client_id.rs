@@ -90,8 +90,23 @@ impl ClientId {
         Self(format!("{adjective}-{noun}-{number:05}@{public_host}/pcc"))
     }
 
+    /// A client id as stored or as a token carries it; its shape is not checked again.
+    pub fn from_stored(id: String) -> Self {
+        Self(id)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
     pub fn into_string(self) -> String {
         self.0
+    }
+}
+
+impl std::fmt::Display for ClientId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
     }
 }
 

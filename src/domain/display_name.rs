@@ -21,6 +21,15 @@ impl DisplayName {
         Ok(Self(input.to_owned()))
     }
 
+    pub fn into_string(self) -> String {
+        self.0
+    }
+
+    /// A name as stored: it was valid when written, and is not checked again.
+    pub fn from_stored(name: String) -> Self {
+        Self(name)
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }

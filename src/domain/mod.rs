@@ -3,26 +3,32 @@
 
 mod cidr;
 mod client_id;
-mod credential;
 mod display_name;
 mod expiry;
 mod page;
 mod personal_client;
+mod principal;
+mod rejection;
 mod role;
 mod search;
+mod secret;
 mod source;
+mod token_key;
 
 pub use cidr::CidrList;
 pub use client_id::ClientId;
-pub use credential::{ClientCredential, ClientSecret};
 pub use display_name::DisplayName;
 pub use expiry::MaxLifetime;
 pub(crate) use expiry::round_to_micros;
-pub use page::{PageSize, PageToken};
-pub use personal_client::{ClientChanges, Credential, NewPersonalClient, PersonalClient};
+pub use page::{Page, PageRequest, PageSize, PageToken};
+pub use personal_client::{ClientChanges, NewPersonalClient, Owner, PersonalClient};
+pub use principal::Principal;
+pub use rejection::Rejection;
 pub use role::{Role, RoleSet};
 pub use search::SearchFilter;
+pub use secret::ClientSecret;
 pub use source::SourceAddress;
+pub use token_key::TokenKey;
 
 /// One thing wrong with one field of a request, named by its path in the request.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -2,6 +2,8 @@ use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use super::PersonalClient;
+
 /// Rows per page: 0 means 50, more than 500 means 500.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PageSize(u64);
@@ -36,6 +38,9 @@ pub struct PageToken {
 }
 
 impl PageToken {
+    /// The query a List page token is bound to.
+    pub const LIST_QUERY: &str = "list";
+
     pub fn new(user: &str, query: &str, after: Uuid) -> Self {
         Self { user: user.to_owned(), query: query.to_owned(), after }
     }
@@ -57,6 +62,43 @@ impl PageToken {
             return Err("belongs to another listing; use it with the same caller and query that returned it".into());
         }
         Ok(Some(decoded))
+    }
+}
+
+/// Which page a listing asks for, once validated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageRequest {
+    pub size: PageSize,
+    /// The id of the last row of the previous page.
+    pub after: Option<Uuid>,
+}
+
+impl PageRequest {
+    /// How many rows to read: one more than the page holds, to learn whether another follows.
+    pub fn rows_to_read(&self) -> u64 {
+        self.size.get() + 1
+    }
+}
+
+/// One page of a listing, and the token of the next one (empty on the last page).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    pub clients: Vec<PersonalClient>,
+    pub next_page_token: String,
+}
+
+impl Page {
+    /// The page in `rows`, read with [`PageRequest::rows_to_read`]; the next page's token is
+    /// bound to `user` and `query`.
+    pub fn from_rows(mut rows: Vec<PersonalClient>, request: PageRequest, user: &str, query: &str) -> Self {
+        let size = usize::try_from(request.size.get()).unwrap_or(usize::MAX);
+        let next_page_token = if rows.len() > size {
+            rows.truncate(size);
+            rows.last().map(|last| PageToken::new(user, query, last.id).encode()).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Self { clients: rows, next_page_token }
     }
 }
 

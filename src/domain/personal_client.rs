@@ -2,17 +2,23 @@ use chrono::{DateTime, Utc};
 use ed25519_dalek::VerifyingKey;
 use uuid::Uuid;
 
-use super::{CidrList, DisplayName, RoleSet};
+use super::{CidrList, ClientId, DisplayName, RoleSet};
 
-/// A personal client credential as the service knows it (the public key stays in the store).
+/// A personal client credential as the service knows it: the typed read model every rule
+/// works on, values parsed once when read from the store.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PersonalClient {
+    /// UUID v7: ordering by id is ordering by creation.
     pub id: Uuid,
-    pub client_id: String,
+    pub client_id: ClientId,
     pub user_id: String,
-    pub display_name: String,
-    pub allow_source_cidr: Vec<String>,
-    pub scoped_roles: Vec<String>,
+    pub display_name: DisplayName,
+    pub allow_source_cidr: CidrList,
+    pub scoped_roles: RoleSet,
+    /// The roles the owner had when creating it: what its tokens carry when it has no scoped roles.
+    pub owner_roles: RoleSet,
+    /// The public half of the key pair whose private half is the client's secret.
+    pub public_key: VerifyingKey,
     pub expires_at: Option<DateTime<Utc>>,
     pub last_used_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
@@ -20,13 +26,17 @@ pub struct PersonalClient {
     pub deleted_at: Option<DateTime<Utc>>,
 }
 
-/// A personal client with what the token exchange needs: its public key and the roles its
-/// owner had when creating it.
-#[derive(Debug, Clone)]
-pub struct Credential {
-    pub client: PersonalClient,
-    pub public_key: VerifyingKey,
-    pub owner_roles: Vec<String>,
+impl PersonalClient {
+    /// Whether it may still authenticate at `now`: not revoked and not expired.
+    pub fn is_live(&self, now: DateTime<Utc>) -> bool {
+        self.deleted_at.is_none() && self.expires_at.is_none_or(|at| at > now)
+    }
+
+    /// The roles its access tokens carry: its scoped roles, or, when it has none, the roles its
+    /// owner had when creating it.
+    pub fn token_roles(&self) -> &RoleSet {
+        if self.scoped_roles.is_empty() { &self.owner_roles } else { &self.scoped_roles }
+    }
 }
 
 /// What Create stores: validated fields, the owner and the public half of the key pair.
@@ -50,4 +60,11 @@ pub struct ClientChanges {
     pub scoped_roles: Option<RoleSet>,
     /// `Some(None)` makes the credential never expire.
     pub expires_at: Option<Option<DateTime<Utc>>>,
+}
+
+/// Whose clients a lookup may return: one user's, or (for an admin) anyone's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owner<'a> {
+    User(&'a str),
+    Anyone,
 }

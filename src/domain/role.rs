@@ -63,6 +63,10 @@ impl RoleSet {
         self.0.iter().filter(|role| !other.contains(role)).collect()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = &Role> {
         self.0.iter()
     }

@@ -5,16 +5,8 @@ use ed25519_dalek::{SigningKey, VerifyingKey};
 use rand_core::OsRng;
 use serde::Serialize;
 
-/// A freshly made credential: the public key the service keeps, and the secret only the
-/// caller ever sees.
-#[derive(Debug)]
-pub struct ClientCredential {
-    pub public_key: VerifyingKey,
-    pub secret: ClientSecret,
-}
-
-/// `secret-token:<namespace>:v1:` + base64url-no-pad of the JWK of an Ed25519 private key.
-/// Its `Debug` never shows the key.
+/// `secret-token:<namespace>:v1:` + base64url-no-pad of the JWK of an Ed25519 private key: what
+/// a caller receives, once, when creating a personal client. Its `Debug` never shows the key.
 #[derive(Clone, PartialEq, Eq)]
 pub struct ClientSecret(String);
 
@@ -26,9 +18,10 @@ struct PrivateJwk<'a> {
     d: String,
 }
 
-impl ClientCredential {
-    /// Makes a new Ed25519 key pair from the operating system's random number generator.
-    pub fn generate(namespace: &str) -> Self {
+impl ClientSecret {
+    /// A new secret from the operating system's random number generator, with the public key
+    /// the service keeps to verify what the secret signs.
+    pub fn generate(namespace: &str) -> (Self, VerifyingKey) {
         let signing_key = SigningKey::generate(&mut OsRng);
         let jwk = PrivateJwk {
             kty: "OKP",
@@ -39,11 +32,9 @@ impl ClientCredential {
         // A struct of plain strings always serialises.
         let json = serde_json::to_vec(&jwk).unwrap_or_default();
         let secret = format!("secret-token:{namespace}:v1:{}", URL_SAFE_NO_PAD.encode(json));
-        Self { public_key: signing_key.verifying_key(), secret: ClientSecret(secret) }
+        (Self(secret), signing_key.verifying_key())
     }
-}
 
-impl ClientSecret {
     pub fn expose(&self) -> &str {
         &self.0
     }
@@ -81,19 +72,19 @@ mod tests {
 
     #[test]
     fn secret_parses_like_a_client_and_matches_the_stored_public_key() {
-        let credential = ClientCredential::generate("personal-clients");
-        assert!(credential.secret.expose().starts_with("secret-token:personal-clients:v1:"));
-        let key = signing_key_from_secret(credential.secret.expose());
-        assert_eq!(key.verifying_key(), credential.public_key);
+        let (secret, public_key) = ClientSecret::generate("personal-clients");
+        assert!(secret.expose().starts_with("secret-token:personal-clients:v1:"));
+        let key = signing_key_from_secret(secret.expose());
+        assert_eq!(key.verifying_key(), public_key);
         let signature = key.sign(b"assertion");
-        assert!(credential.public_key.verify_strict(b"assertion", &signature).is_ok());
+        assert!(public_key.verify_strict(b"assertion", &signature).is_ok());
     }
 
     #[test]
     fn every_credential_has_its_own_key_and_debug_hides_the_secret() {
-        let a = ClientCredential::generate("personal-clients");
-        let b = ClientCredential::generate("personal-clients");
-        assert_ne!(a.public_key, b.public_key);
-        assert!(!format!("{a:?}").contains(a.secret.expose()));
+        let (a, a_public) = ClientSecret::generate("personal-clients");
+        let (_, b_public) = ClientSecret::generate("personal-clients");
+        assert_ne!(a_public, b_public);
+        assert!(!format!("{a:?}").contains(a.expose()));
     }
 }

@@ -1,5 +1,6 @@
 //! The token exchange (SPEC §6): a personal client trades a signed assertion for an access token.
 
+pub mod assertion;
 mod usage;
 
 use std::{net::IpAddr, sync::Arc, time::Duration};
@@ -10,15 +11,12 @@ pub use usage::UsageRecorder;
 
 use crate::{
     Error,
-    auth::{
-        Authenticator,
-        assertion::{ClientAssertion, Rejection},
-    },
-    config::Config,
-    domain::{CidrList, Credential, RoleSet, SourceAddress, Violations, round_to_micros},
+    auth::Authenticator,
+    domain::{PersonalClient, Rejection, SourceAddress, Violations, round_to_micros},
     metrics::Metrics,
     store::Store,
 };
+use assertion::ClientAssertion;
 
 /// The only grant type served.
 pub const CLIENT_CREDENTIALS: &str = "client_credentials";
@@ -57,12 +55,25 @@ pub struct IssuedToken {
     pub expires_in: i64,
 }
 
+/// What the service's configuration says about the exchange.
+#[derive(Debug, Clone)]
+pub struct ExchangeSettings {
+    /// `--public-host`: the audience ConductorOne's SDKs send.
+    pub public_host: String,
+    /// `--issuer`: the audience of draft-ietf-oauth-rfc7523bis.
+    pub issuer: String,
+    /// Lifetime of the access tokens issued.
+    pub token_ttl: Duration,
+    /// Proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+}
+
 /// Validates assertions and issues access tokens.
 #[derive(Debug)]
 pub struct TokenExchange {
     store: Store,
     auth: Arc<Authenticator>,
-    config: Arc<Config>,
+    settings: ExchangeSettings,
     usage: UsageRecorder,
     metrics: Arc<Metrics>,
     /// Values `aud` may take: the public host (with and without a port) and the issuer.
@@ -70,16 +81,16 @@ pub struct TokenExchange {
 }
 
 impl TokenExchange {
-    pub fn new(store: Store, auth: Arc<Authenticator>, config: Arc<Config>, metrics: Arc<Metrics>) -> Self {
-        let host = config.public_host.clone();
-        let mut audiences = vec![host.clone(), config.issuer()];
+    pub fn new(store: Store, auth: Arc<Authenticator>, settings: ExchangeSettings, metrics: Arc<Metrics>) -> Self {
+        let host = settings.public_host.clone();
+        let mut audiences = vec![host.clone(), settings.issuer.clone()];
         if let Some((without_port, port)) = host.rsplit_once(':')
             && port.chars().all(|c| c.is_ascii_digit())
             && !without_port.contains(':')
         {
             audiences.push(without_port.to_owned());
         }
-        Self { store, auth, config, usage: UsageRecorder::default(), metrics, audiences }
+        Self { store, auth, settings, usage: UsageRecorder::default(), metrics, audiences }
     }
 
     /// Runs one exchange. Client authentication failures are logged here with their reason and
@@ -115,7 +126,7 @@ impl TokenExchange {
         if request.grant_type != CLIENT_CREDENTIALS {
             return Err(Error::UnsupportedGrantType(request.grant_type.to_owned()));
         }
-        let source = SourceAddress::resolve(origin.peer, &origin.forwarded_for, &self.config.trusted_proxies);
+        let source = SourceAddress::resolve(origin.peer, &origin.forwarded_for, &self.settings.trusted_proxies);
         let result = self.authenticate(&request, source).await;
         match &result {
             Ok(_) => {}
@@ -148,15 +159,14 @@ impl TokenExchange {
         if client_id != claimed {
             return refuse(Rejection::ClientIdMismatch);
         }
-        let Some(credential) = self.store.find_credential(client_id).await? else {
+        let Some(client) = self.store.find_client(client_id).await? else {
             return refuse(Rejection::UnknownClient);
         };
         let now = round_to_micros(Utc::now());
         let audiences: Vec<&str> = self.audiences.iter().map(String::as_str).collect();
         let verified = assertion
-            .verify(&credential.public_key, client_id, &audiences, now.timestamp())
+            .verify(&client.public_key, client_id, &audiences, now.timestamp())
             .map_err(Error::InvalidClient)?;
-        let client = &credential.client;
         if client.deleted_at.is_some() {
             return refuse(Rejection::ClientRevoked);
         }
@@ -164,7 +174,7 @@ impl TokenExchange {
         if lifetime_left.is_some_and(|left| left < TimeDelta::seconds(1)) {
             return refuse(Rejection::ClientExpired);
         }
-        check_source(&credential, source)?;
+        check_source(&client, source)?;
         let spent_until = DateTime::from_timestamp(verified.spent_until, 0).unwrap_or(now);
         if !self.store.spend_one_time_value(client.id, &verified.one_time_value, spent_until).await? {
             return refuse(Rejection::Replayed);
@@ -172,10 +182,9 @@ impl TokenExchange {
 
         let ttl = lifetime_left
             .and_then(|left| left.to_std().ok())
-            .map_or(self.config.token_ttl, |left| self.config.token_ttl.min(Duration::from_secs(left.as_secs())));
-        let roles = if client.scoped_roles.is_empty() { &credential.owner_roles } else { &client.scoped_roles };
+            .map_or(self.settings.token_ttl, |left| self.settings.token_ttl.min(Duration::from_secs(left.as_secs())));
         let (access_token, expires_in) =
-            self.auth.mint(&client.user_id, &RoleSet::from_claims(roles), Some(&client.client_id), ttl);
+            self.auth.mint(&client.user_id, client.token_roles(), Some(&client.client_id), ttl);
         self.usage.record(client.id, now);
         tracing::info!(client_id = %client.client_id, user_id = %client.user_id, expires_in, "access token issued");
         Ok(IssuedToken { access_token, expires_in })
@@ -194,9 +203,8 @@ impl TokenExchange {
 
 /// A credential with source CIDRs may only be used from inside them; an unknown source fails
 /// closed.
-fn check_source(credential: &Credential, source: Option<SourceAddress>) -> Result<(), Error> {
-    let allowed = CidrList::parse(&credential.client.allow_source_cidr)
-        .map_err(|_| Error::Internal(format!("stored CIDRs of {} do not parse", credential.client.id)))?;
+fn check_source(client: &PersonalClient, source: Option<SourceAddress>) -> Result<(), Error> {
+    let allowed = &client.allow_source_cidr;
     if allowed.is_empty() {
         return Ok(());
     }

@@ -1,20 +1,127 @@
-//! The binary as an operator runs it: `migrate`, `mint-token`, `serve`, and SIGTERM.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! The binary as an operator runs it: `migrate`, `mint-token`, `serve`, SIGTERM, and the
+//! mistakes an operator makes.
 
-mod common;
-
-use std::process::Command;
-
-use common::{authed, oauth::ServerProcess};
 use personal_clients::pb::iam::{self as pb, personal_client_service_client::PersonalClientServiceClient};
 
-const BIN: &str = env!("CARGO_BIN_EXE_personal-clients");
+use crate::common::{
+    authed,
+    oauth::{ServerProcess, binary},
+};
 
-fn run(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
-    Command::new(BIN).args(args).current_dir(dir).env_remove("PC_DATABASE_URL").output().expect("run binary")
+pub fn tests() -> Vec<libtest_mimic::Trial> {
+    plain_tests!(
+        operator_workflow_on_the_default_sqlite_database,
+        each_command_takes_only_its_own_options,
+        configuration_mistakes_are_usage_errors_naming_the_flag,
+        mint_token_refuses_a_database_no_server_has_set_up,
+        start_up_errors_say_what_where_and_what_to_do,
+        processes_opening_a_new_sqlite_file_together_all_succeed,
+    )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+fn run(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
+    binary(dir).args(args).output().expect("run binary")
+}
+
+fn stderr(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+async fn each_command_takes_only_its_own_options() {
+    let dir = tempfile::tempdir().unwrap();
+    let help = |command: &str| String::from_utf8(run(dir.path(), &[command, "--help"]).stdout).unwrap();
+    let mint = help("mint-token");
+    for option in ["--database-url", "--public-host", "--issuer", "--user", "--roles", "--ttl"] {
+        assert!(mint.contains(option), "mint-token takes {option}: {mint}");
+    }
+    for option in ["--listen", "--tls-cert", "--trusted-proxies", "--token-ttl", "--trusted-jwks", "--max-lifetime"] {
+        assert!(!mint.contains(option), "mint-token does not take {option}: {mint}");
+    }
+    let migrate = help("migrate");
+    assert!(migrate.contains("--database-url"));
+    for option in ["--listen", "--public-host", "--trusted-jwks", "--user"] {
+        assert!(!migrate.contains(option), "migrate does not take {option}: {migrate}");
+    }
+    let serve = help("serve");
+    for option in ["--listen", "--tls-cert", "--trusted-proxies", "--token-ttl", "--database-url"] {
+        assert!(serve.contains(option), "serve takes {option}");
+    }
+    assert!(!serve.contains("--user") && !serve.contains("--ttl <"), "serve takes no mint-token options: {serve}");
+    let refused = run(dir.path(), &["mint-token", "--user", "alice", "--listen", "0.0.0.0:1"]);
+    assert_eq!(refused.status.code(), Some(2), "an option of another command is a usage error");
+}
+
+async fn configuration_mistakes_are_usage_errors_naming_the_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    for (args, flag) in [
+        (&["serve", "--public-host", "pc.example.com/api"][..], "--public-host"),
+        (&["serve", "--token-ttl", "0s"][..], "--token-ttl"),
+        (&["serve", "--admin-role", "the admins"][..], "--admin-role"),
+        (&["serve", "--secret-namespace", "a:b"][..], "--secret-namespace"),
+        (&["serve", "--usage-flush-interval", "soon"][..], "--usage-flush-interval"),
+        (&["serve", "--database-url", "mysql://x"][..], "--database-url"),
+        (&["serve", "--listen", "localhost"][..], "--listen"),
+        (&["--public-host", "a b"][..], "--public-host"),
+        (&["mint-token", "--user", "alice", "--roles", "not a role"][..], "--roles"),
+        (&["mint-token", "--user", " "][..], "--user"),
+    ] {
+        let output = run(dir.path(), args);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {}", stderr(&output));
+        assert!(stderr(&output).contains(flag), "{args:?} names {flag}: {}", stderr(&output));
+    }
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "a usage error touches nothing");
+}
+
+async fn mint_token_refuses_a_database_no_server_has_set_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = run(dir.path(), &["mint-token", "--user", "alice"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(output.stdout.is_empty(), "no token for a database no server uses");
+    let message = stderr(&output);
+    assert!(message.contains("personal-clients.db") && message.contains("migrate"), "{message}");
+    assert!(!dir.path().join("personal-clients.db").exists(), "mint-token creates no database");
+}
+
+async fn start_up_errors_say_what_where_and_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no/such/dir/pc.db");
+    let output = run(dir.path(), &["migrate", "--database-url", &format!("sqlite://{}?mode=rwc", missing.display())]);
+    assert_eq!(output.status.code(), Some(1));
+    let message = stderr(&output);
+    assert!(message.contains(&missing.display().to_string()), "names the file: {message}");
+    assert!(message.contains("directory exists"), "says what to check: {message}");
+
+    // Nothing listens on port 1: the cause is named, not a pool timing out.
+    let output = run(dir.path(), &["migrate", "--database-url", "postgres://postgres@127.0.0.1:1/pc"]);
+    assert_eq!(output.status.code(), Some(1));
+    let message = stderr(&output);
+    assert!(message.contains("127.0.0.1:1") && message.to_lowercase().contains("refused"), "{message}");
+    assert!(!message.contains("internal"), "an operator's mistake is not an internal error: {message}");
+
+    let output = run(dir.path(), &["serve", "--tls-cert", "missing.pem", "--tls-key", "missing-key.pem"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(stderr(&output).contains("missing.pem"), "{}", stderr(&output));
+
+    // Logs written to a file carry no terminal colour codes.
+    let output = run(dir.path(), &["migrate"]);
+    assert!(output.status.success());
+    assert!(stderr(&output).contains("created the first token signing key"));
+    assert!(!stderr(&output).contains('\u{1b}'), "no escape codes: {:?}", stderr(&output));
+}
+
+async fn processes_opening_a_new_sqlite_file_together_all_succeed() {
+    let dir = tempfile::tempdir().unwrap();
+    let children: Vec<_> = (0..8)
+        .map(|_| binary(dir.path()).arg("migrate").stderr(std::process::Stdio::piped()).spawn().unwrap())
+        .collect();
+    for child in children {
+        let output = child.wait_with_output().unwrap();
+        assert!(output.status.success(), "{}", stderr(&output));
+    }
+    let minted = run(dir.path(), &["mint-token", "--user", "alice"]);
+    assert!(minted.status.success(), "one key, usable: {}", stderr(&minted));
+}
+
 async fn operator_workflow_on_the_default_sqlite_database() {
     let dir = tempfile::tempdir().unwrap();
     let migrate = run(dir.path(), &["migrate"]);

@@ -1,8 +1,5 @@
 //! User tokens from an external identity provider, verified against its JWKS (EdDSA, ES256,
 //! RS256), from a file or a URL that is re-fetched when a new key appears.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
 
 use std::{
     net::SocketAddr,
@@ -12,8 +9,8 @@ use std::{
     },
 };
 
+use crate::common::{TestDb, TestServer, authed, create_request, oauth::now};
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
-use common::{TestDb, TestServer, authed, create_request, oauth::now};
 use ed25519_dalek::Signer as _;
 use personal_clients::pb::iam as pb;
 use rsa::{pkcs1v15, traits::PublicKeyParts};
@@ -21,7 +18,15 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::Code;
 
-backend_tests!(external_tokens_of_every_algorithm_are_accepted, external_tokens_are_checked_like_our_own);
+pub fn tests() -> Vec<libtest_mimic::Trial> {
+    let mut trials = Vec::new();
+    trials.extend(backend_tests!(
+        external_tokens_of_every_algorithm_are_accepted,
+        external_tokens_are_checked_like_our_own
+    ));
+    trials.extend(tests_on!(Sqlite: a_jwks_url_is_refetched_for_a_new_key_at_a_bounded_rate));
+    trials
+}
 
 const IDP: &str = "https://idp.test";
 
@@ -95,7 +100,7 @@ async fn external_tokens_of_every_algorithm_are_accepted(db: TestDb) {
     let set = json!({"keys": [idp.jwk("EdDSA", "ed-1"), idp.jwk("ES256", "ec-1"), idp.jwk("RS256", "rsa-1")]});
     std::fs::write(&jwks, set.to_string()).unwrap();
     let mut config = db.config();
-    config.trusted_jwks = vec![format!("{IDP}={}", jwks.display()).parse().unwrap()];
+    config.trust.trusted_jwks = vec![format!("{IDP}={}", jwks.display()).parse().unwrap()];
     let server = TestServer::start(config).await;
 
     for (alg, kid) in [("EdDSA", "ed-1"), ("ES256", "ec-1"), ("RS256", "rsa-1")] {
@@ -122,8 +127,8 @@ async fn external_tokens_are_checked_like_our_own(db: TestDb) {
     let jwks = dir.path().join("jwks.json");
     std::fs::write(&jwks, json!({"keys": [idp.jwk("ES256", "ec-1")]}).to_string()).unwrap();
     let mut config = db.config();
-    config.trusted_jwks = vec![format!("{IDP}={}", jwks.display()).parse().unwrap()];
-    config.roles_claim = "realm_access.roles".into();
+    config.trust.trusted_jwks = vec![format!("{IDP}={}", jwks.display()).parse().unwrap()];
+    config.trust.roles_claim = "realm_access.roles".into();
     let server = TestServer::start(config).await;
 
     let good = json!({"iss": IDP, "sub": "dave", "aud": ["api", "http://localhost"], "exp": now() + 300, "realm_access": {"roles": ["admin"]}});
@@ -200,13 +205,11 @@ impl JwksServer {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_jwks_url_is_refetched_for_a_new_key_at_a_bounded_rate() {
-    let db = TestDb::new(common::Backend::Sqlite).await.unwrap();
+async fn a_jwks_url_is_refetched_for_a_new_key_at_a_bounded_rate(db: TestDb) {
     let (old, new) = (Provider::new(), Provider::new());
     let jwks = JwksServer::start(json!({"keys": [old.jwk("EdDSA", "2026-01")]}).to_string()).await;
     let mut config = db.config();
-    config.trusted_jwks = vec![format!("{IDP}=http://{}/jwks.json", jwks.addr).parse().unwrap()];
+    config.trust.trusted_jwks = vec![format!("{IDP}=http://{}/jwks.json", jwks.addr).parse().unwrap()];
     let server = TestServer::start(config).await;
     assert_eq!(jwks.fetches.load(Ordering::SeqCst), 1, "fetched at start");
 

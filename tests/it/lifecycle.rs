@@ -1,23 +1,24 @@
 //! The life of a personal client: create, read, list across pages, update, delete; and a
 //! restart that loses nothing.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
 
 use std::collections::HashSet;
 
+use crate::common::{TestDb, TestServer, authed, create_request};
 use chrono::Utc;
-use common::{TestDb, TestServer, authed, create_request};
 use personal_clients::pb::iam as pb;
 use prost_types::{Duration as PbDuration, FieldMask, Timestamp};
 use tonic::Code;
 
-backend_tests!(
-    full_lifecycle,
-    list_pages_stay_consistent_while_rows_are_inserted,
-    update_each_mask_path,
-    restart_loses_nothing
-);
+pub fn tests() -> Vec<libtest_mimic::Trial> {
+    let mut trials = Vec::new();
+    trials.extend(backend_tests!(
+        full_lifecycle,
+        list_pages_stay_consistent_while_rows_are_inserted,
+        update_each_mask_path,
+        restart_loses_nothing
+    ));
+    trials
+}
 
 async fn full_lifecycle(db: TestDb) {
     let server = TestServer::start(db.config()).await;

@@ -1,23 +1,25 @@
 //! What operators and dynamic clients rely on: health that follows the database, and reflection
 //! for clients without .proto files.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Backend, TestDb, TestServer, oauth::http, proxy::TcpProxy};
-use personal_clients::{Config, health::SERVICE_NAMES};
+use crate::common::{TestDb, TestServer, oauth::http, proxy::TcpProxy};
+use personal_clients::{Config, server::health_names};
 use prost::Message;
 use tonic::{codegen::tokio_stream, transport::Channel};
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
 use tonic_reflection::pb::{v1, v1alpha};
 
-backend_tests!(
-    health_reports_serving_for_every_service,
-    reflection_lists_and_describes_the_services,
-    metrics_count_calls_and_exchange_outcomes
-);
+pub fn tests() -> Vec<libtest_mimic::Trial> {
+    let mut trials = Vec::new();
+    trials.extend(backend_tests!(
+        health_reports_serving_for_every_service,
+        reflection_lists_and_describes_the_services,
+        metrics_count_calls_and_exchange_outcomes
+    ));
+    trials.extend(tests_on!(Postgres: health_follows_the_database_away_and_back));
+    trials
+}
 
 /// The value of the sample named `name` exactly (with its labels) in a Prometheus text page.
 fn sample(page: &str, name: &str) -> Option<f64> {
@@ -28,15 +30,17 @@ async fn metrics_count_calls_and_exchange_outcomes(db: TestDb) {
     let server = TestServer::start(db.config()).await;
     let token = server.token("alice", &[]).await;
     let mut api = server.client().await;
-    api.list(common::authed(personal_clients::pb::iam::PersonalClientServiceListRequest::default(), &token))
+    api.list(crate::common::authed(personal_clients::pb::iam::PersonalClientServiceListRequest::default(), &token))
         .await
         .unwrap();
-    let form = common::oauth::token_form("quiet-moon-12345@localhost/pcc", "not-a-jwt");
-    assert_eq!(common::oauth::post_token(server.addr, &form, &[]).await.status, 401);
+    let form = crate::common::oauth::token_form("quiet-moon-12345@localhost/pcc", "not-a-jwt");
+    assert_eq!(crate::common::oauth::post_token(server.addr, &form, &[]).await.status, 401);
 
     let page = http(server.addr, "GET", "/metrics", &[], "").await;
     assert_eq!(page.status, 200);
-    assert!(page.header("content-type").unwrap().starts_with("text/plain; version=0.0.4"));
+    // What the body is: OpenMetrics text, which Prometheus reads.
+    assert_eq!(page.header("content-type"), Some("application/openmetrics-text; version=1.0.0; charset=utf-8"));
+    assert!(page.body.ends_with("# EOF\n"), "{}", page.body);
     let text = page.body;
     let list = r#"method="/c1.api.iam.v1.PersonalClientService/List""#;
     assert_eq!(
@@ -66,7 +70,7 @@ async fn channel(server: &TestServer) -> Channel {
 async fn statuses(server: &TestServer) -> Vec<ServingStatus> {
     let mut health = HealthClient::new(channel(server).await);
     let mut found = Vec::new();
-    for service in SERVICE_NAMES {
+    for service in health_names() {
         let response = health.check(HealthCheckRequest { service: service.into() }).await.unwrap().into_inner();
         found.push(response.status());
     }
@@ -79,12 +83,24 @@ async fn health_reports_serving_for_every_service(db: TestDb) {
     let unknown =
         HealthClient::new(channel(&server).await).check(HealthCheckRequest { service: "no.such.Service".into() }).await;
     assert_eq!(unknown.unwrap_err().code(), tonic::Code::NotFound);
-    let path = http::uri::PathAndQuery::from_static("/c1.api.iam.v1.PersonalClientService/Explode");
-    let mut grpc = tonic::client::Grpc::new(channel(&server).await);
-    grpc.ready().await.unwrap();
-    let codec = tonic_prost::ProstCodec::<HealthCheckRequest, HealthCheckRequest>::default();
-    let missing = grpc.unary(tonic::Request::new(HealthCheckRequest::default()), path, codec).await;
-    assert_eq!(missing.unwrap_err().code(), tonic::Code::Unimplemented, "gRPC to an unknown method");
+    // A protected service authenticates before it routes: an unknown method says nothing to a
+    // caller without a token. An unknown service is UNIMPLEMENTED for anyone.
+    let token = server.token("alice", &[]).await;
+    for (path, token, code) in [
+        ("/c1.api.iam.v1.PersonalClientService/Explode", None, tonic::Code::Unauthenticated),
+        ("/c1.api.iam.v1.PersonalClientService/Explode", Some(&token), tonic::Code::Unimplemented),
+        ("/c1.api.iam.v1.NoSuchService/Explode", None, tonic::Code::Unimplemented),
+    ] {
+        let mut grpc = tonic::client::Grpc::new(channel(&server).await);
+        grpc.ready().await.unwrap();
+        let codec = tonic_prost::ProstCodec::<HealthCheckRequest, HealthCheckRequest>::default();
+        let request = match token {
+            Some(token) => crate::common::authed(HealthCheckRequest::default(), token),
+            None => tonic::Request::new(HealthCheckRequest::default()),
+        };
+        let answer = grpc.unary(request, http::uri::PathAndQuery::from_static(path), codec).await;
+        assert_eq!(answer.unwrap_err().code(), code, "gRPC to {path} with a token: {}", token.is_some());
+    }
     let nowhere = http(server.addr, "GET", "/no/such/page", &[], "").await;
     assert_eq!(nowhere.status, 404, "plain HTTP to an unknown path is a 404");
     let healthz = http(server.addr, "GET", "/healthz", &[], "").await;
@@ -93,12 +109,10 @@ async fn health_reports_serving_for_every_service(db: TestDb) {
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn health_follows_the_database_away_and_back() {
-    let Some(db) = TestDb::new(Backend::Postgres).await else { return };
+async fn health_follows_the_database_away_and_back(db: TestDb) {
     let proxy = TcpProxy::start(db.server_addr().await).await;
-    let mut config = Config::with_database_url(&db.url_via(proxy.addr)).unwrap();
-    config.health_interval = Duration::from_millis(200);
+    let mut config = Config::defaults(&db.url_via(proxy.addr)).unwrap();
+    config.serving.health_interval = Duration::from_millis(200);
     let server = TestServer::start(config).await;
     assert_eq!(statuses(&server).await, [ServingStatus::Serving; 4]);
 

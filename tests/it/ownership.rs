@@ -1,14 +1,15 @@
 //! Users see and touch only their own personal clients; admins may read and revoke any.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
-use common::{TestDb, TestServer, authed, create_request};
+use crate::common::{TestDb, TestServer, authed, create_request};
 use personal_clients::pb::iam as pb;
 use prost_types::FieldMask;
 use tonic::Code;
 
-backend_tests!(users_cannot_see_or_touch_each_others_clients, admins_may_read_and_revoke_any_client);
+pub fn tests() -> Vec<libtest_mimic::Trial> {
+    let mut trials = Vec::new();
+    trials.extend(backend_tests!(users_cannot_see_or_touch_each_others_clients, admins_may_read_and_revoke_any_client));
+    trials
+}
 
 async fn users_cannot_see_or_touch_each_others_clients(db: TestDb) {
     let server = TestServer::start(db.config()).await;

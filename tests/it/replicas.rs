@@ -1,14 +1,15 @@
 //! Several replicas on one database: they start together, share keys and data, and concurrent
 //! writes all succeed.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
-use common::{TestDb, TestServer, authed, create_request};
+use crate::common::{TestDb, TestServer, authed, create_request};
 use personal_clients::pb::iam as pb;
 use tonic::Code;
 
-backend_tests!(replicas_share_keys_and_revocations, concurrent_writes_all_succeed);
+pub fn tests() -> Vec<libtest_mimic::Trial> {
+    let mut trials = Vec::new();
+    trials.extend(backend_tests!(replicas_share_keys_and_revocations, concurrent_writes_all_succeed));
+    trials
+}
 
 async fn replicas_share_keys_and_revocations(db: TestDb) {
     // Both migrate and create their first signing key on an empty database at the same time.

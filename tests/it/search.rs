@@ -1,13 +1,14 @@
 //! Admins search personal clients across users; nobody else may.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
-use common::{TestDb, TestServer, authed, create_request, violated_fields};
+use crate::common::{TestDb, TestServer, authed, create_request, violated_fields};
 use personal_clients::pb::iam::{self as pb, personal_client_search_service_client::PersonalClientSearchServiceClient};
 use tonic::{Code, transport::Channel};
 
-backend_tests!(search_filters_and_pages_across_users, search_requires_the_admin_role);
+pub fn tests() -> Vec<libtest_mimic::Trial> {
+    let mut trials = Vec::new();
+    trials.extend(backend_tests!(search_filters_and_pages_across_users, search_requires_the_admin_role));
+    trials
+}
 
 fn search(query: &str, users: &[&str], include_deleted: bool) -> pb::PersonalClientSearchServiceSearchRequest {
     pb::PersonalClientSearchServiceSearchRequest {

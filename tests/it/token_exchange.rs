@@ -1,18 +1,17 @@
 //! The token exchange over gRPC and HTTP: what a personal client does with its secret, and every
 //! way it is refused.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
 
 use std::time::Duration;
 
-use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
-use common::{
-    TestDb, TestServer, authed, create_request,
+use chrono::{TimeDelta, Utc};
+
+use crate::common::{
+    TestDb, TestServer, authed, create_request, eventually,
     oauth::{
         self, ServerProcess, claims, key_from_secret, post_token, sdk_assertion, sign, token_form, verify_with_jwks,
     },
 };
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use ed25519_dalek::SigningKey;
 use hmac::{Hmac, Mac};
 use personal_clients::{
@@ -26,32 +25,36 @@ use prost_types::Duration as PbDuration;
 use serde_json::{Value, json};
 use tonic::{Code, Request, Status, metadata::MetadataValue};
 
-backend_tests!(
-    happy_path_over_grpc_and_http,
-    token_roles_default_to_the_owners_roles_and_stop_at_the_clients_expiry,
-    wrong_key,
-    tampered_payload,
-    alg_none,
-    alg_hs256_signed_with_the_public_key,
-    wrong_iss_or_sub,
-    wrong_aud,
-    missing_exp,
-    exp_too_far,
-    expired_assertion,
-    nbf_in_the_future,
-    replayed_assertion,
-    replay_against_a_second_server_process,
-    fifty_concurrent_uses_one_success,
-    deleted_client,
-    expired_client,
-    source_outside_the_cidrs,
-    spoofed_forwarded_for_from_an_untrusted_peer,
-    unknown_client_id,
-    malformed_form_body,
-    wrong_grant_type,
-    last_used_at_is_batched_and_flushed_on_shutdown,
-    last_used_at_never_moves_backwards,
-);
+pub fn tests() -> Vec<libtest_mimic::Trial> {
+    let mut trials = Vec::new();
+    trials.extend(backend_tests!(
+        happy_path_over_grpc_and_http,
+        token_roles_default_to_the_owners_roles_and_stop_at_the_clients_expiry,
+        wrong_key,
+        tampered_payload,
+        alg_none,
+        alg_hs256_signed_with_the_public_key,
+        wrong_iss_or_sub,
+        wrong_aud,
+        missing_exp,
+        exp_too_far,
+        expired_assertion,
+        nbf_in_the_future,
+        replayed_assertion,
+        replay_against_a_second_server_process,
+        fifty_concurrent_uses_one_success,
+        deleted_client,
+        expired_client,
+        source_outside_the_cidrs,
+        spoofed_forwarded_for_from_an_untrusted_peer,
+        unknown_client_id,
+        malformed_form_body,
+        wrong_grant_type,
+        last_used_at_is_batched_and_flushed_on_shutdown,
+        last_used_at_never_moves_backwards,
+    ));
+    trials
+}
 
 /// A running server, a user, and one personal client with its key.
 struct Fixture {
@@ -98,8 +101,10 @@ impl Fixture {
         client.token(request).await.map(|r| r.into_inner())
     }
 
-    /// Refused over both transports, with nothing but `invalid_client` said.
-    async fn assert_refused(&self, assertion: &str) {
+    /// Refused over both transports for `reason`, with nothing but `invalid_client` said: the
+    /// reason is only in the log and the outcome metric, which is where it is checked.
+    async fn assert_refused(&self, assertion: &str, reason: &str) {
+        let before = self.server.exchanges(reason).await;
         let status = self.grpc(assertion, None).await.expect_err("refused over gRPC");
         assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
         assert_eq!(status.message(), "invalid_client: client authentication failed");
@@ -110,6 +115,7 @@ impl Fixture {
             json!({"error": "invalid_client", "error_description": "client authentication failed"})
         );
         assert_eq!(http.header("cache-control"), Some("no-store"));
+        assert_eq!(self.server.exchanges(reason).await, before + 2.0, "refused twice for {reason}");
     }
 
     async fn list_with(&self, token: &str) -> Result<Vec<pb::PersonalClient>, Status> {
@@ -200,7 +206,7 @@ async fn token_roles_default_to_the_owners_roles_and_stop_at_the_clients_expiry(
 async fn wrong_key(db: TestDb) {
     let f = Fixture::new(&db).await;
     let stranger = SigningKey::from_bytes(&[7; 32]);
-    f.assert_refused(&sign(&stranger, &json!({"alg": "EdDSA"}), &claims(f.client_id()))).await;
+    f.assert_refused(&sign(&stranger, &json!({"alg": "EdDSA"}), &claims(f.client_id())), "bad_signature").await;
     f.server.stop().await;
 }
 
@@ -211,7 +217,7 @@ async fn tampered_payload(db: TestDb) {
     let mut altered = claims(f.client_id());
     altered["exp"] = json!(oauth::now() + 120);
     let tampered = format!("{}.{}.{}", parts[0], URL_SAFE_NO_PAD.encode(altered.to_string()), parts[2]);
-    f.assert_refused(&tampered).await;
+    f.assert_refused(&tampered, "bad_signature").await;
     f.server.stop().await;
 }
 
@@ -219,7 +225,7 @@ async fn alg_none(db: TestDb) {
     let f = Fixture::new(&db).await;
     let header = URL_SAFE_NO_PAD.encode(r#"{"alg":"none"}"#);
     let unsigned = format!("{header}.{}.", URL_SAFE_NO_PAD.encode(claims(f.client_id()).to_string()));
-    f.assert_refused(&unsigned).await;
+    f.assert_refused(&unsigned, "algorithm_not_allowed").await;
     f.server.stop().await;
 }
 
@@ -236,7 +242,7 @@ async fn alg_hs256_signed_with_the_public_key(db: TestDb) {
         let mut mac = Hmac::<sha2::Sha256>::new_from_slice(&secret).unwrap();
         mac.update(input.as_bytes());
         let forged = format!("{input}.{}", URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()));
-        f.assert_refused(&forged).await;
+        f.assert_refused(&forged, "algorithm_not_allowed").await;
     }
     f.server.stop().await;
 }
@@ -244,43 +250,47 @@ async fn alg_hs256_signed_with_the_public_key(db: TestDb) {
 async fn wrong_iss_or_sub(db: TestDb) {
     let f = Fixture::new(&db).await;
     let other = "brave-otter-00000@localhost/pcc";
-    f.assert_refused(&f.assertion_with(|c| c["iss"] = json!(other))).await;
-    f.assert_refused(&f.assertion_with(|c| c["sub"] = json!(other))).await;
-    f.assert_refused(&f.assertion_with(|c| c["sub"] = json!("alice"))).await;
+    f.assert_refused(&f.assertion_with(|c| c["iss"] = json!(other)), "client_id_mismatch").await;
+    f.assert_refused(&f.assertion_with(|c| c["sub"] = json!(other)), "subject_mismatch").await;
+    f.assert_refused(&f.assertion_with(|c| c["sub"] = json!("alice")), "subject_mismatch").await;
     f.server.stop().await;
 }
 
 async fn wrong_aud(db: TestDb) {
     let f = Fixture::new(&db).await;
-    f.assert_refused(&f.assertion_with(|c| c["aud"] = json!("https://evil.example"))).await;
-    f.assert_refused(&f.assertion_with(|c| c["aud"] = json!(["localhost", "https://evil.example"]))).await;
-    f.assert_refused(&f.assertion_with(|c| c["aud"] = json!([]))).await;
+    f.assert_refused(&f.assertion_with(|c| c["aud"] = json!("https://evil.example")), "audience_mismatch").await;
+    f.assert_refused(
+        &f.assertion_with(|c| c["aud"] = json!(["localhost", "https://evil.example"])),
+        "audience_mismatch",
+    )
+    .await;
+    f.assert_refused(&f.assertion_with(|c| c["aud"] = json!([])), "audience_mismatch").await;
     f.server.stop().await;
 }
 
 async fn missing_exp(db: TestDb) {
     let f = Fixture::new(&db).await;
-    f.assert_refused(&f.assertion_with(|c| drop(c.as_object_mut().unwrap().remove("exp")))).await;
-    f.assert_refused(&f.assertion_with(|c| c["exp"] = json!("tomorrow"))).await;
+    f.assert_refused(&f.assertion_with(|c| drop(c.as_object_mut().unwrap().remove("exp"))), "missing_exp").await;
+    f.assert_refused(&f.assertion_with(|c| c["exp"] = json!("tomorrow")), "malformed_assertion").await;
     f.server.stop().await;
 }
 
 async fn exp_too_far(db: TestDb) {
     let f = Fixture::new(&db).await;
-    f.assert_refused(&f.assertion_with(|c| c["exp"] = json!(oauth::now() + 3600))).await;
+    f.assert_refused(&f.assertion_with(|c| c["exp"] = json!(oauth::now() + 3600)), "assertion_too_long_lived").await;
     f.server.stop().await;
 }
 
 async fn expired_assertion(db: TestDb) {
     let f = Fixture::new(&db).await;
-    f.assert_refused(&f.assertion_with(|c| c["exp"] = json!(oauth::now() - 120))).await;
+    f.assert_refused(&f.assertion_with(|c| c["exp"] = json!(oauth::now() - 120)), "assertion_expired").await;
     f.server.stop().await;
 }
 
 async fn nbf_in_the_future(db: TestDb) {
     let f = Fixture::new(&db).await;
-    f.assert_refused(&f.assertion_with(|c| c["nbf"] = json!(oauth::now() + 180))).await;
-    f.assert_refused(&f.assertion_with(|c| c["iat"] = json!(oauth::now() + 180))).await;
+    f.assert_refused(&f.assertion_with(|c| c["nbf"] = json!(oauth::now() + 180)), "not_yet_valid").await;
+    f.assert_refused(&f.assertion_with(|c| c["iat"] = json!(oauth::now() + 180)), "not_yet_valid").await;
     f.server.stop().await;
 }
 
@@ -288,11 +298,11 @@ async fn replayed_assertion(db: TestDb) {
     let f = Fixture::new(&db).await;
     let assertion = sdk_assertion(&f.key, f.client_id());
     f.grpc(&assertion, None).await.expect("first use");
-    f.assert_refused(&assertion).await;
+    f.assert_refused(&assertion, "replayed").await;
     let with_jti = f.assertion_with(|_| {});
     let http = post_token(f.server.addr, &token_form(f.client_id(), &with_jti), &[]).await;
     assert_eq!(http.status, 200);
-    f.assert_refused(&with_jti).await;
+    f.assert_refused(&with_jti, "replayed").await;
     f.server.stop().await;
 }
 
@@ -304,10 +314,13 @@ async fn replay_against_a_second_server_process(db: TestDb) {
     f.grpc(&assertion, None).await.expect("first use, on this replica");
     let http = post_token(other.addr, &token_form(f.client_id(), &assertion), &[]).await;
     assert_eq!(http.status, 401, "the other replica knows it was spent: {}", http.body);
+    let other_metrics = oauth::http(other.addr, "GET", "/metrics", &[], "").await.body;
+    let replayed = r#"personal_clients_token_exchanges_total{outcome="replayed"}"#;
+    assert_eq!(crate::common::sample(&other_metrics, replayed), Some(1.0), "refused as a replay");
     let fresh = sdk_assertion(&f.key, f.client_id());
     let http = post_token(other.addr, &token_form(f.client_id(), &fresh), &[]).await;
     assert_eq!(http.status, 200, "{}", http.body);
-    f.assert_refused(&fresh).await;
+    f.assert_refused(&fresh, "replayed").await;
     let (status, _) = other.terminate();
     assert!(status.success());
     f.server.stop().await;
@@ -331,6 +344,7 @@ async fn fifty_concurrent_uses_one_success(db: TestDb) {
         }
     }
     assert_eq!(successes, 1);
+    assert_eq!(fixture.server.exchanges("replayed").await, 49.0, "every other use refused as a replay");
 }
 
 async fn deleted_client(db: TestDb) {
@@ -340,14 +354,20 @@ async fn deleted_client(db: TestDb) {
         .delete(authed(pb::PersonalClientServiceDeleteRequest { id: f.client.id.clone() }, &f.user_token))
         .await
         .unwrap();
-    f.assert_refused(&sdk_assertion(&f.key, f.client_id())).await;
+    f.assert_refused(&sdk_assertion(&f.key, f.client_id()), "client_revoked").await;
     f.server.stop().await;
 }
 
 async fn expired_client(db: TestDb) {
     let f = Fixture::with(db.config(), create_with(|r| r.expires = Some(PbDuration { seconds: 1, nanos: 0 }))).await;
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    f.assert_refused(&sdk_assertion(&f.key, f.client_id())).await;
+    let expires = instant(f.client.expires_time.as_ref().unwrap());
+    // Good until its expiry (less than the one second a token lasts at least), refused from then on.
+    eventually(Duration::from_secs(5), "the client expires", || async {
+        f.grpc(&sdk_assertion(&f.key, f.client_id()), None).await.is_err()
+    })
+    .await;
+    assert!(Utc::now() + TimeDelta::seconds(1) >= expires, "refused too early: {} before {expires}", Utc::now());
+    f.assert_refused(&sdk_assertion(&f.key, f.client_id()), "client_expired").await;
     f.server.stop().await;
 }
 
@@ -357,7 +377,7 @@ async fn source_outside_the_cidrs(db: TestDb) {
         create_with(|r| r.allow_source_cidr = vec!["10.0.0.0/8".into(), "2001:db8::/32".into()]),
     )
     .await;
-    f.assert_refused(&sdk_assertion(&f.key, f.client_id())).await;
+    f.assert_refused(&sdk_assertion(&f.key, f.client_id()), "source_not_allowed").await;
     let inside = Fixture::with(db.config(), create_with(|r| r.allow_source_cidr = vec!["127.0.0.0/8".into()])).await;
     inside.grpc(&sdk_assertion(&inside.key, inside.client_id()), None).await.expect("inside the CIDRs");
     f.server.stop().await;
@@ -372,11 +392,12 @@ async fn spoofed_forwarded_for_from_an_untrusted_peer(db: TestDb) {
     let xff = [("X-Forwarded-For", "10.1.2.3")];
     let http = post_token(f.server.addr, &token_form(f.client_id(), &sdk_assertion(&f.key, f.client_id())), &xff).await;
     assert_eq!(http.status, 401);
+    assert_eq!(f.server.exchanges("source_not_allowed").await, 2.0, "the TCP peer counted, not the header");
     f.server.stop().await;
 
     // Behind a trusted proxy the forwarded address counts, and only the right-most untrusted one.
     let mut config = db.config();
-    config.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
+    config.trust.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
     let f = Fixture::with(config, create).await;
     f.grpc(&sdk_assertion(&f.key, f.client_id()), Some("10.1.2.3")).await.expect("via a trusted proxy");
     let http = post_token(f.server.addr, &token_form(f.client_id(), &sdk_assertion(&f.key, f.client_id())), &xff).await;
@@ -395,9 +416,11 @@ async fn unknown_client_id(db: TestDb) {
     let http = post_token(f.server.addr, &token_form(ghost, &assertion), &[]).await;
     assert_eq!(http.status, 401);
     assert_eq!(http.json()["error"], "invalid_client");
+    assert_eq!(f.server.exchanges("unknown_client").await, 1.0);
     // A client_id parameter that disagrees with the assertion's issuer.
     let http = post_token(f.server.addr, &token_form(ghost, &f.assertion_with(|_| {})), &[]).await;
     assert_eq!(http.status, 401);
+    assert_eq!(f.server.exchanges("client_id_mismatch").await, 1.0);
     f.server.stop().await;
 }
 
@@ -421,9 +444,10 @@ async fn malformed_form_body(db: TestDb) {
     assert!(missing.json()["error_description"].as_str().unwrap().contains("client_assertion"));
 
     let status = f.grpc("", None).await.unwrap_err();
-    assert_eq!(common::violated_fields(&status), ["client_assertion"]);
+    assert_eq!(crate::common::violated_fields(&status), ["client_assertion"]);
     let garbage = post_token(addr, &token_form(f.client_id(), "not-a-jwt"), &[]).await;
     assert_eq!(garbage.status, 401, "a malformed assertion is a failed client authentication");
+    assert_eq!(f.server.exchanges("malformed_assertion").await, 1.0);
     f.server.stop().await;
 }
 
@@ -445,19 +469,25 @@ async fn wrong_grant_type(db: TestDb) {
         })
         .await
         .unwrap_err();
-    assert_eq!(common::violated_fields(&status), ["grant_type"]);
+    assert_eq!(crate::common::violated_fields(&status), ["grant_type"]);
     f.server.stop().await;
+}
+
+/// A protobuf timestamp as a point in time, to the microsecond the databases keep.
+fn instant(at: &prost_types::Timestamp) -> chrono::DateTime<Utc> {
+    chrono::DateTime::from_timestamp(at.seconds, u32::try_from(at.nanos).unwrap()).unwrap()
 }
 
 async fn last_used_at_is_batched_and_flushed_on_shutdown(db: TestDb) {
     let mut config = db.config();
-    config.usage_flush_interval = Duration::from_secs(3600);
+    config.serving.usage_flush_interval = Duration::from_secs(3600);
     let f = Fixture::with(config.clone(), create_request("busy")).await;
-    let first = oauth::now();
-    for _ in 0..5 {
+    for _ in 0..4 {
         f.grpc(&sdk_assertion(&f.key, f.client_id()), None).await.unwrap();
     }
-    let last = oauth::now();
+    let before_last_use = Utc::now();
+    f.grpc(&sdk_assertion(&f.key, f.client_id()), None).await.unwrap();
+    let after_last_use = Utc::now();
     let get = pb::PersonalClientServiceGetRequest { id: f.client.id.clone() };
     let mut client = f.server.client().await;
     let before = client.get(authed(get.clone(), &f.user_token)).await.unwrap().into_inner().client.unwrap();
@@ -467,29 +497,38 @@ async fn last_used_at_is_batched_and_flushed_on_shutdown(db: TestDb) {
     let server = TestServer::start(config).await;
     let mut client = server.client().await;
     let after = client.get(authed(get, &f.user_token)).await.unwrap().into_inner().client.unwrap();
-    let used = after.last_used_at.expect("written at shutdown").seconds;
-    assert!((first..=last).contains(&used), "{first} <= {used} <= {last}");
+    let used = instant(after.last_used_at.as_ref().expect("written at shutdown"));
+    // The last use, to the microsecond: not the first, not the flush.
+    assert!(
+        before_last_use - TimeDelta::microseconds(1) <= used && used <= after_last_use,
+        "{before_last_use} <= {used} <= {after_last_use}"
+    );
     assert_eq!(after.updated_at, before.updated_at, "use is not an update");
     server.stop().await;
 
     // With a short interval it appears while the server runs.
     let mut config = db.config();
-    config.usage_flush_interval = Duration::from_millis(200);
+    config.serving.usage_flush_interval = Duration::from_millis(200);
     let f = Fixture::with(config, create_request("quick")).await;
     f.grpc(&sdk_assertion(&f.key, f.client_id()), None).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(700)).await;
     let mut client = f.server.client().await;
-    let seen = client.get(authed(pb::PersonalClientServiceGetRequest { id: f.client.id.clone() }, &f.user_token)).await;
-    assert!(seen.unwrap().into_inner().client.unwrap().last_used_at.is_some());
+    let get = pb::PersonalClientServiceGetRequest { id: f.client.id.clone() };
+    eventually(Duration::from_secs(5), "last_used_at written by the periodic flush", || {
+        let (mut client, get) = (client.clone(), get.clone());
+        let token = f.user_token.clone();
+        async move { client.get(authed(get, &token)).await.unwrap().into_inner().client.unwrap().last_used_at.is_some() }
+    })
+    .await;
+    drop(client.get(authed(get, &f.user_token)).await.unwrap());
     f.server.stop().await;
 }
 
 async fn last_used_at_never_moves_backwards(db: TestDb) {
     let mut config = db.config();
-    config.usage_flush_interval = Duration::from_secs(3600);
+    config.serving.usage_flush_interval = Duration::from_secs(3600);
     let a = Fixture::with(config.clone(), create_request("shared")).await;
     let b = TestServer::start(config).await;
-    // Used on b first, then on a a little later; a flushes first, b's older use comes last.
+    // Used on b first, then on a; a flushes first, b's older use comes last.
     let mut b_tokens = TokenServiceClient::connect(format!("http://{}", b.addr)).await.unwrap();
     b_tokens
         .token(TokenRequest {
@@ -500,9 +539,8 @@ async fn last_used_at_never_moves_backwards(db: TestDb) {
         })
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let between = Utc::now();
     a.grpc(&sdk_assertion(&a.key, a.client_id()), None).await.unwrap();
-    let newer = oauth::now();
     let Fixture { server, user_token, client, .. } = a;
     server.stop().await;
     b.stop().await;
@@ -510,7 +548,7 @@ async fn last_used_at_never_moves_backwards(db: TestDb) {
     let check = TestServer::start(db.config()).await;
     let mut api = check.client().await;
     let got = api.get(authed(pb::PersonalClientServiceGetRequest { id: client.id }, &user_token)).await.unwrap();
-    let used = got.into_inner().client.unwrap().last_used_at.unwrap().seconds;
-    assert!(used >= newer - 1, "the later use stands: {used} vs {newer}");
+    let used = instant(&got.into_inner().client.unwrap().last_used_at.unwrap());
+    assert!(used >= between - TimeDelta::microseconds(1), "the later use stands: {used} is before {between}");
     check.stop().await;
 }

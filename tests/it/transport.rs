@@ -1,18 +1,20 @@
 //! The transport as callers meet it: size limits, deadlines, and TLS on the same port.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Backend, TestDb, TestServer, authed, create_request, proxy::TcpProxy};
+use crate::common::{TestDb, TestServer, authed, create_request, eventually, proxy::TcpProxy};
 use personal_clients::{Config, pb::iam as pb, pb::iam::personal_client_service_client::PersonalClientServiceClient};
 use tonic::{
     Code,
     transport::{Certificate, Channel, ClientTlsConfig},
 };
 
-backend_tests!(oversized_requests_are_resource_exhausted, tls_serves_grpc_and_http_on_one_port);
+pub fn tests() -> Vec<libtest_mimic::Trial> {
+    let mut trials = Vec::new();
+    trials.extend(backend_tests!(oversized_requests_are_resource_exhausted, tls_serves_grpc_and_http_on_one_port));
+    trials.extend(tests_on!(Postgres: caller_deadlines_are_honoured));
+    trials
+}
 
 async fn oversized_requests_are_resource_exhausted(db: TestDb) {
     let server = TestServer::start(db.config()).await;
@@ -37,8 +39,8 @@ async fn tls_serves_grpc_and_http_on_one_port(db: TestDb) {
     std::fs::write(&cert_path, cert.cert.pem()).unwrap();
     std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
     let mut config = db.config();
-    config.tls_cert = Some(cert_path);
-    config.tls_key = Some(key_path);
+    config.serving.tls_cert = Some(cert_path);
+    config.serving.tls_key = Some(key_path);
     let server = TestServer::start_tls(config, &cert.cert.pem()).await;
     let token = server.token("alice", &[]).await;
 
@@ -72,11 +74,9 @@ async fn tls_serves_grpc_and_http_on_one_port(db: TestDb) {
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn caller_deadlines_are_honoured() {
-    let Some(db) = TestDb::new(Backend::Postgres).await else { return };
+async fn caller_deadlines_are_honoured(db: TestDb) {
     let proxy = TcpProxy::start(db.server_addr().await).await;
-    let server = TestServer::start(Config::with_database_url(&db.url_via(proxy.addr)).unwrap()).await;
+    let server = TestServer::start(Config::defaults(&db.url_via(proxy.addr)).unwrap()).await;
     let token = server.token("alice", &[]).await;
     let mut api = server.client().await;
     proxy.stall();
@@ -93,4 +93,9 @@ async fn caller_deadlines_are_honoured() {
         "not after the database's own timeout: {:?}",
         started.elapsed()
     );
+    // The call that never finished is counted all the same.
+    eventually(Duration::from_secs(5), "the cut-off List in the metrics", || async {
+        server.calls("List", "DEADLINE_EXCEEDED").await == 1.0
+    })
+    .await;
 }

@@ -1,18 +1,64 @@
 //! A database that cannot be reached gives UNAVAILABLE, writes nothing half-way, and the
 //! service recovers on its own when the database returns.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use std::time::{Duration, Instant};
 
-use common::{Backend, TestDb, TestServer, authed, create_request, proxy::TcpProxy};
 use personal_clients::{Config, pb::iam as pb};
+use sea_orm::{Database, SqliteTransactionMode, TransactionOptions, TransactionTrait};
 use tonic::Code;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_out_of_reach_is_unavailable_and_recovers() {
-    let Some(db) = TestDb::new(Backend::Postgres).await else { return };
+use crate::common::{TestDb, TestServer, authed, create_request, eventually, proxy::TcpProxy};
+
+pub fn tests() -> Vec<libtest_mimic::Trial> {
+    let mut trials = Vec::new();
+    trials.extend(tests_on!(Postgres: postgres_out_of_reach_is_unavailable_and_recovers));
+    trials.extend(tests_on!(Sqlite: a_locked_sqlite_database_is_unavailable_and_deadlines_hold));
+    trials
+}
+
+/// Another process holding SQLite's write lock (a second replica in a long write) is, for this
+/// one, a busy database: writes wait for it up to the busy timeout, then answer UNAVAILABLE;
+/// a caller's deadline ends the call sooner, and it is counted.
+async fn a_locked_sqlite_database_is_unavailable_and_deadlines_hold(db: TestDb) {
+    let server = TestServer::start(db.config()).await;
+    let token = server.token("alice", &[]).await;
+    let mut client = server.client().await;
+    let kept = client.create(authed(create_request("before"), &token)).await.unwrap().into_inner().client.unwrap();
+
+    let other = Database::connect(&db.url).await.unwrap();
+    let immediate = TransactionOptions {
+        sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+        ..TransactionOptions::default()
+    };
+    let lock = other.begin_with_options(immediate).await.unwrap();
+
+    let mut hurried = authed(create_request("hurried"), &token);
+    hurried.set_timeout(Duration::from_millis(300));
+    let started = Instant::now();
+    let status = client.create(hurried).await.unwrap_err();
+    assert!(matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled), "{status:?}");
+    assert!(started.elapsed() < Duration::from_secs(2), "the deadline, not the busy timeout: {:?}", started.elapsed());
+    eventually(Duration::from_secs(5), "the cut-off Create in the metrics", || async {
+        server.calls("Create", "DEADLINE_EXCEEDED").await == 1.0
+    })
+    .await;
+
+    let patient = client.create(authed(create_request("patient"), &token)).await.unwrap_err();
+    assert_eq!(patient.code(), Code::Unavailable, "busy is a retry, never INTERNAL: {patient:?}");
+    let listed = client.list(authed(pb::PersonalClientServiceListRequest::default(), &token)).await.unwrap();
+    assert_eq!(listed.into_inner().list, std::slice::from_ref(&kept), "reads go on beside a writer (WAL)");
+
+    lock.rollback().await.unwrap();
+    client.create(authed(create_request("after"), &token)).await.expect("writes again once the lock is gone");
+    let listed = client.list(authed(pb::PersonalClientServiceListRequest::default(), &token)).await.unwrap();
+    let names: Vec<String> = listed.into_inner().list.into_iter().map(|c| c.display_name).collect();
+    assert_eq!(names, ["before", "after"], "nothing half-written while the database was locked");
+    server.stop().await;
+}
+
+async fn postgres_out_of_reach_is_unavailable_and_recovers(db: TestDb) {
     let proxy = TcpProxy::start(db.server_addr().await).await;
-    let config = Config::with_database_url(&db.url_via(proxy.addr)).unwrap();
+    let config = Config::defaults(&db.url_via(proxy.addr)).unwrap();
     let server = TestServer::start(config).await;
     let token = server.token("alice", &[]).await;
     let mut client = server.client().await;

@@ -1,15 +1,21 @@
 //! Every validation rule: its status code and the field violation that names it.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
+use crate::common::{TestDb, TestServer, authed, create_request, violated_fields, violations};
 use chrono::Utc;
-use common::{TestDb, TestServer, authed, create_request, violated_fields, violations};
 use personal_clients::pb::iam as pb;
 use prost_types::{Duration as PbDuration, FieldMask, Timestamp};
 use tonic::Code;
 
-backend_tests!(create_rules, get_and_list_rules, update_rules, validation_comes_before_authorisation);
+pub fn tests() -> Vec<libtest_mimic::Trial> {
+    let mut trials = Vec::new();
+    trials.extend(backend_tests!(
+        create_rules,
+        get_and_list_rules,
+        update_rules,
+        validation_comes_before_authorisation
+    ));
+    trials
+}
 
 fn create(name: &str, cidrs: &[&str], roles: &[&str], expires: Option<i64>) -> pb::PersonalClientServiceCreateRequest {
     pb::PersonalClientServiceCreateRequest {
@@ -211,7 +217,7 @@ async fn validation_comes_before_authorisation(db: TestDb) {
 
     // With no maximum lifetime, a credential that asks for none never expires.
     let mut config = db.config();
-    config.max_lifetime = "none".parse().unwrap();
+    config.credentials.max_lifetime = "none".parse().unwrap();
     server.stop().await;
     let server = TestServer::start(config).await;
     let mut client = server.client().await;

@@ -1,6 +1,8 @@
 //! `personal_clients`: one row per credential; deleted rows stay, with `deleted_at` set.
 
+use ipnet::IpNet;
 use sea_orm::entity::prelude::*;
+use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
 #[sea_orm(table_name = "personal_clients")]
@@ -12,12 +14,14 @@ pub struct Model {
     pub client_id: String,
     pub user_id: String,
     pub display_name: String,
-    /// JSON array of canonical CIDRs.
-    pub allow_source_cidr: String,
-    /// JSON array of role names.
-    pub scoped_roles: String,
-    /// JSON array of the roles the owner had at creation.
-    pub owner_roles: String,
+    /// Canonical CIDRs.
+    #[sea_orm(column_type = "JsonBinary")]
+    pub allow_source_cidr: Networks,
+    #[sea_orm(column_type = "JsonBinary")]
+    pub scoped_roles: RoleNames,
+    /// The roles the owner had at creation.
+    #[sea_orm(column_type = "JsonBinary")]
+    pub owner_roles: RoleNames,
     /// Raw 32-byte Ed25519 public key.
     pub public_key: Vec<u8>,
     pub expires_at: Option<DateTimeUtc>,
@@ -26,6 +30,14 @@ pub struct Model {
     pub updated_at: DateTimeUtc,
     pub deleted_at: Option<DateTimeUtc>,
 }
+
+/// A JSON array of networks: `["10.0.0.0/8", "2001:db8::/32"]`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, FromJsonQueryResult)]
+pub struct Networks(pub Vec<IpNet>);
+
+/// A JSON array of role names.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, FromJsonQueryResult)]
+pub struct RoleNames(pub Vec<String>);
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
 pub enum Relation {}

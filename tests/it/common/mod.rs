@@ -1,19 +1,25 @@
 //! Test harness: a real server on 127.0.0.1:0 over a real database (a fresh SQLite file, or a
-//! fresh PostgreSQL database when `PC_TEST_DATABASE_URL` is set), driven by the generated client.
-#![allow(dead_code)]
+//! fresh PostgreSQL database named by `PC_TEST_DATABASE_URL`), driven by the generated client.
+//! Tests see none of the caller's `PC_*` variables: configurations start from the defaults.
 
 pub mod oauth;
 pub mod proxy;
 
 use std::{
-    io::Write,
+    future::Future,
     net::SocketAddr,
+    pin::Pin,
     time::{Duration, Instant},
 };
 
+use libtest_mimic::{Failed, Trial};
 use personal_clients::{
     Config,
+    config::DatabaseUrl,
+    domain::{Role, RoleSet, TokenKey},
     pb::iam::{self as pb, personal_client_service_client::PersonalClientServiceClient},
+    server,
+    store::{Create, Store},
 };
 use sea_orm::{ConnectionTrait, Database};
 use tempfile::TempDir;
@@ -21,71 +27,122 @@ use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tonic::{Code, Request, Status, metadata::MetadataValue, transport::Channel};
 use tonic_types::StatusExt;
 
+pub type TestFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
     Sqlite,
     Postgres,
 }
 
-/// Runs each named `async fn(TestDb)` once on SQLite and once on PostgreSQL.
+impl Backend {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Sqlite => "sqlite",
+            Self::Postgres => "postgres",
+        }
+    }
+}
+
+/// The PostgreSQL server tests may create databases on, if any.
+pub fn postgres_admin_url() -> Option<String> {
+    std::env::var("PC_TEST_DATABASE_URL").ok().filter(|url| !url.is_empty())
+}
+
+/// PostgreSQL tests run when a server is configured, and in CI (where a missing one fails them);
+/// elsewhere they are reported as ignored.
+fn postgres_runs() -> bool {
+    postgres_admin_url().is_some() || std::env::var("CI").is_ok_and(|v| v == "true")
+}
+
+/// One test on one backend.
+pub fn trial(name: &str, backend: Backend, test: impl FnOnce(TestDb) -> TestFuture + Send + 'static) -> Trial {
+    let name = format!("{}::{}", name.trim_start_matches("it::"), backend.name());
+    let ignored = backend == Backend::Postgres && !postgres_runs();
+    Trial::test(name, move || run(async move { test(TestDb::new(backend).await).await })).with_ignored_flag(ignored)
+}
+
+/// One test that needs no database of its own.
+pub fn plain(name: &str, test: impl FnOnce() -> TestFuture + Send + 'static) -> Trial {
+    Trial::test(name.trim_start_matches("it::"), move || run(test()))
+}
+
+fn run(test: impl Future<Output = ()>) -> Result<(), Failed> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    runtime.block_on(test);
+    Ok(())
+}
+
+/// Each named `async fn(TestDb)`, once on SQLite and once on PostgreSQL.
 #[macro_export]
 macro_rules! backend_tests {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let db = $crate::common::TestDb::new($crate::common::Backend::Sqlite).await.expect("sqlite");
-                    super::$name(db).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let Some(db) = $crate::common::TestDb::new($crate::common::Backend::Postgres).await else { return };
-                    super::$name(db).await;
-                }
-            )*
-        }
-    };
+    ($($name:ident),* $(,)?) => {{
+        let mut trials = Vec::new();
+        $(
+            for backend in [$crate::common::Backend::Sqlite, $crate::common::Backend::Postgres] {
+                let name = concat!(module_path!(), "::", stringify!($name));
+                trials.push($crate::common::trial(name, backend, |db| Box::pin($name(db))));
+            }
+        )*
+        trials
+    }};
+}
+
+/// Each named `async fn(TestDb)` on one backend.
+#[macro_export]
+macro_rules! tests_on {
+    ($backend:ident: $($name:ident),* $(,)?) => {{
+        vec![$(
+            $crate::common::trial(
+                concat!(module_path!(), "::", stringify!($name)),
+                $crate::common::Backend::$backend,
+                |db| Box::pin($name(db)),
+            )
+        ),*]
+    }};
+}
+
+/// Each named `async fn()`.
+#[macro_export]
+macro_rules! plain_tests {
+    ($($name:ident),* $(,)?) => {{
+        vec![$($crate::common::plain(concat!(module_path!(), "::", stringify!($name)), || Box::pin($name()))),*]
+    }};
 }
 
 /// A database of one test's own, removed when the test ends (also when it fails).
 #[derive(Debug)]
 pub struct TestDb {
-    pub backend: Backend,
     pub url: String,
+    /// Held for its `Drop`, which removes the database.
     _dir: Option<TempDir>,
-    postgres: Option<PostgresDatabase>,
+    _postgres: Option<PostgresDatabase>,
 }
 
 impl TestDb {
-    /// `None` when PostgreSQL is not configured outside CI; in CI (`CI=true`) that is a failure.
-    pub async fn new(backend: Backend) -> Option<Self> {
+    pub async fn new(backend: Backend) -> Self {
         match backend {
             Backend::Sqlite => {
                 let dir = tempfile::tempdir().expect("temp dir");
                 let url = format!("sqlite://{}?mode=rwc", dir.path().join("personal-clients.db").display());
-                Some(Self { backend, url, _dir: Some(dir), postgres: None })
+                Self { url, _dir: Some(dir), _postgres: None }
             }
             Backend::Postgres => {
-                let Ok(admin_url) = std::env::var("PC_TEST_DATABASE_URL") else {
-                    if std::env::var("CI").is_ok_and(|v| v == "true") {
-                        panic!("CI=true but PC_TEST_DATABASE_URL is not set: the PostgreSQL tests cannot run");
-                    }
-                    // Written past the test harness's capture, so a plain `cargo test` says so.
-                    let _ = writeln!(
-                        std::io::stderr(),
-                        "skipped PostgreSQL: set PC_TEST_DATABASE_URL=postgres://... to run this test on it too"
-                    );
-                    return None;
-                };
+                let admin_url = postgres_admin_url()
+                    .expect("PC_TEST_DATABASE_URL is not set: the PostgreSQL tests cannot run (CI=true)");
                 let database = PostgresDatabase::create(&admin_url).await;
-                Some(Self { backend, url: database.url.clone(), _dir: None, postgres: Some(database) })
+                Self { url: database.url.clone(), _dir: None, _postgres: Some(database) }
             }
         }
+    }
+
+    /// The defaults, on this database.
+    pub fn config(&self) -> Config {
+        Config::defaults(&self.url).expect("config")
+    }
+
+    pub fn database_url(&self) -> DatabaseUrl {
+        self.url.parse().expect("database url")
     }
 
     /// This database's URL with its host and port replaced by `addr` (PostgreSQL only).
@@ -105,8 +162,10 @@ impl TestDb {
         tokio::net::lookup_host(host_port).await.expect("resolve").next().expect("an address")
     }
 
-    pub fn config(&self) -> Config {
-        Config::with_database_url(&self.url).expect("config")
+    /// The keys the service signs with, as the database holds them.
+    pub async fn signing_key(&self) -> TokenKey {
+        let store = Store::open(&self.database_url(), Create::Never).await.expect("open the store");
+        store.signing_keys().await.expect("signing keys").into_iter().next().expect("a signing key")
     }
 }
 
@@ -150,6 +209,19 @@ impl Drop for PostgresDatabase {
     }
 }
 
+/// Polls `check` until it holds, failing with `what` after `within`.
+pub async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while !check().await {
+        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A running server.
 #[derive(Debug)]
 pub struct TestServer {
@@ -163,8 +235,8 @@ impl TestServer {
     pub async fn start(config: Config) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
-        let (tx, rx) = oneshot::channel();
-        let handle = tokio::spawn(personal_clients::serve(config.clone(), listener, async {
+        let (tx, rx) = oneshot::channel::<()>();
+        let handle = tokio::spawn(server::serve(config.clone(), listener, async {
             let _ = rx.await;
         }));
         let mut server = Self { addr, config, shutdown: Some(tx), handle: Some(handle) };
@@ -172,12 +244,12 @@ impl TestServer {
         server
     }
 
-    /// A server with TLS on: ready once it is serving (its first answer needs a TLS client).
+    /// A server with TLS: ready once a TLS client trusting `ca_pem` gets a gRPC answer.
     pub async fn start_tls(config: Config, ca_pem: &str) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
-        let (tx, rx) = oneshot::channel();
-        let handle = tokio::spawn(personal_clients::serve(config.clone(), listener, async {
+        let (tx, rx) = oneshot::channel::<()>();
+        let handle = tokio::spawn(server::serve(config.clone(), listener, async {
             let _ = rx.await;
         }));
         let tls = tonic::transport::ClientTlsConfig::new()
@@ -223,14 +295,37 @@ impl TestServer {
         Channel::from_shared(format!("http://{}", self.addr)).expect("endpoint")
     }
 
+    pub async fn channel(&self) -> Channel {
+        self.endpoint().connect().await.expect("connect")
+    }
+
     pub async fn client(&self) -> PersonalClientServiceClient<Channel> {
-        PersonalClientServiceClient::new(self.endpoint().connect().await.expect("connect"))
+        PersonalClientServiceClient::new(self.channel().await)
     }
 
     /// A user access token from the service's own keys, as `mint-token` prints it.
     pub async fn token(&self, user: &str, roles: &[&str]) -> String {
-        let roles: Vec<String> = roles.iter().map(|r| r.to_string()).collect();
-        personal_clients::mint_token(&self.config, user, &roles, Duration::from_secs(3600)).await.expect("mint token")
+        mint(&self.config, user, roles, Duration::from_secs(3600)).await
+    }
+
+    /// The server's `/metrics` page.
+    pub async fn metrics(&self) -> String {
+        oauth::http(self.addr, "GET", "/metrics", &[], "").await.body
+    }
+
+    /// How many token exchanges ended with `outcome` (`issued`, or a refusal reason).
+    pub async fn exchanges(&self, outcome: &str) -> f64 {
+        let page = self.metrics().await;
+        sample(&page, &format!("personal_clients_token_exchanges_total{{outcome=\"{outcome}\"}}")).unwrap_or(0.0)
+    }
+
+    /// How many calls of gRPC `method` (`Create`, `List`, ...) of `PersonalClientService` ended
+    /// with `code` (`OK`, `DEADLINE_EXCEEDED`, ...), as the metrics say.
+    pub async fn calls(&self, method: &str, code: &str) -> f64 {
+        let name = format!(
+            "personal_clients_grpc_requests_total{{method=\"/c1.api.iam.v1.PersonalClientService/{method}\",code=\"{code}\"}}"
+        );
+        sample(&self.metrics().await, &name).unwrap_or(0.0)
     }
 
     /// Stops the server gracefully and waits for it to exit cleanly.
@@ -250,6 +345,18 @@ impl Drop for TestServer {
             let _ = tx.send(());
         }
     }
+}
+
+/// A user access token minted as `mint-token` does, for the database of `config`.
+pub async fn mint(config: &Config, user: &str, roles: &[&str], ttl: Duration) -> String {
+    let roles: Vec<Role> = roles.iter().map(|r| Role::parse(r).expect("role")).collect();
+    let roles = RoleSet::from_claims(&roles.iter().map(Role::as_str).collect::<Vec<_>>());
+    server::mint_token(&config.database.database_url, &config.issuer, user, &roles, ttl).await.expect("mint token")
+}
+
+/// The value of the sample named `name` exactly (with its labels) in a metrics page.
+pub fn sample(page: &str, name: &str) -> Option<f64> {
+    page.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
 }
 
 /// A request carrying `authorization: Bearer <token>`.

@@ -2,7 +2,7 @@
 //! sign an assertion, post a form, and check a token against the published JWKS.
 
 use std::{
-    io::{BufRead, BufReader, Read, Write},
+    io::{BufRead, BufReader, Read},
     net::SocketAddr,
     process::{Child, Command, Stdio},
 };
@@ -63,11 +63,11 @@ pub fn token_form(client_id: &str, assertion: &str) -> Vec<(&'static str, String
     ]
 }
 
-/// An HTTP/1.1 exchange over a plain TCP socket: status, headers (lower-case names), body.
+/// An HTTP/1.1 answer: status, headers (lower-case names), body.
 #[derive(Debug)]
 pub struct HttpResponse {
     pub status: u16,
-    pub headers: Vec<(String, String)>,
+    pub headers: reqwest::header::HeaderMap,
     pub body: String,
 }
 
@@ -77,50 +77,21 @@ impl HttpResponse {
     }
 
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+        self.headers.get(name).and_then(|value| value.to_str().ok())
     }
 }
 
+/// One plain HTTP/1.1 request to the server, as curl would send it.
 pub async fn http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> HttpResponse {
-    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    let client = reqwest::Client::builder().http1_only().build().unwrap();
+    let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+    let mut request = client.request(method, format!("http://{addr}{path}")).body(body.to_owned());
     for (name, value) in headers {
-        request.push_str(&format!("{name}: {value}\r\n"));
+        request = request.header(*name, *value);
     }
-    request.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
-    tokio::task::spawn_blocking(move || {
-        let mut stream = std::net::TcpStream::connect(addr).unwrap();
-        stream.write_all(request.as_bytes()).unwrap();
-        let mut raw = String::new();
-        stream.read_to_string(&mut raw).unwrap();
-        let (head, body) = raw.split_once("\r\n\r\n").unwrap();
-        let mut lines = head.lines();
-        let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
-        let headers = lines
-            .filter_map(|line| line.split_once(':'))
-            .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
-            .collect::<Vec<_>>();
-        let body = if headers.iter().any(|(n, v)| n == "transfer-encoding" && v == "chunked") {
-            dechunk(body)
-        } else {
-            body.to_owned()
-        };
-        HttpResponse { status, headers, body }
-    })
-    .await
-    .unwrap()
-}
-
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let size = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if size == 0 {
-            break;
-        }
-        out.push_str(&rest[..size]);
-        body = &rest[size + 2..];
-    }
-    out
+    let response = request.send().await.unwrap();
+    let (status, headers) = (response.status().as_u16(), response.headers().clone());
+    HttpResponse { status, headers, body: response.text().await.unwrap() }
 }
 
 /// `POST /auth/v1/token` with a form body, as an OAuth2 library sends it.
@@ -152,7 +123,19 @@ pub async fn verify_with_jwks(addr: SocketAddr, token: &str) -> Value {
     serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap()
 }
 
-/// The release or debug binary, serving on an ephemeral port; killed when dropped.
+/// The binary, run in `dir` without any of the caller's `PC_*` variables.
+pub fn binary(dir: &std::path::Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_personal-clients"));
+    command.current_dir(dir);
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("PC_") {
+            command.env_remove(name);
+        }
+    }
+    command
+}
+
+/// The binary, serving on an ephemeral port; killed when dropped.
 #[derive(Debug)]
 pub struct ServerProcess {
     pub child: Child,
@@ -163,12 +146,11 @@ pub struct ServerProcess {
 
 impl ServerProcess {
     pub fn spawn(dir: &std::path::Path, database_url: Option<&str>, args: &[&str]) -> Self {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_personal-clients"));
-        command.args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"]).args(args).current_dir(dir);
-        match database_url {
-            Some(url) => command.env("PC_DATABASE_URL", url),
-            None => command.env_remove("PC_DATABASE_URL"),
-        };
+        let mut command = binary(dir);
+        command.args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"]).args(args);
+        if let Some(url) = database_url {
+            command.env("PC_DATABASE_URL", url);
+        }
         let mut child = command.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("spawn server");
         let mut stderr = BufReader::new(child.stderr.take().unwrap());
         let mut log = String::new();

@@ -1,0 +1,112 @@
+//! The rules of personal clients (SPEC §3 and §4): what each call may do for its caller, as
+//! [`access`] decides, on validated domain values, through the store.
+
+pub mod access;
+
+use uuid::Uuid;
+
+use crate::{
+    Error,
+    domain::{
+        CidrList, ClientChanges, ClientSecret, DisplayName, NewPersonalClient, Page, PageRequest, PageToken,
+        PersonalClient, Principal, Role, RoleSet, SearchFilter,
+    },
+    store::Store,
+};
+use access::Access;
+
+/// A valid Create request.
+#[derive(Debug)]
+pub struct NewClientRequest {
+    pub display_name: DisplayName,
+    pub allow_source_cidr: CidrList,
+    pub scoped_roles: RoleSet,
+    pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// What the service's configuration says about personal clients.
+#[derive(Debug, Clone)]
+pub struct ClientSettings {
+    pub admin_role: Role,
+    /// Host in client ids (`...@HOST/pcc`).
+    pub public_host: String,
+    /// Namespace in secrets (`secret-token:NAMESPACE:v1:...`).
+    pub secret_namespace: String,
+}
+
+/// Personal clients as their owners and admins see them.
+#[derive(Debug, Clone)]
+pub struct PersonalClients {
+    store: Store,
+    settings: ClientSettings,
+}
+
+impl PersonalClients {
+    pub fn new(store: Store, settings: ClientSettings) -> Self {
+        Self { store, settings }
+    }
+
+    fn access<'a>(&self, caller: &'a Principal) -> Access<'a> {
+        Access::of(caller, &self.settings.admin_role)
+    }
+
+    /// Creates a credential for the caller; its secret is returned this once and never kept.
+    pub async fn create(
+        &self,
+        caller: &Principal,
+        request: NewClientRequest,
+    ) -> Result<(PersonalClient, ClientSecret), Error> {
+        let owner = self.access(caller).may_create(&request.scoped_roles)?;
+        let (secret, public_key) = ClientSecret::generate(&self.settings.secret_namespace);
+        let new = NewPersonalClient {
+            user_id: owner.to_owned(),
+            display_name: request.display_name,
+            allow_source_cidr: request.allow_source_cidr,
+            scoped_roles: request.scoped_roles,
+            owner_roles: caller.roles.clone(),
+            expires_at: request.expires_at,
+            public_key,
+        };
+        let client = self.store.create_client(&new, &self.settings.public_host).await?;
+        tracing::info!(user_id = %client.user_id, client_id = %client.client_id, id = %client.id, "personal client created");
+        Ok((client, secret))
+    }
+
+    pub async fn get(&self, caller: &Principal, id: Uuid) -> Result<PersonalClient, Error> {
+        self.store.get_client(id, self.access(caller).readable()).await
+    }
+
+    pub async fn list(&self, caller: &Principal, page: PageRequest) -> Result<Page, Error> {
+        let user = self.access(caller).listable();
+        let rows = self.store.list_clients(user, page.after, page.rows_to_read()).await?;
+        Ok(Page::from_rows(rows, page, user, PageToken::LIST_QUERY))
+    }
+
+    pub async fn update(&self, caller: &Principal, id: Uuid, changes: &ClientChanges) -> Result<PersonalClient, Error> {
+        let owner = self.access(caller).changeable(changes.scoped_roles.as_ref())?;
+        let client = self.store.update_client(id, owner, changes).await?;
+        tracing::info!(user_id = %client.user_id, client_id = %client.client_id, %id, "personal client updated");
+        Ok(client)
+    }
+
+    /// Revokes a client at once: its assertions and the tokens it obtained stop working.
+    pub async fn delete(&self, caller: &Principal, id: Uuid) -> Result<(), Error> {
+        let client = self.store.delete_client(id, self.access(caller).revocable()?).await?;
+        if client.user_id == caller.user_id {
+            tracing::info!(user_id = %client.user_id, client_id = %client.client_id, %id, "personal client deleted");
+        } else {
+            tracing::warn!(
+                admin = %caller.user_id, owner = %client.user_id, client_id = %client.client_id, %id,
+                "personal client revoked by an admin"
+            );
+        }
+        Ok(())
+    }
+
+    /// Clients across users matching `filter`; page tokens are bound to the caller and filter.
+    pub async fn search(&self, caller: &Principal, filter: &SearchFilter, page: PageRequest) -> Result<Page, Error> {
+        self.access(caller).may_search(&self.settings.admin_role)?;
+        let rows = self.store.search_clients(filter, page.after, page.rows_to_read()).await?;
+        Ok(Page::from_rows(rows, page, &caller.user_id, &filter.fingerprint()))
+    }
+}

@@ -1,0 +1,16 @@
+use std::fmt;
+
+use ed25519_dalek::SigningKey;
+
+/// One of the service's own keys for access tokens, by the `kid` it is published under.
+#[derive(Clone)]
+pub struct TokenKey {
+    pub kid: String,
+    pub key: SigningKey,
+}
+
+impl fmt::Debug for TokenKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenKey").field("kid", &self.kid).finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,196 @@
+//! Composition: open the store, build the services, and serve them on one listener until told
+//! to stop. Also the two commands that touch only the database: `migrate` and `mint-token`.
+
+use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
+
+use tokio::{net::TcpListener, sync::Notify};
+use tonic::{
+    service::Routes,
+    transport::{Server, server::TcpIncoming},
+};
+
+use crate::{
+    Error, FILE_DESCRIPTOR_SET,
+    api::{self, PersonalClientApi, SearchApi, TokenApi},
+    auth::{self, Authenticator, Gate, SigningKeys, external::ExternalIssuers},
+    clients::{ClientSettings, PersonalClients},
+    config::{Config, DatabaseUrl, IssuerArgs},
+    domain::RoleSet,
+    exchange::{ExchangeSettings, TokenExchange},
+    health::Health,
+    limits::RequestSizeLimitLayer,
+    metrics::{Metrics, RecordRpcLayer},
+    pb::{
+        auth::token_service_server::TokenServiceServer,
+        iam::{
+            personal_client_search_service_server::PersonalClientSearchServiceServer,
+            personal_client_service_server::PersonalClientServiceServer,
+        },
+    },
+    store::{Create, Store},
+    tls,
+};
+
+/// Health and reflection: public, like the token exchange.
+const OPERATIONS_SERVICES: [&str; 3] = [
+    tonic_health::pb::health_server::SERVICE_NAME,
+    tonic_reflection::pb::v1::server_reflection_server::SERVICE_NAME,
+    tonic_reflection::pb::v1alpha::server_reflection_server::SERVICE_NAME,
+];
+
+/// Every name the health service answers for: the server as a whole and each service.
+pub fn health_names() -> Vec<&'static str> {
+    [""].into_iter().chain(api::PROTECTED_SERVICES).chain(api::PUBLIC_SERVICES).collect()
+}
+
+/// Serves gRPC and HTTP/1.1 on `listener` until `shutdown` resolves, then lets in-flight calls
+/// finish for at most `--shutdown-grace` and writes what is still batched in memory.
+pub async fn serve(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    // Files first: a mistake in them should stop the start before the database is touched.
+    let tls = match (&config.serving.tls_cert, &config.serving.tls_key) {
+        (Some(cert), Some(key)) => Some(tls::server_config(cert, key)?),
+        _ => None,
+    };
+    let database = &config.database.database_url;
+    let store = Store::open(database, Create::IfMissing).await?;
+    store.migrate().await?;
+    SigningKeys::create_first(&store).await?;
+    let keys = SigningKeys::load(store.clone()).await?;
+    // The JWKS client's TLS; a second install (another server in this process) changes nothing.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let issuer = config.issuer.issuer();
+    let audiences = vec![issuer.clone(), config.issuer.public_host.clone()];
+    let external = ExternalIssuers::load(&config.trust.trusted_jwks, audiences, config.trust.roles_claim.clone())
+        .await
+        .map_err(Error::internal)?;
+    let auth = Arc::new(Authenticator::new(keys, issuer.clone(), store.clone(), external));
+    let address = listener.local_addr().map_err(|e| Error::internal_with("cannot read the listening address", e))?;
+
+    let names = health_names();
+    let metrics = Arc::new(Metrics::new(store.clone(), &names));
+    let exchange = Arc::new(TokenExchange::new(
+        store.clone(),
+        Arc::clone(&auth),
+        ExchangeSettings {
+            public_host: config.issuer.public_host.clone(),
+            issuer: issuer.clone(),
+            token_ttl: config.credentials.token_ttl,
+            trusted_proxies: config.trust.trusted_proxies.clone(),
+        },
+        Arc::clone(&metrics),
+    ));
+    let clients = PersonalClients::new(
+        store.clone(),
+        ClientSettings {
+            admin_role: config.credentials.admin_role.clone(),
+            public_host: config.issuer.public_host.clone(),
+            secret_namespace: config.credentials.secret_namespace.clone(),
+        },
+    );
+
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_error = |e: tonic_reflection::server::Error| Error::internal_with("cannot build reflection", e);
+    let public: Vec<&'static str> = api::PUBLIC_SERVICES.into_iter().chain(OPERATIONS_SERVICES).collect();
+    let grpc = Routes::new(PersonalClientServiceServer::new(PersonalClientApi::new(
+        clients.clone(),
+        config.credentials.max_lifetime,
+    )))
+    .add_service(PersonalClientSearchServiceServer::new(SearchApi::new(clients)))
+    .add_service(TokenServiceServer::new(TokenApi::new(Arc::clone(&exchange))))
+    .add_service(health_service)
+    .add_service(reflection().build_v1().map_err(reflection_error)?)
+    .add_service(reflection().build_v1alpha().map_err(reflection_error)?)
+    .into_axum_router()
+    // Every gRPC service but the public ones requires a bearer token, checked before any
+    // handler runs. Paths no service serves fall through to `not_found`.
+    .route_layer(axum::middleware::from_fn_with_state(Gate::new(Arc::clone(&auth), &public), auth::authenticate));
+    let health = Health::default();
+    let routes = grpc
+        .merge(api::http::routes(Arc::clone(&exchange), Arc::clone(&auth), health.clone(), Arc::clone(&metrics)))
+        .fallback(api::http::not_found);
+    tracing::info!(%address, database = %database, %issuer, "serving");
+
+    let watcher = health.watch(store.clone(), reporter, names, config.serving.health_interval).await;
+    let maintenance = tokio::spawn({
+        let exchange = Arc::clone(&exchange);
+        let interval = config.serving.usage_flush_interval;
+        async move {
+            let mut ticks = tokio::time::interval(interval);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                exchange.maintain().await;
+            }
+        }
+    });
+    let draining = Arc::new(Notify::new());
+    let signal = {
+        let draining = Arc::clone(&draining);
+        async move {
+            shutdown.await;
+            tracing::info!("shutting down: finishing in-flight calls");
+            draining.notify_one();
+        }
+    };
+    let router = Server::builder()
+        .accept_http1(true)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .layer(RecordRpcLayer::new(metrics))
+        .layer(RequestSizeLimitLayer::new(config.serving.max_request_bytes))
+        .add_routes(Routes::from(routes));
+    let server: Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> = match tls {
+        Some(tls) => Box::pin(router.serve_with_incoming_shutdown(tls::incoming(listener, tls), signal)),
+        None => {
+            Box::pin(router.serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), signal))
+        }
+    };
+    let grace = config.serving.shutdown_grace;
+    let served = tokio::select! {
+        result = server => result.map_err(|e| Error::internal_with("the server failed", e)),
+        () = async { draining.notified().await; tokio::time::sleep(grace).await } => {
+            tracing::warn!(?grace, "in-flight calls still running after the grace period; stopping");
+            Ok(())
+        }
+    };
+    maintenance.abort();
+    watcher.abort();
+    exchange.maintain().await;
+    served
+}
+
+/// Brings the database schema up to date and creates the first signing key if needed.
+pub async fn migrate(database: &DatabaseUrl) -> Result<(), Error> {
+    let store = Store::open(database, Create::IfMissing).await?;
+    store.migrate().await?;
+    SigningKeys::create_first(&store).await
+}
+
+/// An access token for `user` with `roles`, signed with the service's current key: the
+/// bootstrap path for operators and scripts. The database must be one a server has set up: a
+/// token from keys no server uses would be refused everywhere.
+pub async fn mint_token(
+    database: &DatabaseUrl,
+    issuer: &IssuerArgs,
+    user: &str,
+    roles: &RoleSet,
+    ttl: Duration,
+) -> Result<String, Error> {
+    let store = Store::open(database, Create::Never).await?;
+    if !store.is_migrated().await? {
+        return Err(Error::internal(format!(
+            "the database {database} is not set up: run `personal-clients migrate` (or start the server) with this --database-url first"
+        )));
+    }
+    let keys = SigningKeys::load(store.clone()).await?;
+    let auth = Authenticator::new(keys, issuer.issuer(), store, ExternalIssuers::default());
+    Ok(auth.mint(user, roles, None, ttl).0)
+}

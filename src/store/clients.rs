@@ -1,0 +1,224 @@
+//! Personal clients: create, read, page, update and revoke, each one statement.
+
+use chrono::Utc;
+use ed25519_dalek::VerifyingKey;
+use sea_orm::{
+    ActiveValue::Set,
+    ColumnTrait, Condition, EntityTrait, ExprTrait, QueryFilter, QueryOrder, QuerySelect, Select, SqlErr, UpdateMany,
+    sea_query::{Expr, Func, LikeExpr},
+};
+use tracing::instrument;
+use uuid::Uuid;
+
+use super::{
+    Store,
+    entity::personal_client::{self, Column, Networks, RoleNames},
+};
+use crate::{
+    Error,
+    domain::{
+        CidrList, ClientChanges, ClientId, DisplayName, NewPersonalClient, Owner, PersonalClient, RoleSet,
+        SearchFilter, round_to_micros,
+    },
+};
+
+/// How many random client ids Create tries before giving up (a collision is already rare).
+const CLIENT_ID_ATTEMPTS: usize = 8;
+
+impl Store {
+    /// Stores a new credential under a fresh random client id.
+    #[instrument(skip_all, fields(user_id = %new.user_id))]
+    pub async fn create_client(&self, new: &NewPersonalClient, public_host: &str) -> Result<PersonalClient, Error> {
+        let now = round_to_micros(Utc::now());
+        for _ in 0..CLIENT_ID_ATTEMPTS {
+            let row = personal_client::ActiveModel {
+                id: Set(Uuid::now_v7()),
+                client_id: Set(ClientId::generate(public_host).into_string()),
+                user_id: Set(new.user_id.clone()),
+                display_name: Set(new.display_name.as_str().to_owned()),
+                allow_source_cidr: Set(Networks(new.allow_source_cidr.networks().to_vec())),
+                scoped_roles: Set(RoleNames(new.scoped_roles.to_strings())),
+                owner_roles: Set(RoleNames(new.owner_roles.to_strings())),
+                public_key: Set(new.public_key.as_bytes().to_vec()),
+                expires_at: Set(new.expires_at),
+                last_used_at: Set(None),
+                created_at: Set(now),
+                updated_at: Set(now),
+                deleted_at: Set(None),
+            };
+            let inserted = {
+                let _turn = self.write_turn().await;
+                personal_client::Entity::insert(row).exec_with_returning(&self.db).await
+            };
+            match inserted {
+                Ok(row) => return row.try_into(),
+                Err(err) if matches!(err.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => continue,
+                Err(err) => return Err(err.into()),
+            }
+        }
+        Err(Error::internal(format!("no free client id after {CLIENT_ID_ATTEMPTS} attempts")))
+    }
+
+    /// A live (not deleted) client of `owner`.
+    #[instrument(skip_all, fields(%id))]
+    pub async fn get_client(&self, id: Uuid, owner: Owner<'_>) -> Result<PersonalClient, Error> {
+        personal_client::Entity::find_by_id(id)
+            .filter(live(owner))
+            .one(&self.db)
+            .await?
+            .ok_or(Error::NotFound)?
+            .try_into()
+    }
+
+    /// The client with OAuth2 client id `client_id`, deleted or not.
+    #[instrument(skip_all)]
+    pub async fn find_client(&self, client_id: &str) -> Result<Option<PersonalClient>, Error> {
+        personal_client::Entity::find()
+            .filter(Column::ClientId.eq(client_id))
+            .one(&self.db)
+            .await?
+            .map(PersonalClient::try_from)
+            .transpose()
+    }
+
+    /// Up to `limit` live clients of `user` with ids after `after`, oldest first.
+    #[instrument(skip_all, fields(%user))]
+    pub async fn list_clients(
+        &self,
+        user: &str,
+        after: Option<Uuid>,
+        limit: u64,
+    ) -> Result<Vec<PersonalClient>, Error> {
+        self.page_after(personal_client::Entity::find().filter(live(Owner::User(user))), after, limit).await
+    }
+
+    /// Up to `limit` clients matching `filter` with ids after `after`, oldest first.
+    #[instrument(skip_all)]
+    pub async fn search_clients(
+        &self,
+        filter: &SearchFilter,
+        after: Option<Uuid>,
+        limit: u64,
+    ) -> Result<Vec<PersonalClient>, Error> {
+        let mut query = personal_client::Entity::find();
+        if !filter.include_deleted {
+            query = query.filter(Column::DeletedAt.is_null());
+        }
+        if !filter.users.is_empty() {
+            query = query.filter(Column::UserId.is_in(filter.users.iter().cloned()));
+        }
+        if let Some(text) = &filter.text {
+            let escaped = escape_like(&text.to_lowercase());
+            let lower = |column: Column| Expr::expr(Func::lower(Expr::col(column)));
+            query = query.filter(
+                Condition::any()
+                    .add(lower(Column::DisplayName).like(LikeExpr::new(format!("%{escaped}%")).escape('\\')))
+                    .add(lower(Column::ClientId).like(LikeExpr::new(format!("{escaped}%")).escape('\\'))),
+            );
+        }
+        self.page_after(query, after, limit).await
+    }
+
+    /// Keyset paging: up to `limit` rows of `query` with ids after `after`, in id (creation)
+    /// order.
+    async fn page_after(
+        &self,
+        mut query: Select<personal_client::Entity>,
+        after: Option<Uuid>,
+        limit: u64,
+    ) -> Result<Vec<PersonalClient>, Error> {
+        if let Some(after) = after {
+            query = query.filter(Column::Id.gt(after));
+        }
+        query.order_by_asc(Column::Id).limit(limit).all(&self.db).await?.into_iter().map(TryInto::try_into).collect()
+    }
+
+    /// Applies `changes` to a live client of `owner` in one statement.
+    #[instrument(skip_all, fields(%id))]
+    pub async fn update_client(&self, id: Uuid, owner: &str, changes: &ClientChanges) -> Result<PersonalClient, Error> {
+        let mut update = personal_client::Entity::update_many()
+            .col_expr(Column::UpdatedAt, Expr::value(round_to_micros(Utc::now())));
+        if let Some(name) = &changes.display_name {
+            update = update.col_expr(Column::DisplayName, Expr::value(name.as_str()));
+        }
+        if let Some(cidrs) = &changes.allow_source_cidr {
+            update = update.col_expr(Column::AllowSourceCidr, Expr::value(Networks(cidrs.networks().to_vec())));
+        }
+        if let Some(roles) = &changes.scoped_roles {
+            update = update.col_expr(Column::ScopedRoles, Expr::value(RoleNames(roles.to_strings())));
+        }
+        if let Some(expires_at) = changes.expires_at {
+            update = update.col_expr(Column::ExpiresAt, Expr::value(expires_at));
+        }
+        self.update_one(update.filter(Column::Id.eq(id)).filter(live(Owner::User(owner)))).await
+    }
+
+    /// Revokes a live client of `owner` at once; returns it as it now is.
+    #[instrument(skip_all, fields(%id))]
+    pub async fn delete_client(&self, id: Uuid, owner: Owner<'_>) -> Result<PersonalClient, Error> {
+        let now = round_to_micros(Utc::now());
+        let update = personal_client::Entity::update_many()
+            .col_expr(Column::DeletedAt, Expr::value(Some(now)))
+            .col_expr(Column::UpdatedAt, Expr::value(now))
+            .filter(Column::Id.eq(id))
+            .filter(live(owner));
+        self.update_one(update).await
+    }
+
+    /// Runs an update of at most one row as `UPDATE ... RETURNING` (SQLite and PostgreSQL both
+    /// have it), so the row comes back from the same statement that changed it.
+    async fn update_one(&self, update: UpdateMany<personal_client::Entity>) -> Result<PersonalClient, Error> {
+        let _turn = self.write_turn().await;
+        update.exec_with_returning(&self.db).await?.into_iter().next().ok_or(Error::NotFound)?.try_into()
+    }
+}
+
+/// Not deleted, and belonging to `owner`.
+fn live(owner: Owner<'_>) -> Condition {
+    let not_deleted = Condition::all().add(Column::DeletedAt.is_null());
+    match owner {
+        Owner::User(user) => not_deleted.add(Column::UserId.eq(user)),
+        Owner::Anyone => not_deleted,
+    }
+}
+
+/// `text` as a literal inside a LIKE pattern with `\` as the escape character.
+fn escape_like(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped
+}
+
+impl TryFrom<personal_client::Model> for PersonalClient {
+    type Error = Error;
+
+    fn try_from(row: personal_client::Model) -> Result<Self, Error> {
+        let key: [u8; 32] =
+            row.public_key.as_slice().try_into().map_err(|_| {
+                Error::internal(format!("the public key of personal client {} is not 32 bytes", row.id))
+            })?;
+        let public_key = VerifyingKey::from_bytes(&key).map_err(|e| {
+            Error::internal_with(format!("the public key of personal client {} is not an Ed25519 point", row.id), e)
+        })?;
+        Ok(Self {
+            id: row.id,
+            client_id: ClientId::from_stored(row.client_id),
+            user_id: row.user_id,
+            display_name: DisplayName::from_stored(row.display_name),
+            allow_source_cidr: CidrList::from_networks(row.allow_source_cidr.0),
+            scoped_roles: RoleSet::from_claims(&row.scoped_roles.0),
+            owner_roles: RoleSet::from_claims(&row.owner_roles.0),
+            public_key,
+            expires_at: row.expires_at,
+            last_used_at: row.last_used_at,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+            deleted_at: row.deleted_at,
+        })
+    }
+}

@@ -1,0 +1,50 @@
+//! The integration tests, one binary: a real server on 127.0.0.1:0, real databases, the
+//! generated client. `cargo test` runs each storage test on SQLite, and on PostgreSQL too when
+//! `PC_TEST_DATABASE_URL` names a server where tests may create databases; without it those are
+//! reported as ignored (and fail under `CI=true`).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[macro_use]
+mod common;
+
+mod authentication;
+mod cli;
+mod external_issuer;
+mod lifecycle;
+mod operations;
+mod ownership;
+mod replicas;
+mod search;
+mod token_exchange;
+mod transport;
+mod unavailable;
+mod validation;
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let mut args = libtest_mimic::Arguments::from_args();
+    // The tests wait on sockets and databases far more than they compute.
+    args.test_threads.get_or_insert(8);
+    if common::postgres_admin_url().is_none() && !args.list {
+        eprintln!("PostgreSQL tests are ignored: set PC_TEST_DATABASE_URL=postgres://... to run them too");
+    }
+    let trials = [
+        authentication::tests(),
+        cli::tests(),
+        external_issuer::tests(),
+        lifecycle::tests(),
+        operations::tests(),
+        ownership::tests(),
+        replicas::tests(),
+        search::tests(),
+        token_exchange::tests(),
+        transport::tests(),
+        unavailable::tests(),
+        validation::tests(),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    libtest_mimic::run(&args, trials).exit_code()
+}
