@@ -1,6 +1,6 @@
-//! Prometheus metrics, served in the OpenMetrics text format at `GET /metrics`: gRPC calls by
-//! method and status code with latency histograms, token exchange outcomes by reason, and the
-//! database pools.
+//! Prometheus metrics, served in the Prometheus text format (0.0.4) at `GET /metrics`: gRPC
+//! calls by method and status code with latency histograms, token exchange outcomes by reason,
+//! and the database pools.
 
 use std::{
     future::Future,
@@ -10,111 +10,82 @@ use std::{
     time::{Duration, Instant},
 };
 
-use prometheus_client::{
-    encoding::{EncodeLabelSet, text::encode},
-    metrics::{
-        counter::Counter,
-        family::Family,
-        gauge::Gauge,
-        histogram::{Histogram, exponential_buckets},
-    },
-    registry::Registry,
-};
+use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 use tonic::Code;
 
 use crate::store::{PoolStats, Store};
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-struct RpcLabels {
-    method: String,
-    code: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-struct MethodLabels {
-    method: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-struct OutcomeLabels {
-    outcome: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-struct PoolLabels {
-    pool: &'static str,
-    state: &'static str,
-}
-
-type LatencyFamily = Family<MethodLabels, Histogram, fn() -> Histogram>;
 
 /// Every metric the service keeps.
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
-    requests: Family<RpcLabels, Counter>,
-    latency: LatencyFamily,
-    exchanges: Family<OutcomeLabels, Counter>,
-    pool_connections: Family<PoolLabels, Gauge>,
+    requests: IntCounterVec,
+    latency: HistogramVec,
+    exchanges: IntCounterVec,
+    pool_connections: IntGaugeVec,
     store: Store,
     /// The gRPC services served here: only their methods get a label of their own.
     services: Vec<&'static str>,
 }
 
 /// The content type of [`Metrics::render`]'s output.
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-fn latency_histogram() -> Histogram {
-    // 0.25 ms to about 4 s.
-    Histogram::new(exponential_buckets(0.000_25, 2.0, 15))
-}
+const NAMESPACE: &str = "personal_clients";
 
 impl Metrics {
-    pub fn new(store: Store, services: &[&'static str]) -> Self {
-        let mut registry = Registry::with_prefix("personal_clients");
-        let requests = Family::<RpcLabels, Counter>::default();
-        let latency: LatencyFamily = Family::new_with_constructor(latency_histogram);
-        let exchanges = Family::<OutcomeLabels, Counter>::default();
-        let pool_connections = Family::<PoolLabels, Gauge>::default();
-        registry.register("grpc_requests", "gRPC calls by method and status code", requests.clone());
-        registry.register("grpc_request_duration_seconds", "gRPC call latency by method", latency.clone());
-        registry.register(
-            "token_exchanges",
-            "Token exchanges by outcome: issued, or the reason for refusing",
-            exchanges.clone(),
-        );
-        registry.register(
-            "db_pool_connections",
-            "Database pool connections by pool and state",
-            pool_connections.clone(),
-        );
+    pub fn new(store: Store, services: &[&'static str]) -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new("grpc_requests_total", "gRPC calls by method and status code").namespace(NAMESPACE),
+            &["method", "code"],
+        )?;
+        // 0.25 ms to about 4 s.
+        let latency = HistogramVec::new(
+            HistogramOpts::new("grpc_request_duration_seconds", "gRPC call latency by method")
+                .namespace(NAMESPACE)
+                .buckets(prometheus::exponential_buckets(0.000_25, 2.0, 15)?),
+            &["method"],
+        )?;
+        let exchanges = IntCounterVec::new(
+            Opts::new("token_exchanges_total", "Token exchanges by outcome: issued, or the reason for refusing")
+                .namespace(NAMESPACE),
+            &["outcome"],
+        )?;
+        let pool_connections = IntGaugeVec::new(
+            Opts::new("db_pool_connections", "Database pool connections by pool and state").namespace(NAMESPACE),
+            &["pool", "state"],
+        )?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(latency.clone()))?;
+        registry.register(Box::new(exchanges.clone()))?;
+        registry.register(Box::new(pool_connections.clone()))?;
         let services = services.iter().copied().filter(|name| !name.is_empty()).collect();
-        Self { registry, requests, latency, exchanges, pool_connections, store, services }
+        Ok(Self { registry, requests, latency, exchanges, pool_connections, store, services })
     }
 
     /// Counts one token exchange: `issued`, or why it was refused.
     pub fn token_exchange(&self, outcome: &str) {
-        self.exchanges.get_or_create(&OutcomeLabels { outcome: outcome.to_owned() }).inc();
+        self.exchanges.with_label_values(&[outcome]).inc();
     }
 
     fn rpc(&self, method: &str, code: Code, seconds: f64) {
-        self.requests.get_or_create(&RpcLabels { method: method.to_owned(), code: code_name(code) }).inc();
-        self.latency.get_or_create(&MethodLabels { method: method.to_owned() }).observe(seconds);
+        self.requests.with_label_values(&[method, &code_name(code)]).inc();
+        self.latency.with_label_values(&[method]).observe(seconds);
     }
 
-    /// Every metric in the OpenMetrics text format ([`CONTENT_TYPE`]), pool gauges read now.
+    /// Every metric in the Prometheus text format ([`CONTENT_TYPE`]), pool gauges read now.
     pub fn render(&self) -> String {
         for (pool, stats) in self.store.pool_stats() {
             let PoolStats { size, idle } = stats;
-            self.pool_connections.get_or_create(&PoolLabels { pool, state: "idle" }).set(i64::from(idle));
-            self.pool_connections
-                .get_or_create(&PoolLabels { pool, state: "in_use" })
-                .set(i64::from(size.saturating_sub(idle)));
+            self.pool_connections.with_label_values(&[pool, "idle"]).set(i64::from(idle));
+            self.pool_connections.with_label_values(&[pool, "in_use"]).set(i64::from(size.saturating_sub(idle)));
         }
-        let mut text = String::new();
-        // Writing to a String cannot fail.
-        let _ = encode(&mut text, &self.registry);
-        text
+        let mut text = Vec::new();
+        if let Err(err) = TextEncoder::new().encode(&self.registry.gather(), &mut text) {
+            tracing::error!(error = %err, "cannot encode the metrics");
+        }
+        String::from_utf8(text).unwrap_or_default()
     }
 }
 

@@ -71,7 +71,9 @@ pub async fn serve(
     let address = listener.local_addr().map_err(|e| Error::internal_with("cannot read the listening address", e))?;
 
     let names = health_names();
-    let metrics = Arc::new(Metrics::new(store.clone(), &names));
+    let metrics = Arc::new(
+        Metrics::new(store.clone(), &names).map_err(|e| Error::internal_with("cannot set up the metrics", e))?,
+    );
     let exchange = Arc::new(TokenExchange::new(
         store.clone(),
         Arc::clone(&auth),

@@ -49,7 +49,7 @@ pub async fn not_found(request: Request) -> Response {
     json(StatusCode::NOT_FOUND, &serde_json::json!({ "error": "not_found" }))
 }
 
-/// The OpenMetrics text format, which Prometheus reads.
+/// The Prometheus text format 0.0.4.
 async fn metrics_text(State(state): State<HttpState>) -> Response {
     let mut response = Response::new(Body::from(state.metrics.render()));
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(metrics::CONTENT_TYPE));

@@ -38,18 +38,21 @@ async fn metrics_count_calls_and_exchange_outcomes(db: TestDb) {
 
     let page = http(server.addr, "GET", "/metrics", &[], "").await;
     assert_eq!(page.status, 200);
-    // What the body is: OpenMetrics text, which Prometheus reads.
-    assert_eq!(page.header("content-type"), Some("application/openmetrics-text; version=1.0.0; charset=utf-8"));
-    assert!(page.body.ends_with("# EOF\n"), "{}", page.body);
+    // What the body is: the Prometheus text format 0.0.4, each family typed under the name of
+    // its samples (OpenMetrics would name a counter without `_total` and end with `# EOF`).
+    assert_eq!(page.header("content-type"), Some("text/plain; version=0.0.4; charset=utf-8"));
+    assert!(page.body.contains("# TYPE personal_clients_grpc_requests_total counter\n"), "{}", page.body);
+    assert!(page.body.contains("# TYPE personal_clients_grpc_request_duration_seconds histogram\n"));
+    assert!(!page.body.contains("# EOF"), "{}", page.body);
     let text = page.body;
     let list = r#"method="/c1.api.iam.v1.PersonalClientService/List""#;
     assert_eq!(
-        sample(&text, &format!("personal_clients_grpc_requests_total{{{list},code=\"OK\"}}")),
+        sample(&text, &format!("personal_clients_grpc_requests_total{{code=\"OK\",{list}}}")),
         Some(1.0),
         "{text}"
     );
     assert!(
-        sample(&text, &format!("personal_clients_grpc_requests_total{{{list},code=\"UNAUTHENTICATED\"}}")).unwrap()
+        sample(&text, &format!("personal_clients_grpc_requests_total{{code=\"UNAUTHENTICATED\",{list}}}")).unwrap()
             >= 1.0
     );
     let calls = sample(&text, &format!("personal_clients_grpc_request_duration_seconds_count{{{list}}}")).unwrap();
@@ -176,6 +179,23 @@ async fn reflection_lists_and_describes_the_services(db: TestDb) {
         .map(|bytes| prost_types::FileDescriptorProto::decode(bytes.as_slice()).unwrap().name().to_owned())
         .collect();
     assert!(files.contains(&"c1/api/iam/v1/personal_client.proto".to_owned()), "{files:?}");
+
+    // The error details INVALID_ARGUMENT carries, so a client without .proto files can decode
+    // them.
+    let describe = v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(v1::server_reflection_request::MessageRequest::FileContainingSymbol(
+            "google.rpc.BadRequest".into(),
+        )),
+    };
+    let mut replies = reflection.server_reflection_info(tokio_stream::iter(vec![describe])).await.unwrap().into_inner();
+    let Some(v1::server_reflection_response::MessageResponse::FileDescriptorResponse(files)) =
+        replies.message().await.unwrap().unwrap().message_response
+    else {
+        panic!("the file of google.rpc.BadRequest")
+    };
+    let first = prost_types::FileDescriptorProto::decode(files.file_descriptor_proto[0].as_slice()).unwrap();
+    assert_eq!(first.name(), "google/rpc/error_details.proto");
 
     // The older v1alpha protocol, which many tools still speak.
     let mut alpha = v1alpha::server_reflection_client::ServerReflectionClient::new(channel(&server).await);

@@ -10,7 +10,8 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$ROOT"
 
-VENV="$ROOT/target/python-venv"
+TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
+VENV="$TARGET/python-venv"
 if [[ ! -x "$VENV/bin/python" ]]; then
     python3 -m venv "$VENV"
 fi
@@ -20,7 +21,7 @@ fi
     grpcio grpcio-tools grpcio-reflection grpcio-health-checking PyJWT cryptography pytest
 PYTHON="$VENV/bin/python"
 
-BINARY="$ROOT/target/release/personal-clients"
+BINARY="$TARGET/release/personal-clients"
 # Build when the binary is missing, and also when any of its sources is newer: a stale binary
 # would test yesterday's server (an old one lacking the health service fails every test here).
 # When the binary is current, cargo is not run at all.
@@ -47,5 +48,5 @@ export PYTHONPATH="$STUBS${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONDONTWRITEBYTECODE=1
 # No `exec`: the EXIT trap must still remove the stubs. pytest's status is the script's status.
 status=0
-"$PYTHON" -m pytest -q -o cache_dir="$ROOT/target/pytest-cache" tests/python "$@" || status=$?
+"$PYTHON" -m pytest -q -o cache_dir="$TARGET/pytest-cache" tests/python "$@" || status=$?
 exit "$status"

@@ -323,7 +323,7 @@ impl TestServer {
     /// with `code` (`OK`, `DEADLINE_EXCEEDED`, ...), as the metrics say.
     pub async fn calls(&self, method: &str, code: &str) -> f64 {
         let name = format!(
-            "personal_clients_grpc_requests_total{{method=\"/c1.api.iam.v1.PersonalClientService/{method}\",code=\"{code}\"}}"
+            "personal_clients_grpc_requests_total{{code=\"{code}\",method=\"/c1.api.iam.v1.PersonalClientService/{method}\"}}"
         );
         sample(&self.metrics().await, &name).unwrap_or(0.0)
     }
