@@ -7,8 +7,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
-use ed25519_dalek::SigningKey;
 use tokio::{net::TcpListener, sync::oneshot};
 use tonic::{
     Request,
@@ -18,9 +16,9 @@ use tonic::{
 
 use crate::{
     Error,
-    auth::jws::{self, Header},
     config::{Config, CredentialArgs, DatabaseArgs, DatabaseUrl, IssuerArgs, ServingArgs, TrustArgs, parse_listen},
-    domain::{Role, RoleSet},
+    domain::{ClientSecret, Role, RoleSet},
+    exchange::assertion::ClientAssertion,
     pb::{
         auth::{TokenRequest, token_service_client::TokenServiceClient},
         iam::{self as pb, personal_client_service_client::PersonalClientServiceClient},
@@ -85,7 +83,7 @@ async fn measure(config: Config, options: &BenchArgs) -> Result<(), Error> {
     let address = listener.local_addr().map_err(|e| internal(&e))?;
     let database = &config.database.database_url;
     crate::server::migrate(database).await?;
-    let roles = RoleSet::from_claims(&[Role::parse("bench").map_err(Error::internal)?.as_str()]);
+    let roles: RoleSet = [Role::parse("bench").map_err(Error::internal)?].into_iter().collect();
     let token =
         crate::server::mint_token(database, &config.issuer, "bench-user", &roles, Duration::from_secs(3600)).await?;
     let audience = config.issuer.public_host.clone();
@@ -142,18 +140,17 @@ async fn measure(config: Config, options: &BenchArgs) -> Result<(), Error> {
 
     let credential = created.first().ok_or_else(|| Error::internal("no client was created"))?;
     let client_id = credential.client.as_ref().map(|c| c.client_id.clone()).unwrap_or_default();
-    let key = Arc::new(signing_key_of(&credential.client_secret)?);
+    let key = Arc::new(
+        ClientSecret::parse(&credential.client_secret)
+            .and_then(|secret| secret.signing_key())
+            .map_err(|e| Error::internal(format!("the secret Create returned {e}")))?,
+    );
     let tokens = TokenServiceClient::new(channel);
     phase("Token (gRPC)", options, move |_| {
         let (mut tokens, key, client_id, audience) =
             (tokens.clone(), Arc::clone(&key), client_id.clone(), audience.clone());
         async move {
-            let now = chrono::Utc::now().timestamp();
-            let claims = serde_json::json!({
-                "iss": client_id, "sub": client_id, "aud": audience,
-                "iat": now, "exp": now + 60, "jti": uuid::Uuid::now_v7().to_string(),
-            });
-            let assertion = jws::sign(&Header { alg: "EdDSA".into(), ..Header::default() }, &claims, &key);
+            let assertion = ClientAssertion::sign(&key, &client_id, &audience, 60, chrono::Utc::now().timestamp());
             let request = TokenRequest {
                 grant_type: crate::exchange::CLIENT_CREDENTIALS.into(),
                 client_id,
@@ -174,16 +171,6 @@ fn authed<T>(bearer: &MetadataValue<Ascii>, message: T) -> Request<T> {
     let mut request = Request::new(message);
     request.metadata_mut().insert("authorization", bearer.clone());
     request
-}
-
-/// The private key in a secret, read as any client would.
-fn signing_key_of(secret: &str) -> Result<SigningKey, Error> {
-    let malformed = || Error::internal("Create returned a malformed secret");
-    let encoded = secret.rsplit(':').next().ok_or_else(malformed)?;
-    let jwk: serde_json::Value =
-        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(encoded).map_err(|_| malformed())?).map_err(|_| malformed())?;
-    let d = URL_SAFE_NO_PAD.decode(jwk["d"].as_str().unwrap_or_default()).map_err(|_| malformed())?;
-    Ok(SigningKey::from_bytes(&d.try_into().map_err(|_| malformed())?))
 }
 
 /// Runs `call` from `options.concurrency` callers for `options.duration`, prints the figures and

@@ -29,7 +29,7 @@ pub struct IssuerArgs {
     pub public_host: String,
 
     /// `iss` of the access tokens this service mints [default: http://<public-host>].
-    #[arg(long, env = "PC_ISSUER", value_parser = parse_non_empty)]
+    #[arg(long, env = "PC_ISSUER", value_parser = parse_non_blank)]
     pub issuer: Option<String>,
 }
 
@@ -69,7 +69,7 @@ pub struct TrustArgs {
 
     /// Claim of external tokens that holds the user's roles; a dotted path reaches into objects
     /// (`realm_access.roles`).
-    #[arg(long, env = "PC_ROLES_CLAIM", default_value = "roles", value_parser = parse_non_empty)]
+    #[arg(long, env = "PC_ROLES_CLAIM", default_value = "roles", value_parser = parse_non_blank)]
     pub roles_claim: String,
 
     /// Proxies (CIDRs, comma-separated) whose `X-Forwarded-For` is believed for the source
@@ -153,8 +153,9 @@ fn parse_namespace(value: &str) -> Result<String, String> {
     Ok(value.to_owned())
 }
 
-fn parse_non_empty(value: &str) -> Result<String, String> {
-    if value.is_empty() { Err("must not be empty".into()) } else { Ok(value.to_owned()) }
+/// A value that says something: not empty, not only spaces.
+pub fn parse_non_blank(value: &str) -> Result<String, String> {
+    if value.trim().is_empty() { Err("must not be empty".into()) } else { Ok(value.to_owned()) }
 }
 
 fn parse_positive_duration(value: &str) -> Result<Duration, String> {

@@ -41,6 +41,15 @@ pub enum Error {
     /// The database refused a statement for a reason retrying will not fix.
     #[error("database error")]
     Database(#[source] DbErr),
+    /// A configuration value that cannot work, found when it is used (a file missing or
+    /// malformed): the operator's mistake, named by its flag.
+    #[error("{flag}: {message}")]
+    Config {
+        flag: &'static str,
+        message: String,
+        #[source]
+        source: Option<BoxError>,
+    },
     /// Anything else; the detail is logged, never returned.
     #[error("{message}")]
     Internal {
@@ -55,6 +64,11 @@ impl Error {
         Self::InvalidArgument(vec![FieldViolation { field: field.to_owned(), description: description.into() }])
     }
 
+    /// A configuration mistake in the value of `flag`.
+    pub fn config(flag: &'static str, message: impl Into<String>, source: Option<BoxError>) -> Self {
+        Self::Config { flag, message: message.into(), source }
+    }
+
     /// An internal error with what was being done.
     pub fn internal(message: impl Into<String>) -> Self {
         Self::Internal { message: message.into(), source: None }
@@ -63,11 +77,6 @@ impl Error {
     /// An internal error with what was being done and what went wrong underneath.
     pub fn internal_with(message: impl Into<String>, source: impl Into<BoxError>) -> Self {
         Self::Internal { message: message.into(), source: Some(source.into()) }
-    }
-
-    /// Whether retrying later may help (the database is away or busy).
-    pub fn is_transient(&self) -> bool {
-        matches!(self, Self::Unavailable(_))
     }
 }
 
@@ -92,12 +101,29 @@ pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
 
 impl From<DbErr> for Error {
     fn from(err: DbErr) -> Self {
-        if is_transient(&err) { Self::Unavailable(err) } else { Self::Database(err) }
+        if is_transient_db_err(&err) { Self::Unavailable(err) } else { Self::Database(err) }
     }
 }
 
+/// The error SQLite gives while another connection holds a lock it needs: SQLITE_BUSY (5) or
+/// SQLITE_LOCKED (6), with their extended codes.
+pub fn is_sqlite_busy(err: &DbErr) -> bool {
+    let (DbErr::Conn(RuntimeErr::SqlxError(e))
+    | DbErr::Exec(RuntimeErr::SqlxError(e))
+    | DbErr::Query(RuntimeErr::SqlxError(e))) = err
+    else {
+        return false;
+    };
+    matches!(e.as_ref(), sqlx::Error::Database(db) if is_sqlite_busy_code(db.as_ref()))
+}
+
+fn is_sqlite_busy_code(db: &dyn sqlx::error::DatabaseError) -> bool {
+    db.try_downcast_ref::<SqliteError>().is_some()
+        && db.code().and_then(|code| code.parse::<i32>().ok()).is_some_and(|code| matches!(code & 0xff, 5 | 6))
+}
+
 /// Errors that say "try again": the database is unreachable, restarting or busy.
-fn is_transient(err: &DbErr) -> bool {
+fn is_transient_db_err(err: &DbErr) -> bool {
     let sqlx_err = match err {
         DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => return true,
         DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => e,
@@ -109,16 +135,10 @@ fn is_transient(err: &DbErr) -> bool {
         | sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
         | sqlx::Error::WorkerCrashed => true,
-        sqlx::Error::Database(db) => {
-            if let Some(postgres) = db.try_downcast_ref::<PgDatabaseError>() {
-                is_transient_sqlstate(postgres.code())
-            } else if db.try_downcast_ref::<SqliteError>().is_some() {
-                // SQLITE_BUSY (5) and SQLITE_LOCKED (6), with their extended codes.
-                db.code().and_then(|code| code.parse::<i32>().ok()).is_some_and(|code| matches!(code & 0xff, 5 | 6))
-            } else {
-                false
-            }
-        }
+        sqlx::Error::Database(db) => match db.try_downcast_ref::<PgDatabaseError>() {
+            Some(postgres) => is_transient_sqlstate(postgres.code()),
+            None => is_sqlite_busy_code(db.as_ref()),
+        },
         _ => false,
     }
 }
@@ -134,7 +154,9 @@ fn log_hidden(err: &Error) {
     match err {
         Error::Unauthenticated(reason) => tracing::info!(%reason, "request rejected: unauthenticated"),
         Error::Unavailable(_) => tracing::warn!(error = %chain(err), "database unavailable"),
-        Error::Database(_) | Error::Internal { .. } => tracing::error!(error = %chain(err), "internal error"),
+        Error::Database(_) | Error::Config { .. } | Error::Internal { .. } => {
+            tracing::error!(error = %chain(err), "internal error");
+        }
         _ => {}
     }
 }
@@ -161,7 +183,9 @@ impl From<Error> for OAuthError {
             Error::Unavailable(_) => {
                 (503, "temporarily_unavailable", "the service is unavailable; retry later".to_owned())
             }
-            Error::Database(_) | Error::Internal { .. } => (500, "server_error", "internal error".to_owned()),
+            Error::Database(_) | Error::Config { .. } | Error::Internal { .. } => {
+                (500, "server_error", "internal error".to_owned())
+            }
         };
         Self { http_status, error, description }
     }
@@ -190,7 +214,7 @@ impl From<Error> for Status {
             Error::PermissionDenied(message) => Status::permission_denied(message),
             Error::NotFound => Status::not_found("personal client not found"),
             Error::Unavailable(_) => Status::unavailable("the database is unavailable or busy; retry later"),
-            Error::Database(_) | Error::Internal { .. } => Status::internal("internal error"),
+            Error::Database(_) | Error::Config { .. } | Error::Internal { .. } => Status::internal("internal error"),
         }
     }
 }

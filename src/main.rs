@@ -7,9 +7,8 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use personal_clients::{
     Config, bench,
-    config::{DatabaseArgs, IssuerArgs, parse_listen},
+    config::{DatabaseArgs, IssuerArgs, parse_listen, parse_non_blank},
     domain::{Role, RoleSet},
-    error::chain,
     server,
 };
 use tracing_subscriber::EnvFilter;
@@ -62,7 +61,7 @@ struct MintTokenArgs {
     #[command(flatten)]
     issuer: IssuerArgs,
     /// The user id (`sub`).
-    #[arg(long, env = "PC_USER", value_parser = parse_user)]
+    #[arg(long, env = "PC_USER", value_parser = parse_non_blank)]
     user: String,
     /// Roles, comma-separated; `--roles ""` for none.
     #[arg(long, env = "PC_ROLES", value_delimiter = ',', value_parser = parse_role)]
@@ -70,10 +69,6 @@ struct MintTokenArgs {
     /// Token lifetime.
     #[arg(long, env = "PC_TTL", default_value = "1h", value_parser = humantime::parse_duration)]
     ttl: Duration,
-}
-
-fn parse_user(value: &str) -> Result<String, String> {
-    if value.trim().is_empty() { Err("must not be empty".into()) } else { Ok(value.to_owned()) }
 }
 
 fn parse_role(value: &str) -> Result<Option<Role>, String> {
@@ -96,7 +91,11 @@ fn main() -> ExitCode {
         Err(err) => {
             let causes: Vec<String> = err.chain().map(ToString::to_string).collect();
             eprintln!("personal-clients: {}", dedup_chain(&causes));
-            ExitCode::FAILURE
+            // A configuration mistake found at start-up is a usage error, like one clap finds.
+            let usage = err
+                .downcast_ref::<personal_clients::Error>()
+                .is_some_and(|e| matches!(e, personal_clients::Error::Config { .. }));
+            if usage { ExitCode::from(2) } else { ExitCode::FAILURE }
         }
     }
 }
@@ -107,25 +106,18 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let listener = tokio::net::TcpListener::bind(args.listen)
                 .await
                 .with_context(|| format!("cannot listen on {} (--listen)", args.listen))?;
-            server::serve(args.config, listener, shutdown_signal()).await.map_err(lib_error)
+            Ok(server::serve(args.config, listener, shutdown_signal()).await?)
         }
-        Command::Migrate(database) => server::migrate(&database.database_url).await.map_err(lib_error),
+        Command::Migrate(database) => Ok(server::migrate(&database.database_url).await?),
         Command::MintToken(args) => {
-            let roles: Vec<Role> = args.roles.into_iter().flatten().collect();
-            let roles = RoleSet::from_claims(&roles.iter().map(Role::as_str).collect::<Vec<_>>());
-            let token = server::mint_token(&args.database.database_url, &args.issuer, &args.user, &roles, args.ttl)
-                .await
-                .map_err(lib_error)?;
+            let roles: RoleSet = args.roles.into_iter().flatten().collect();
+            let token =
+                server::mint_token(&args.database.database_url, &args.issuer, &args.user, &roles, args.ttl).await?;
             println!("{token}");
             Ok(())
         }
-        Command::Bench(args) => bench::run(args).await.map_err(lib_error),
+        Command::Bench(args) => Ok(bench::run(args).await?),
     }
-}
-
-/// The service's error with every cause it carries, for the operator.
-fn lib_error(err: personal_clients::Error) -> anyhow::Error {
-    anyhow::anyhow!(chain(&err))
 }
 
 /// The causes of an error as one line, each said once.

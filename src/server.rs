@@ -27,7 +27,7 @@ use crate::{
             personal_client_service_server::PersonalClientServiceServer,
         },
     },
-    store::{Create, Store},
+    store::{OpenMode, Store},
     tls,
 };
 
@@ -55,18 +55,18 @@ pub async fn serve(
         (Some(cert), Some(key)) => Some(tls::server_config(cert, key)?),
         _ => None,
     };
-    let database = &config.database.database_url;
-    let store = Store::open(database, Create::IfMissing).await?;
-    store.migrate().await?;
-    SigningKeys::create_first(&store).await?;
-    let keys = SigningKeys::load(store.clone()).await?;
     // The JWKS client's TLS; a second install (another server in this process) changes nothing.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let issuer = config.issuer.issuer();
     let audiences = vec![issuer.clone(), config.issuer.public_host.clone()];
     let external = ExternalIssuers::load(&config.trust.trusted_jwks, audiences, config.trust.roles_claim.clone())
         .await
-        .map_err(Error::internal)?;
+        .map_err(|message| Error::config("--trusted-jwks", message, None))?;
+    let database = &config.database.database_url;
+    let store = Store::open(database, OpenMode::CreateIfMissing).await?;
+    store.migrate().await?;
+    SigningKeys::create_first(&store).await?;
+    let keys = SigningKeys::load(store.clone()).await?;
     let auth = Arc::new(Authenticator::new(keys, issuer.clone(), store.clone(), external));
     let address = listener.local_addr().map_err(|e| Error::internal_with("cannot read the listening address", e))?;
 
@@ -114,7 +114,7 @@ pub async fn serve(
     .into_axum_router()
     // Every gRPC service but the public ones requires a bearer token, checked before any
     // handler runs. Paths no service serves fall through to `not_found`.
-    .route_layer(axum::middleware::from_fn_with_state(Gate::new(Arc::clone(&auth), &public), auth::authenticate));
+    .route_layer(axum::middleware::from_fn_with_state(Gate::new(Arc::clone(&auth), &public), auth::require_bearer));
     let health = Health::default();
     let routes = grpc
         .merge(api::http::routes(Arc::clone(&exchange), Arc::clone(&auth), health.clone(), Arc::clone(&metrics)))
@@ -171,7 +171,7 @@ pub async fn serve(
 
 /// Brings the database schema up to date and creates the first signing key if needed.
 pub async fn migrate(database: &DatabaseUrl) -> Result<(), Error> {
-    let store = Store::open(database, Create::IfMissing).await?;
+    let store = Store::open(database, OpenMode::CreateIfMissing).await?;
     store.migrate().await?;
     SigningKeys::create_first(&store).await
 }
@@ -186,7 +186,7 @@ pub async fn mint_token(
     roles: &RoleSet,
     ttl: Duration,
 ) -> Result<String, Error> {
-    let store = Store::open(database, Create::Never).await?;
+    let store = Store::open(database, OpenMode::MustExist).await?;
     if !store.is_migrated().await? {
         return Err(Error::internal(format!(
             "the database {database} is not set up: run `personal-clients migrate` (or start the server) with this --database-url first"

@@ -20,14 +20,14 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The server's TLS settings from PEM files: the certificate chain and its private key.
 pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, Error> {
-    let bad = |path: &Path, e: rustls::pki_types::pem::Error| {
-        Error::internal_with(format!("cannot read the TLS certificate or key {} (PEM expected)", path.display()), e)
+    let bad = |flag: &'static str, path: &Path, e: rustls::pki_types::pem::Error| {
+        Error::config(flag, format!("cannot read {} as PEM", path.display()), Some(e.into()))
     };
     let chain = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| bad(cert, e))?
+        .map_err(|e| bad("--tls-cert", cert, e))?
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| bad(cert, e))?;
-    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| bad(key, e))?;
+        .map_err(|e| bad("--tls-cert", cert, e))?;
+    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| bad("--tls-key", key, e))?;
     let mut config = ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()
         .map_err(|e| Error::internal_with("cannot set up TLS", e))?

@@ -16,7 +16,7 @@ use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use crate::{
     auth::Authenticator,
     error::OAuthError,
-    exchange::{RequestOrigin, TokenExchange, TokenRequest},
+    exchange::{ExchangeRequest, RequestOrigin, TokenExchange},
     health::Health,
     metrics::{self, Metrics, is_grpc},
 };
@@ -80,7 +80,7 @@ async fn token(State(state): State<HttpState>, request: Request) -> Response {
         Err(description) => return oauth_error(OAuthError { http_status: 400, error: "invalid_request", description }),
     };
     let field = |name: &str| form.get(name).map(String::as_str).unwrap_or_default();
-    let request = TokenRequest {
+    let request = ExchangeRequest {
         grant_type: field("grant_type"),
         client_id: field("client_id"),
         client_assertion_type: field("client_assertion_type"),

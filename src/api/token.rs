@@ -3,8 +3,8 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use crate::{
-    exchange::{RequestOrigin, TokenExchange, TokenRequest},
-    pb::auth::{TokenRequest as PbTokenRequest, TokenResponse, token_service_server::TokenService},
+    exchange::{ExchangeRequest, RequestOrigin, TokenExchange},
+    pb::auth::{TokenRequest, TokenResponse, token_service_server::TokenService},
 };
 
 /// `c1.api.auth.v1.TokenService`: the token exchange over gRPC.
@@ -21,7 +21,7 @@ impl TokenApi {
 
 #[tonic::async_trait]
 impl TokenService for TokenApi {
-    async fn token(&self, request: Request<PbTokenRequest>) -> Result<Response<TokenResponse>, Status> {
+    async fn token(&self, request: Request<TokenRequest>) -> Result<Response<TokenResponse>, Status> {
         let forwarded_for = request.metadata().get_all("x-forwarded-for");
         let origin = RequestOrigin::new(
             request.remote_addr().map(|addr| addr.ip()),
@@ -31,7 +31,7 @@ impl TokenService for TokenApi {
         let issued = self
             .exchange
             .exchange(
-                TokenRequest {
+                ExchangeRequest {
                     grant_type: &req.grant_type,
                     client_id: &req.client_id,
                     client_assertion_type: &req.client_assertion_type,

@@ -85,7 +85,7 @@ impl ExternalIssuers {
                 Err(err) if is_url(&entry.source) => {
                     tracing::warn!(issuer = %entry.issuer, error = %err, "JWKS not fetched; will retry on first use");
                 }
-                Err(err) => return Err(format!("--trusted-jwks {entry}: {err}")),
+                Err(err) => return Err(format!("{entry}: {err}")),
             }
             issuers.insert(entry.issuer.clone(), issuer);
         }

@@ -128,7 +128,7 @@ impl Authenticator {
         // A revoked credential stops working at once, including the tokens it already obtained.
         if let Some(client_id) = &claims.client_id {
             let client = self.store.find_client(client_id).await?;
-            if !client.is_some_and(|client| client.user_id == claims.sub && client.is_live(Utc::now())) {
+            if !client.is_some_and(|client| client.user_id == claims.sub && client.check_live(Utc::now()).is_ok()) {
                 return Err(denied("token of a revoked, expired or unknown personal client"));
             }
         }
@@ -164,7 +164,7 @@ impl Gate {
 /// Middleware for the gRPC services: unless the service is public, the caller's [`Principal`]
 /// goes into the request's extensions, or the call ends here with `UNAUTHENTICATED`. Handlers
 /// read the principal and cannot forget to check it: a request without one never reaches them.
-pub async fn authenticate(
+pub async fn require_bearer(
     axum::extract::State(gate): axum::extract::State<Gate>,
     mut request: Request,
     next: Next,

@@ -18,12 +18,13 @@ use crate::{
 #[derive(Debug, Clone, Copy)]
 pub struct Access<'a> {
     caller: &'a Principal,
+    admin_role: &'a Role,
     is_admin: bool,
 }
 
 impl<'a> Access<'a> {
-    pub fn of(caller: &'a Principal, admin_role: &Role) -> Self {
-        Self { caller, is_admin: caller.has_role(admin_role) }
+    pub fn of(caller: &'a Principal, admin_role: &'a Role) -> Self {
+        Self { caller, admin_role, is_admin: caller.has_role(admin_role) }
     }
 
     /// Whose clients Get may return: the caller's own; an admin's, anyone's.
@@ -60,11 +61,14 @@ impl<'a> Access<'a> {
     }
 
     /// Search across users: admins only.
-    pub fn may_search(&self, admin_role: &Role) -> Result<(), Error> {
+    pub fn may_search(&self) -> Result<(), Error> {
         if self.is_admin {
             Ok(())
         } else {
-            Err(Error::PermissionDenied(format!("searching personal clients requires the {admin_role} role")))
+            Err(Error::PermissionDenied(format!(
+                "searching personal clients requires the {:?} role",
+                self.admin_role.as_str()
+            )))
         }
     }
 

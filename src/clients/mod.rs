@@ -46,7 +46,7 @@ impl PersonalClients {
         Self { store, settings }
     }
 
-    fn access<'a>(&self, caller: &'a Principal) -> Access<'a> {
+    fn access<'a>(&'a self, caller: &'a Principal) -> Access<'a> {
         Access::of(caller, &self.settings.admin_role)
     }
 
@@ -105,7 +105,7 @@ impl PersonalClients {
 
     /// Clients across users matching `filter`; page tokens are bound to the caller and filter.
     pub async fn search(&self, caller: &Principal, filter: &SearchFilter, page: PageRequest) -> Result<Page, Error> {
-        self.access(caller).may_search(&self.settings.admin_role)?;
+        self.access(caller).may_search()?;
         let rows = self.store.search_clients(filter, page.after, page.rows_to_read()).await?;
         Ok(Page::from_rows(rows, page, &caller.user_id, &filter.fingerprint()))
     }

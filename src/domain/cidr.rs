@@ -2,7 +2,7 @@ use std::net::IpAddr;
 
 use ipnet::{IpNet, Ipv4Net};
 
-use super::{EntryViolation, parse_entries};
+use super::{EntryViolation, Rejection, SourceAddress, parse_entries};
 
 /// The source networks a credential may be used from, canonical and without duplicates.
 /// Empty means from anywhere.
@@ -37,6 +37,17 @@ impl CidrList {
     pub fn allows(&self, address: IpAddr) -> bool {
         let address = address.to_canonical();
         self.0.is_empty() || self.0.iter().any(|network| network.contains(&address))
+    }
+
+    /// Whether a request from `source` may use the credential: any source when the list is
+    /// empty; otherwise one inside it, and a source that cannot be told fails closed.
+    pub fn check(&self, source: Option<SourceAddress>) -> Result<(), Rejection> {
+        match source {
+            _ if self.0.is_empty() => Ok(()),
+            None => Err(Rejection::UnknownSource),
+            Some(source) if self.allows(source.ip()) => Ok(()),
+            Some(_) => Err(Rejection::SourceNotAllowed),
+        }
     }
 
     pub fn is_empty(&self) -> bool {

@@ -1,8 +1,8 @@
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 use ed25519_dalek::VerifyingKey;
 use uuid::Uuid;
 
-use super::{CidrList, ClientId, DisplayName, RoleSet};
+use super::{CidrList, ClientId, DisplayName, Rejection, RoleSet};
 
 /// A personal client credential as the service knows it: the typed read model every rule
 /// works on, values parsed once when read from the store.
@@ -27,9 +27,17 @@ pub struct PersonalClient {
 }
 
 impl PersonalClient {
-    /// Whether it may still authenticate at `now`: not revoked and not expired.
-    pub fn is_live(&self, now: DateTime<Utc>) -> bool {
-        self.deleted_at.is_none() && self.expires_at.is_none_or(|at| at > now)
+    /// Whether it may still be used at `now`: not revoked, and not expired or within a second
+    /// of it (a token lasts at least a second). Returns how long it has left, if it expires.
+    pub fn check_live(&self, now: DateTime<Utc>) -> Result<Option<TimeDelta>, Rejection> {
+        if self.deleted_at.is_some() {
+            return Err(Rejection::ClientRevoked);
+        }
+        let left = self.expires_at.map(|at| at - now);
+        if left.is_some_and(|left| left < TimeDelta::seconds(1)) {
+            return Err(Rejection::ClientExpired);
+        }
+        Ok(left)
     }
 
     /// The roles its access tokens carry: its scoped roles, or, when it has none, the roles its

@@ -34,6 +34,18 @@ impl fmt::Display for Role {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct RoleSet(Vec<Role>);
 
+impl FromIterator<Role> for RoleSet {
+    fn from_iter<I: IntoIterator<Item = Role>>(roles: I) -> Self {
+        let mut set: Vec<Role> = Vec::new();
+        for role in roles {
+            if !set.contains(&role) {
+                set.push(role);
+            }
+        }
+        Self(set)
+    }
+}
+
 impl RoleSet {
     pub const MAX_ENTRIES: usize = 50;
 
@@ -45,13 +57,7 @@ impl RoleSet {
     /// Roles as a token carried them: entries that are not valid role names are ignored, as they
     /// could never be granted to a credential.
     pub fn from_claims<S: AsRef<str>>(entries: &[S]) -> Self {
-        let mut roles: Vec<Role> = Vec::new();
-        for role in entries.iter().filter_map(|entry| Role::parse(entry.as_ref()).ok()) {
-            if !roles.contains(&role) {
-                roles.push(role);
-            }
-        }
-        Self(roles)
+        entries.iter().filter_map(|entry| Role::parse(entry.as_ref()).ok()).collect()
     }
 
     pub fn contains(&self, role: &Role) -> bool {

@@ -1,11 +1,11 @@
 //! Client assertions (RFC 7523 §2.2, draft-ietf-oauth-rfc7523bis): the signed JWT a personal
 //! client sends to trade for an access token.
 
-use ed25519_dalek::VerifyingKey;
-use serde_json::{Map, Value};
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use serde_json::{Map, Value, json};
 
 use crate::{
-    auth::jws::{JwsError, UnverifiedJws},
+    auth::jws::{self, Header, JwsError, UnverifiedJws},
     domain::Rejection,
 };
 
@@ -40,6 +40,24 @@ pub struct VerifiedAssertion {
 pub struct ClientAssertion<'a> {
     jws: UnverifiedJws<'a>,
     claims: Map<String, Value>,
+}
+
+impl ClientAssertion<'_> {
+    /// What a personal client sends: an assertion for `client_id`, signed with its secret's
+    /// `key`, for `audience`, valid from `now` (Unix seconds) for `lifetime_secs` (at most
+    /// [`MAX_LIFETIME_SECS`]), with a fresh `jti`.
+    pub fn sign(key: &SigningKey, client_id: &str, audience: &str, lifetime_secs: i64, now: i64) -> String {
+        let header = Header { alg: "EdDSA".into(), typ: Some("JWT".into()), ..Header::default() };
+        let claims = json!({
+            "iss": client_id,
+            "sub": client_id,
+            "aud": audience,
+            "iat": now,
+            "exp": now + lifetime_secs.clamp(1, MAX_LIFETIME_SECS),
+            "jti": uuid::Uuid::now_v7().to_string(),
+        });
+        jws::sign(&header, &claims, key)
+    }
 }
 
 impl<'a> ClientAssertion<'a> {
@@ -123,7 +141,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::auth::jws::{Header, sign};
+    use crate::auth::jws::sign;
 
     const CLIENT: &str = "brave-otter-00001@localhost/pcc";
     const NOW: i64 = 1_800_000_000;
@@ -192,6 +210,16 @@ mod tests {
         assert_eq!(with(json!({"jti": null})), Err(Rejection::MissingOneTimeValue));
         assert_eq!(with(json!({"jti": ""})), Err(Rejection::MissingOneTimeValue));
         assert_eq!(with(json!({"jti": 7})), Err(Rejection::MalformedAssertion));
+    }
+
+    #[test]
+    fn what_a_client_signs_verifies() {
+        let key = SigningKey::generate(&mut OsRng);
+        let token = ClientAssertion::sign(&key, CLIENT, "localhost", 60, NOW);
+        let verified = check(&token, &key).unwrap();
+        assert_eq!(verified.spent_until, NOW + 60 + SKEW_SECS);
+        let long = ClientAssertion::sign(&key, CLIENT, "localhost", 3600, NOW);
+        assert!(check(&long, &key).is_ok(), "a lifetime past the limit is cut to it");
     }
 
     #[test]

@@ -5,14 +5,15 @@ mod usage;
 
 use std::{net::IpAddr, sync::Arc, time::Duration};
 
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::{DateTime, Utc};
 
 pub use usage::UsageRecorder;
 
 use crate::{
     Error,
     auth::Authenticator,
-    domain::{PersonalClient, Rejection, SourceAddress, Violations, round_to_micros},
+    domain::{Rejection, SourceAddress, Violations, round_to_micros},
+    error::chain,
     metrics::Metrics,
     store::Store,
 };
@@ -25,7 +26,7 @@ pub const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-be
 
 /// A token request as both transports carry it.
 #[derive(Debug, Clone, Copy)]
-pub struct TokenRequest<'a> {
+pub struct ExchangeRequest<'a> {
     pub grant_type: &'a str,
     pub client_id: &'a str,
     pub client_assertion_type: &'a str,
@@ -95,7 +96,7 @@ impl TokenExchange {
 
     /// Runs one exchange. Client authentication failures are logged here with their reason and
     /// come back as [`Error::InvalidClient`].
-    pub async fn exchange(&self, request: TokenRequest<'_>, origin: &RequestOrigin) -> Result<IssuedToken, Error> {
+    pub async fn exchange(&self, request: ExchangeRequest<'_>, origin: &RequestOrigin) -> Result<IssuedToken, Error> {
         let result = self.run(request, origin).await;
         let outcome = match &result {
             Ok(_) => "issued",
@@ -109,7 +110,7 @@ impl TokenExchange {
         result
     }
 
-    async fn run(&self, request: TokenRequest<'_>, origin: &RequestOrigin) -> Result<IssuedToken, Error> {
+    async fn run(&self, request: ExchangeRequest<'_>, origin: &RequestOrigin) -> Result<IssuedToken, Error> {
         let mut v = Violations::default();
         for (field, value) in [
             ("grant_type", request.grant_type),
@@ -143,7 +144,7 @@ impl TokenExchange {
 
     async fn authenticate(
         &self,
-        request: &TokenRequest<'_>,
+        request: &ExchangeRequest<'_>,
         source: Option<SourceAddress>,
     ) -> Result<IssuedToken, Error> {
         let refuse = |reason| Err(Error::InvalidClient(reason));
@@ -167,14 +168,8 @@ impl TokenExchange {
         let verified = assertion
             .verify(&client.public_key, client_id, &audiences, now.timestamp())
             .map_err(Error::InvalidClient)?;
-        if client.deleted_at.is_some() {
-            return refuse(Rejection::ClientRevoked);
-        }
-        let lifetime_left = client.expires_at.map(|at| at - now);
-        if lifetime_left.is_some_and(|left| left < TimeDelta::seconds(1)) {
-            return refuse(Rejection::ClientExpired);
-        }
-        check_source(&client, source)?;
+        let lifetime_left = client.check_live(now).map_err(Error::InvalidClient)?;
+        client.allow_source_cidr.check(source).map_err(Error::InvalidClient)?;
         let spent_until = DateTime::from_timestamp(verified.spent_until, 0).unwrap_or(now);
         if !self.store.spend_one_time_value(client.id, &verified.one_time_value, spent_until).await? {
             return refuse(Rejection::Replayed);
@@ -193,24 +188,10 @@ impl TokenExchange {
     /// Writes the batched `last_used_at` values and forgets expired one-time values.
     pub async fn maintain(&self) {
         if let Err(err) = self.usage.flush(&self.store).await {
-            tracing::warn!(error = %err, "could not write last_used_at; will retry");
+            tracing::warn!(error = %chain(&err), "could not write last_used_at; will retry");
         }
         if let Err(err) = self.store.purge_spent_values(Utc::now()).await {
-            tracing::warn!(error = %err, "could not purge spent assertion ids; will retry");
+            tracing::warn!(error = %chain(&err), "could not purge spent assertion ids; will retry");
         }
-    }
-}
-
-/// A credential with source CIDRs may only be used from inside them; an unknown source fails
-/// closed.
-fn check_source(client: &PersonalClient, source: Option<SourceAddress>) -> Result<(), Error> {
-    let allowed = &client.allow_source_cidr;
-    if allowed.is_empty() {
-        return Ok(());
-    }
-    match source {
-        None => Err(Error::InvalidClient(Rejection::UnknownSource)),
-        Some(source) if allowed.allows(source.ip()) => Ok(()),
-        Some(_) => Err(Error::InvalidClient(Rejection::SourceNotAllowed)),
     }
 }

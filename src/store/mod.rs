@@ -32,7 +32,11 @@ use sea_orm_migration::MigratorTrait;
 use tokio::sync::{Mutex, MutexGuard};
 use tracing::instrument;
 
-use crate::{Error, config::DatabaseUrl, error::chain};
+use crate::{
+    Error,
+    config::DatabaseUrl,
+    error::{chain, is_sqlite_busy},
+};
 use migration::Migrator;
 
 /// Key of the PostgreSQL advisory lock that serialises migrations across replicas.
@@ -44,12 +48,12 @@ const OPEN_RETRY_FOR: Duration = Duration::from_secs(10);
 
 /// Whether opening may create the database.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Create {
+pub enum OpenMode {
     /// A SQLite file that does not exist yet is created (`serve`, `migrate`).
-    IfMissing,
+    CreateIfMissing,
     /// The database must exist already (`mint-token`: a token for a database no server uses
     /// would be refused by every server).
-    Never,
+    MustExist,
 }
 
 /// Handle on the database; cheap to clone.
@@ -72,9 +76,9 @@ impl Store {
     /// `synchronous=FULL`, so an answered write survives a power loss. The error says which
     /// database could not be opened, why, and what to check.
     #[instrument(skip_all)]
-    pub async fn open(url: &DatabaseUrl, create: Create) -> Result<Self, Error> {
-        let db = connect(url, create, 16, SqliteSynchronous::Full, None).await?;
-        let relaxed = connect(url, create, 4, SqliteSynchronous::Normal, Some(("synchronous_commit", "off"))).await?;
+    pub async fn open(url: &DatabaseUrl, mode: OpenMode) -> Result<Self, Error> {
+        let db = connect(url, mode, 16, SqliteSynchronous::Full, None).await?;
+        let relaxed = connect(url, mode, 4, SqliteSynchronous::Normal, Some(("synchronous_commit", "off"))).await?;
         let sqlite_writer = (db.get_database_backend() == DbBackend::Sqlite).then(|| Arc::new(Mutex::new(())));
         Ok(Self { db, relaxed, sqlite_writer })
     }
@@ -92,7 +96,7 @@ impl Store {
     /// Whether the schema is fully migrated: a database that is not is refused by the commands
     /// that do not migrate.
     pub async fn is_migrated(&self) -> Result<bool, Error> {
-        Ok(Migrator::get_pending_migrations(&self.db).await.is_ok_and(|pending| pending.is_empty()))
+        Ok(Migrator::get_pending_migrations_read_only(&self.db).await?.is_empty())
     }
 
     /// A transaction that holds the database's write lock from its first statement, for work
@@ -159,7 +163,7 @@ fn pool_stats(db: &DatabaseConnection) -> PoolStats {
 
 async fn connect(
     url: &DatabaseUrl,
-    create: Create,
+    mode: OpenMode,
     max_connections: u32,
     sqlite_synchronous: SqliteSynchronous,
     postgres_setting: Option<(&'static str, &'static str)>,
@@ -176,7 +180,7 @@ async fn connect(
                 .synchronous(sqlite_synchronous)
                 .busy_timeout(Duration::from_secs(5))
                 .foreign_keys(true)
-                .create_if_missing(create == Create::IfMissing)
+                .create_if_missing(mode == OpenMode::CreateIfMissing)
         })
         .map_sqlx_postgres_opts(move |opts| match postgres_setting {
             Some(setting) => opts.options([setting]),
@@ -186,20 +190,18 @@ async fn connect(
     loop {
         match Database::connect(options.clone()).await {
             Ok(db) => return Ok(db),
-            Err(err)
-                if url.is_sqlite() && Error::from(err.clone()).is_transient() && started.elapsed() < OPEN_RETRY_FOR =>
-            {
+            Err(err) if url.is_sqlite() && is_sqlite_busy(&err) && started.elapsed() < OPEN_RETRY_FOR => {
                 tokio::time::sleep(Duration::from_millis(25)).await;
             }
-            Err(err) => return Err(open_error(url, create, err).await),
+            Err(err) => return Err(open_error(url, mode, err).await),
         }
     }
 }
 
 /// Why a database could not be opened, where, and what to do about it.
-async fn open_error(url: &DatabaseUrl, create: Create, err: DbErr) -> Error {
+async fn open_error(url: &DatabaseUrl, mode: OpenMode, err: DbErr) -> Error {
     if let Some(path) = url.sqlite_path() {
-        let hint = if create == Create::Never && !Path::new(path).exists() {
+        let hint = if mode == OpenMode::MustExist && !Path::new(path).exists() {
             "it does not exist yet: run `personal-clients migrate` (or start the server) with this --database-url first"
         } else {
             "check that the file's directory exists and that this user may read and write both"

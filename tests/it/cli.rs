@@ -98,9 +98,13 @@ async fn start_up_errors_say_what_where_and_what_to_do() {
     assert!(message.contains("127.0.0.1:1") && message.to_lowercase().contains("refused"), "{message}");
     assert!(!message.contains("internal"), "an operator's mistake is not an internal error: {message}");
 
+    // A flag's file that cannot be used is the operator's mistake, named by its flag.
     let output = run(dir.path(), &["serve", "--tls-cert", "missing.pem", "--tls-key", "missing-key.pem"]);
-    assert_eq!(output.status.code(), Some(1));
-    assert!(stderr(&output).contains("missing.pem"), "{}", stderr(&output));
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(stderr(&output).contains("--tls-cert: cannot read missing.pem"), "{}", stderr(&output));
+    let output = run(dir.path(), &["serve", "--trusted-jwks", "https://idp.example=missing.json"]);
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(stderr(&output).contains("--trusted-jwks") && stderr(&output).contains("missing.json"));
 
     // Logs written to a file carry no terminal colour codes.
     let output = run(dir.path(), &["migrate"]);

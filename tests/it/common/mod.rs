@@ -19,7 +19,7 @@ use personal_clients::{
     domain::{Role, RoleSet, TokenKey},
     pb::iam::{self as pb, personal_client_service_client::PersonalClientServiceClient},
     server,
-    store::{Create, Store},
+    store::{OpenMode, Store},
 };
 use sea_orm::{ConnectionTrait, Database};
 use tempfile::TempDir;
@@ -164,7 +164,7 @@ impl TestDb {
 
     /// The keys the service signs with, as the database holds them.
     pub async fn signing_key(&self) -> TokenKey {
-        let store = Store::open(&self.database_url(), Create::Never).await.expect("open the store");
+        let store = Store::open(&self.database_url(), OpenMode::MustExist).await.expect("open the store");
         store.signing_keys().await.expect("signing keys").into_iter().next().expect("a signing key")
     }
 }
@@ -349,8 +349,7 @@ impl Drop for TestServer {
 
 /// A user access token minted as `mint-token` does, for the database of `config`.
 pub async fn mint(config: &Config, user: &str, roles: &[&str], ttl: Duration) -> String {
-    let roles: Vec<Role> = roles.iter().map(|r| Role::parse(r).expect("role")).collect();
-    let roles = RoleSet::from_claims(&roles.iter().map(Role::as_str).collect::<Vec<_>>());
+    let roles: RoleSet = roles.iter().map(|r| Role::parse(r).expect("role")).collect();
     server::mint_token(&config.database.database_url, &config.issuer, user, &roles, ttl).await.expect("mint token")
 }
 
