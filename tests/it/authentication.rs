@@ -130,6 +130,9 @@ async fn each_bearer_rule_holds_alone(db: TestDb) {
         json!({"alg": "HS256", "kid": kid}).to_string(),
     );
     assert_unauthenticated(&server, &format!("{header}.{}.{}", parts[1], parts[2]), "another algorithm").await;
+    let critical = json!({"alg": "EdDSA", "typ": "JWT", "kid": kid, "crit": ["b64"], "b64": true});
+    assert_unauthenticated(&server, &oauth::sign(&key.key, &critical, &user_claims("alice")), "a critical extension")
+        .await;
     server.stop().await;
 }
 

@@ -3,9 +3,11 @@
 
 use personal_clients::pb::iam::{self as pb, personal_client_service_client::PersonalClientServiceClient};
 
+use std::io::Write;
+
 use crate::common::{
     authed,
-    oauth::{ServerProcess, binary},
+    oauth::{ServerProcess, binary, post_token, token_form},
 };
 
 pub fn tests() -> Vec<libtest_mimic::Trial> {
@@ -16,6 +18,7 @@ pub fn tests() -> Vec<libtest_mimic::Trial> {
         mint_token_refuses_a_database_no_server_has_set_up,
         start_up_errors_say_what_where_and_what_to_do,
         processes_opening_a_new_sqlite_file_together_all_succeed,
+        a_secret_signs_an_assertion_on_the_command_line,
     )
 }
 
@@ -163,4 +166,55 @@ async fn operator_workflow_on_the_default_sqlite_database() {
     assert!(!logged.contains(&created.client_secret), "the secret never reaches a log");
     assert!(!logged.contains(token), "tokens never reach a log");
     assert!(logged.contains(&created.client.unwrap().client_id), "the creation is logged");
+}
+
+async fn a_secret_signs_an_assertion_on_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::spawn(dir.path(), None, &[]);
+    let token = String::from_utf8(run(dir.path(), &["mint-token", "--user", "alice"]).stdout).unwrap();
+    let mut api = PersonalClientServiceClient::connect(format!("http://{}", server.addr)).await.unwrap();
+    let created = api
+        .create(authed(
+            pb::PersonalClientServiceCreateRequest { display_name: "shell".into(), ..Default::default() },
+            token.trim(),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let client_id = created.client.unwrap().client_id;
+
+    // From the environment.
+    let signed = binary(dir.path())
+        .args(["client-assertion", "--client-id", &client_id])
+        .env("PC_CLIENT_SECRET", &created.client_secret)
+        .output()
+        .unwrap();
+    assert!(signed.status.success(), "{}", stderr(&signed));
+    let assertion = String::from_utf8(signed.stdout).unwrap();
+    let exchanged = post_token(server.addr, &token_form(&client_id, assertion.trim()), &[]).await;
+    assert_eq!(exchanged.status, 200, "{}", exchanged.body);
+
+    // From standard input; each assertion is fresh.
+    let mut child = binary(dir.path())
+        .args(["client-assertion", "--client-id", &client_id])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(created.client_secret.as_bytes()).unwrap();
+    let piped = child.wait_with_output().unwrap();
+    assert!(piped.status.success());
+    let assertion = String::from_utf8(piped.stdout).unwrap();
+    let again = post_token(server.addr, &token_form(&client_id, assertion.trim()), &[]).await;
+    assert_eq!(again.status, 200, "{}", again.body);
+
+    let garbled = created.client_secret.replace("secret-token:", "secret:");
+    let refused = binary(dir.path())
+        .args(["client-assertion", "--client-id", &client_id])
+        .env("PC_CLIENT_SECRET", &garbled)
+        .output()
+        .unwrap();
+    assert!(!refused.status.success() && refused.stdout.is_empty());
+    assert!(stderr(&refused).contains("not a personal client secret"), "{}", stderr(&refused));
+    assert!(!stderr(&refused).contains(&garbled), "the secret is never echoed");
 }

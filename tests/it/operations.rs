@@ -137,6 +137,28 @@ async fn health_follows_the_database_away_and_back(db: TestDb) {
     server.stop().await;
 }
 
+/// The names of the files reflection sends for `symbol`, the defining file first.
+async fn files_of(
+    reflection: &mut v1::server_reflection_client::ServerReflectionClient<tonic::transport::Channel>,
+    symbol: &str,
+) -> Vec<String> {
+    let describe = v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(v1::server_reflection_request::MessageRequest::FileContainingSymbol(symbol.into())),
+    };
+    let mut replies = reflection.server_reflection_info(tokio_stream::iter(vec![describe])).await.unwrap().into_inner();
+    let Some(v1::server_reflection_response::MessageResponse::FileDescriptorResponse(files)) =
+        replies.message().await.unwrap().unwrap().message_response
+    else {
+        panic!("file descriptors for {symbol}")
+    };
+    files
+        .file_descriptor_proto
+        .iter()
+        .map(|bytes| prost_types::FileDescriptorProto::decode(bytes.as_slice()).unwrap().name().to_owned())
+        .collect()
+}
+
 async fn reflection_lists_and_describes_the_services(db: TestDb) {
     let server = TestServer::start(db.config()).await;
     let mut reflection = v1::server_reflection_client::ServerReflectionClient::new(channel(&server).await);
@@ -160,42 +182,12 @@ async fn reflection_lists_and_describes_the_services(db: TestDb) {
         assert!(names.iter().any(|n| n == expected), "{expected} in {names:?}");
     }
 
-    // What grpcurl asks next: the file that defines a service, with what it imports.
-    let describe = v1::ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(v1::server_reflection_request::MessageRequest::FileContainingSymbol(
-            "c1.api.iam.v1.PersonalClientService".into(),
-        )),
-    };
-    let mut replies = reflection.server_reflection_info(tokio_stream::iter(vec![describe])).await.unwrap().into_inner();
-    let Some(v1::server_reflection_response::MessageResponse::FileDescriptorResponse(files)) =
-        replies.message().await.unwrap().unwrap().message_response
-    else {
-        panic!("file descriptors")
-    };
-    let files: Vec<String> = files
-        .file_descriptor_proto
-        .iter()
-        .map(|bytes| prost_types::FileDescriptorProto::decode(bytes.as_slice()).unwrap().name().to_owned())
-        .collect();
+    // What grpcurl asks next: the file that defines a service, with what it imports; and the
+    // error details INVALID_ARGUMENT carries, so a client without .proto files can decode them.
+    let files = files_of(&mut reflection, "c1.api.iam.v1.PersonalClientService").await;
     assert!(files.contains(&"c1/api/iam/v1/personal_client.proto".to_owned()), "{files:?}");
-
-    // The error details INVALID_ARGUMENT carries, so a client without .proto files can decode
-    // them.
-    let describe = v1::ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(v1::server_reflection_request::MessageRequest::FileContainingSymbol(
-            "google.rpc.BadRequest".into(),
-        )),
-    };
-    let mut replies = reflection.server_reflection_info(tokio_stream::iter(vec![describe])).await.unwrap().into_inner();
-    let Some(v1::server_reflection_response::MessageResponse::FileDescriptorResponse(files)) =
-        replies.message().await.unwrap().unwrap().message_response
-    else {
-        panic!("the file of google.rpc.BadRequest")
-    };
-    let first = prost_types::FileDescriptorProto::decode(files.file_descriptor_proto[0].as_slice()).unwrap();
-    assert_eq!(first.name(), "google/rpc/error_details.proto");
+    let files = files_of(&mut reflection, "google.rpc.BadRequest").await;
+    assert_eq!(files[0], "google/rpc/error_details.proto");
 
     // The older v1alpha protocol, which many tools still speak.
     let mut alpha = v1alpha::server_reflection_client::ServerReflectionClient::new(channel(&server).await);

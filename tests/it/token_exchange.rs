@@ -40,6 +40,8 @@ pub fn tests() -> Vec<libtest_mimic::Trial> {
         exp_too_far,
         expired_assertion,
         nbf_in_the_future,
+        critical_header,
+        no_one_time_value,
         replayed_assertion,
         replay_against_a_second_server_process,
         fifty_concurrent_uses_one_success,
@@ -294,6 +296,22 @@ async fn nbf_in_the_future(db: TestDb) {
     f.server.stop().await;
 }
 
+async fn critical_header(db: TestDb) {
+    let f = Fixture::new(&db).await;
+    // RFC 7515 §4.1.11: an extension the recipient does not understand makes the JWS invalid.
+    let header = json!({"alg": "EdDSA", "crit": ["exp"], "exp": 1});
+    f.assert_refused(&sign(&f.key, &header, &claims(f.client_id())), "critical_header").await;
+    f.server.stop().await;
+}
+
+async fn no_one_time_value(db: TestDb) {
+    let f = Fixture::new(&db).await;
+    // Neither `jti` nor a header `nonce`: nothing to spend, so it could be replayed. Refused.
+    f.assert_refused(&f.assertion_with(|c| drop(c.as_object_mut().unwrap().remove("jti"))), "missing_one_time_value")
+        .await;
+    f.server.stop().await;
+}
+
 async fn replayed_assertion(db: TestDb) {
     let f = Fixture::new(&db).await;
     let assertion = sdk_assertion(&f.key, f.client_id());
@@ -406,6 +424,13 @@ async fn spoofed_forwarded_for_from_an_untrusted_peer(db: TestDb) {
     let http =
         post_token(f.server.addr, &token_form(f.client_id(), &sdk_assertion(&f.key, f.client_id())), &chain).await;
     assert_eq!(http.status, 401, "the client cannot prepend an address of its choosing");
+    assert_eq!(f.server.exchanges("source_not_allowed").await, 1.0);
+    // A forwarded address that cannot be read fails closed.
+    let garbage = [("X-Forwarded-For", "10.1.2.3, not-an-address")];
+    let http =
+        post_token(f.server.addr, &token_form(f.client_id(), &sdk_assertion(&f.key, f.client_id())), &garbage).await;
+    assert_eq!(http.status, 401, "{}", http.body);
+    assert_eq!(f.server.exchanges("unknown_source").await, 1.0);
     f.server.stop().await;
 }
 

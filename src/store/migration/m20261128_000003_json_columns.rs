@@ -13,33 +13,23 @@ const COLUMNS: [&str; 3] = ["allow_source_cidr", "scoped_roles", "owner_roles"];
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        if manager.get_database_backend() != DbBackend::Postgres {
-            return Ok(());
-        }
-        // The schema builder cannot say `USING`, which a cast from text needs.
-        for column in COLUMNS {
-            manager
-                .get_connection()
-                .execute_unprepared(&format!(
-                    "ALTER TABLE personal_clients ALTER COLUMN {column} TYPE jsonb USING {column}::jsonb"
-                ))
-                .await?;
-        }
-        Ok(())
+        retype(manager, "jsonb").await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        if manager.get_database_backend() != DbBackend::Postgres {
-            return Ok(());
-        }
-        for column in COLUMNS {
-            manager
-                .get_connection()
-                .execute_unprepared(&format!(
-                    "ALTER TABLE personal_clients ALTER COLUMN {column} TYPE text USING {column}::text"
-                ))
-                .await?;
-        }
-        Ok(())
+        retype(manager, "text").await
     }
+}
+
+/// Gives the list columns the type `to` on PostgreSQL; nothing to do on SQLite.
+async fn retype(manager: &SchemaManager<'_>, to: &str) -> Result<(), DbErr> {
+    if manager.get_database_backend() != DbBackend::Postgres {
+        return Ok(());
+    }
+    // The schema builder cannot say `USING`, which a cast from text needs.
+    for column in COLUMNS {
+        let statement = format!("ALTER TABLE personal_clients ALTER COLUMN {column} TYPE {to} USING {column}::{to}");
+        manager.get_connection().execute_unprepared(&statement).await?;
+    }
+    Ok(())
 }
