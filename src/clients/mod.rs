@@ -65,7 +65,7 @@ impl PersonalClients {
             scoped_roles: request.scoped_roles,
             owner_roles: caller.roles.clone(),
             expires_at: request.expires_at,
-            public_key,
+            public_key: public_key.to_bytes(),
         };
         let client = self.store.create_client(&new, &self.settings.public_host).await?;
         tracing::info!(user_id = %client.user_id, client_id = %client.client_id, id = %client.id, "personal client created");

@@ -17,8 +17,9 @@ pub struct PersonalClient {
     pub scoped_roles: RoleSet,
     /// The roles the owner had when creating it: what its tokens carry when it has no scoped roles.
     pub owner_roles: RoleSet,
-    /// The public half of the key pair whose private half is the client's secret.
-    pub public_key: VerifyingKey,
+    /// The public half of the key pair whose private half is the client's secret, as stored:
+    /// only the token exchange needs it as a curve point.
+    pub public_key: [u8; 32],
     pub expires_at: Option<DateTime<Utc>>,
     pub last_used_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
@@ -27,6 +28,11 @@ pub struct PersonalClient {
 }
 
 impl PersonalClient {
+    /// The key the client's assertions are checked with.
+    pub fn verifying_key(&self) -> Result<VerifyingKey, ed25519_dalek::SignatureError> {
+        VerifyingKey::from_bytes(&self.public_key)
+    }
+
     /// Whether it may still be used at `now`: not revoked, and not expired or within a second
     /// of it (a token lasts at least a second). Returns how long it has left, if it expires.
     pub fn check_live(&self, now: DateTime<Utc>) -> Result<Option<TimeDelta>, Rejection> {
@@ -57,7 +63,7 @@ pub struct NewPersonalClient {
     /// The roles the owner had when creating the credential.
     pub owner_roles: RoleSet,
     pub expires_at: Option<DateTime<Utc>>,
-    pub public_key: VerifyingKey,
+    pub public_key: [u8; 32],
 }
 
 /// The fields an Update changes; `None` leaves a field as it is.

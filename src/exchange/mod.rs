@@ -163,11 +163,14 @@ impl TokenExchange {
         let Some(client) = self.store.find_client(client_id).await? else {
             return refuse(Rejection::UnknownClient);
         };
+        let verifying_key = client.verifying_key().map_err(|e| {
+            let message = format!("the stored public key of personal client {} is not an Ed25519 point", client.id);
+            Error::internal_with(message, e)
+        })?;
         let now = round_to_micros(Utc::now());
         let audiences: Vec<&str> = self.audiences.iter().map(String::as_str).collect();
-        let verified = assertion
-            .verify(&client.public_key, client_id, &audiences, now.timestamp())
-            .map_err(Error::InvalidClient)?;
+        let verified =
+            assertion.verify(&verifying_key, client_id, &audiences, now.timestamp()).map_err(Error::InvalidClient)?;
         let lifetime_left = client.check_live(now).map_err(Error::InvalidClient)?;
         client.allow_source_cidr.check(source).map_err(Error::InvalidClient)?;
         let spent_until = DateTime::from_timestamp(verified.spent_until, 0).unwrap_or(now);

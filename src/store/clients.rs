@@ -1,7 +1,6 @@
 //! Personal clients: create, read, page, update and revoke, each one statement.
 
 use chrono::Utc;
-use ed25519_dalek::VerifyingKey;
 use sea_orm::{
     ActiveValue::Set,
     ColumnTrait, Condition, EntityTrait, ExprTrait, QueryFilter, QueryOrder, QuerySelect, Select, SqlErr, UpdateMany,
@@ -39,7 +38,7 @@ impl Store {
                 allow_source_cidr: Set(Networks(new.allow_source_cidr.networks().to_vec())),
                 scoped_roles: Set(RoleNames(new.scoped_roles.to_strings())),
                 owner_roles: Set(RoleNames(new.owner_roles.to_strings())),
-                public_key: Set(new.public_key.as_bytes().to_vec()),
+                public_key: Set(new.public_key.to_vec()),
                 expires_at: Set(new.expires_at),
                 last_used_at: Set(None),
                 created_at: Set(now),
@@ -198,13 +197,10 @@ impl TryFrom<personal_client::Model> for PersonalClient {
     type Error = Error;
 
     fn try_from(row: personal_client::Model) -> Result<Self, Error> {
-        let key: [u8; 32] =
+        let public_key: [u8; 32] =
             row.public_key.as_slice().try_into().map_err(|_| {
                 Error::internal(format!("the public key of personal client {} is not 32 bytes", row.id))
             })?;
-        let public_key = VerifyingKey::from_bytes(&key).map_err(|e| {
-            Error::internal_with(format!("the public key of personal client {} is not an Ed25519 point", row.id), e)
-        })?;
         Ok(Self {
             id: row.id,
             client_id: ClientId::from_stored(row.client_id),
