@@ -156,8 +156,9 @@ impl Gate {
     }
 
     fn is_public(&self, path: &str) -> bool {
-        let service = path.trim_start_matches('/').split('/').next().unwrap_or_default();
-        self.public_services.contains(&service)
+        // `/package.Service/Method`, exactly: anything else is not public.
+        let service = path.strip_prefix('/').and_then(|rest| rest.split('/').next());
+        service.is_some_and(|service| self.public_services.contains(&service))
     }
 }
 
