@@ -23,7 +23,8 @@ use crate::{
     },
 };
 
-/// The services that require a bearer token: every method of each.
+/// The contract's services for which callers need a bearer token. The gate in front of the gRPC
+/// services protects every service that is not public; these are named for health and metrics.
 pub const PROTECTED_SERVICES: [&str; 2] =
     [personal_client_service_server::SERVICE_NAME, personal_client_search_service_server::SERVICE_NAME];
 
