@@ -13,6 +13,7 @@ pub mod config;
 pub mod domain;
 pub mod error;
 pub mod exchange;
+pub mod grpc_methods;
 pub mod health;
 pub mod limits;
 pub mod metrics;

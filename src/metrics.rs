@@ -13,7 +13,10 @@ use std::{
 use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 use tonic::Code;
 
-use crate::store::{PoolStats, Store};
+use crate::{
+    grpc_methods::GrpcMethods,
+    store::{PoolStats, Store},
+};
 
 /// Every metric the service keeps.
 #[derive(Debug)]
@@ -24,8 +27,8 @@ pub struct Metrics {
     exchanges: IntCounterVec,
     pool_connections: IntGaugeVec,
     store: Store,
-    /// The gRPC services served here: only their methods get a label of their own.
-    services: Vec<&'static str>,
+    /// The methods served here: only they get a label of their own.
+    methods: GrpcMethods,
 }
 
 /// The content type of [`Metrics::render`]'s output.
@@ -34,7 +37,7 @@ pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 const NAMESPACE: &str = "personal_clients";
 
 impl Metrics {
-    pub fn new(store: Store, services: &[&'static str]) -> Result<Self, prometheus::Error> {
+    pub fn new(store: Store, methods: GrpcMethods) -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
         let requests = IntCounterVec::new(
             Opts::new("grpc_requests_total", "gRPC calls by method and status code").namespace(NAMESPACE),
@@ -60,8 +63,7 @@ impl Metrics {
         registry.register(Box::new(latency.clone()))?;
         registry.register(Box::new(exchanges.clone()))?;
         registry.register(Box::new(pool_connections.clone()))?;
-        let services = services.iter().copied().filter(|name| !name.is_empty()).collect();
-        Ok(Self { registry, requests, latency, exchanges, pool_connections, store, services })
+        Ok(Self { registry, requests, latency, exchanges, pool_connections, store, methods })
     }
 
     /// Counts one token exchange: `issued`, or why it was refused.
@@ -191,17 +193,14 @@ pub fn is_grpc(headers: &http::HeaderMap) -> bool {
 }
 
 impl Metrics {
-    /// The method label of a gRPC request: `/package.Service/Method`. Paths outside the services
-    /// served here share one label, so a scanner cannot grow the label set.
+    /// The method label of a gRPC request: `/package.Service/Method`. Paths no method served
+    /// here answers share one label, so no caller can grow the label set.
     fn method_label(&self, request: &http::Request<impl Sized>) -> Option<String> {
         if !is_grpc(request.headers()) {
             return None;
         }
         let path = request.uri().path();
-        let known = self.services.iter().any(|service| {
-            path.strip_prefix('/').and_then(|p| p.strip_prefix(service)).is_some_and(|rest| rest.starts_with('/'))
-        }) || path.starts_with("/grpc.");
-        Some(if known { path.to_owned() } else { "unknown".to_owned() })
+        Some(if self.methods.contains(path) { path.to_owned() } else { "unknown".to_owned() })
     }
 }
 

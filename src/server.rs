@@ -17,6 +17,7 @@ use crate::{
     config::{Config, DatabaseUrl, IssuerArgs},
     domain::RoleSet,
     exchange::{ExchangeSettings, TokenExchange},
+    grpc_methods::GrpcMethods,
     health::Health,
     limits::RequestSizeLimitLayer,
     metrics::{Metrics, RecordRpcLayer},
@@ -71,8 +72,16 @@ pub async fn serve(
     let address = listener.local_addr().map_err(|e| Error::internal_with("cannot read the listening address", e))?;
 
     let names = health_names();
+    let methods = GrpcMethods::from_descriptor_sets(&[
+        FILE_DESCRIPTOR_SET,
+        tonic_health::pb::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+    ])
+    .map_err(|e| Error::internal_with("cannot read the served descriptors", e))?;
     let metrics = Arc::new(
-        Metrics::new(store.clone(), &names).map_err(|e| Error::internal_with("cannot set up the metrics", e))?,
+        Metrics::new(store.clone(), methods.clone())
+            .map_err(|e| Error::internal_with("cannot set up the metrics", e))?,
     );
     let exchange = Arc::new(TokenExchange::new(
         store.clone(),
@@ -114,7 +123,10 @@ pub async fn serve(
     .into_axum_router()
     // Every gRPC service but the public ones requires a bearer token, checked before any
     // handler runs. Paths no service serves fall through to `not_found`.
-    .route_layer(axum::middleware::from_fn_with_state(Gate::new(Arc::clone(&auth), &public), auth::require_bearer));
+    .route_layer(axum::middleware::from_fn_with_state(
+        Gate::new(Arc::clone(&auth), methods, &public),
+        auth::require_bearer,
+    ));
     let health = Health::default();
     let routes = grpc
         .merge(api::http::routes(Arc::clone(&exchange), Arc::clone(&auth), health.clone(), Arc::clone(&metrics)))

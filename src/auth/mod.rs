@@ -17,6 +17,7 @@ pub use keys::SigningKeys;
 use crate::{
     Error,
     domain::{ClientId, Principal, RoleSet},
+    grpc_methods::GrpcMethods,
     store::Store,
 };
 use external::ExternalIssuers;
@@ -140,37 +141,40 @@ impl Authenticator {
     }
 }
 
-/// The gate in front of every gRPC service: which services anyone may call, and who the
-/// caller of the others is.
+/// The gate in front of every gRPC service: which methods anyone may call, and who the caller
+/// of the others is.
 #[derive(Debug, Clone)]
 pub struct Gate {
     auth: Arc<Authenticator>,
+    methods: GrpcMethods,
     public_services: Arc<[&'static str]>,
 }
 
 impl Gate {
-    /// Every service not named in `public_services` requires a bearer token, so a service or
-    /// method added later is protected unless it is deliberately made public.
-    pub fn new(auth: Arc<Authenticator>, public_services: &[&'static str]) -> Self {
-        Self { auth, public_services: public_services.into() }
+    /// Every method of every service not named in `public_services` requires a bearer token, so
+    /// a service or method added later is protected unless it is deliberately made public.
+    pub fn new(auth: Arc<Authenticator>, methods: GrpcMethods, public_services: &[&'static str]) -> Self {
+        Self { auth, methods, public_services: public_services.into() }
     }
 
-    fn is_public(&self, path: &str) -> bool {
-        // `/package.Service/Method`, exactly: anything else is not public.
-        let service = path.strip_prefix('/').and_then(|rest| rest.split('/').next());
-        service.is_some_and(|service| self.public_services.contains(&service))
+    /// Whether a call of `path` needs a bearer token: a method served here, of a service that is
+    /// not public. A path no method answers goes on without one, to be told UNIMPLEMENTED.
+    fn requires_token(&self, path: &str) -> bool {
+        let service = path.strip_prefix('/').and_then(|rest| rest.split('/').next()).unwrap_or_default();
+        self.methods.contains(path) && !self.public_services.contains(&service)
     }
 }
 
-/// Middleware for the gRPC services: unless the service is public, the caller's [`Principal`]
-/// goes into the request's extensions, or the call ends here with `UNAUTHENTICATED`. Handlers
-/// read the principal and cannot forget to check it: a request without one never reaches them.
+/// Middleware for the gRPC services: for a method that needs a token, the caller's
+/// [`Principal`] goes into the request's extensions, or the call ends here with
+/// `UNAUTHENTICATED`. Handlers read the principal and cannot forget to check it: a request
+/// without one never reaches them.
 pub async fn require_bearer(
     axum::extract::State(gate): axum::extract::State<Gate>,
     mut request: Request,
     next: Next,
 ) -> Response {
-    if gate.is_public(request.uri().path()) {
+    if !gate.requires_token(request.uri().path()) {
         return next.run(request).await;
     }
     let header = request.headers().get(http::header::AUTHORIZATION).and_then(|value| value.to_str().ok());

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::common::{TestDb, TestServer, oauth::http, proxy::TcpProxy};
+use crate::common::{TestDb, TestServer, oauth::http, proxy::TcpProxy, sample};
 use personal_clients::{Config, server::health_names};
 use prost::Message;
 use tonic::{codegen::tokio_stream, transport::Channel};
@@ -15,15 +15,11 @@ pub fn tests() -> Vec<libtest_mimic::Trial> {
     trials.extend(backend_tests!(
         health_reports_serving_for_every_service,
         reflection_lists_and_describes_the_services,
-        metrics_count_calls_and_exchange_outcomes
+        metrics_count_calls_and_exchange_outcomes,
+        metrics_labels_only_methods_served_here
     ));
     trials.extend(tests_on!(Postgres: health_follows_the_database_away_and_back));
     trials
-}
-
-/// The value of the sample named `name` exactly (with its labels) in a Prometheus text page.
-fn sample(page: &str, name: &str) -> Option<f64> {
-    page.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
 }
 
 async fn metrics_count_calls_and_exchange_outcomes(db: TestDb) {
@@ -80,28 +76,49 @@ async fn statuses(server: &TestServer) -> Vec<ServingStatus> {
     found
 }
 
+/// A unary gRPC call of `path` with an empty message, as a scanner would make it.
+async fn raw_call(server: &TestServer, path: &str, token: Option<&str>) -> Result<(), tonic::Status> {
+    let mut grpc = tonic::client::Grpc::new(channel(server).await);
+    grpc.ready().await.unwrap();
+    let codec = tonic_prost::ProstCodec::<HealthCheckRequest, HealthCheckRequest>::default();
+    let request = match token {
+        Some(token) => crate::common::authed(HealthCheckRequest::default(), token),
+        None => tonic::Request::new(HealthCheckRequest::default()),
+    };
+    let path = http::uri::PathAndQuery::try_from(path).unwrap();
+    grpc.unary(request, path, codec).await.map(drop)
+}
+
+async fn metrics_labels_only_methods_served_here(db: TestDb) {
+    let server = TestServer::start(db.config()).await;
+    for i in 0..40 {
+        let invented =
+            ["/c1.api.iam.v1.PersonalClientService", "/grpc.health.v1.Health", "/grpc.anything", "/x"][i % 4];
+        let _ = raw_call(&server, &format!("{invented}/Method{i}{}", "x".repeat(200)), None).await;
+    }
+    let page = server.metrics().await;
+    let unknown = r#"personal_clients_grpc_requests_total{code="UNIMPLEMENTED",method="unknown"}"#;
+    assert_eq!(sample(&page, unknown), Some(40.0), "{page}");
+    assert!(!page.contains("Method1"), "no invented method becomes a label: {page}");
+    server.stop().await;
+}
+
 async fn health_reports_serving_for_every_service(db: TestDb) {
     let server = TestServer::start(db.config()).await;
     assert_eq!(statuses(&server).await, [ServingStatus::Serving; 4]);
     let unknown =
         HealthClient::new(channel(&server).await).check(HealthCheckRequest { service: "no.such.Service".into() }).await;
     assert_eq!(unknown.unwrap_err().code(), tonic::Code::NotFound);
-    // A protected service authenticates before it routes: an unknown method says nothing to a
-    // caller without a token. An unknown service is UNIMPLEMENTED for anyone.
+    // A path no method answers is UNIMPLEMENTED, with or without a token; the methods that do
+    // exist under it still need one.
     let token = server.token("alice", &[]).await;
     for (path, token, code) in [
-        ("/c1.api.iam.v1.PersonalClientService/Explode", None, tonic::Code::Unauthenticated),
+        ("/c1.api.iam.v1.PersonalClientService/Explode", None, tonic::Code::Unimplemented),
         ("/c1.api.iam.v1.PersonalClientService/Explode", Some(&token), tonic::Code::Unimplemented),
         ("/c1.api.iam.v1.NoSuchService/Explode", None, tonic::Code::Unimplemented),
+        ("/c1.api.iam.v1.PersonalClientService/List", None, tonic::Code::Unauthenticated),
     ] {
-        let mut grpc = tonic::client::Grpc::new(channel(&server).await);
-        grpc.ready().await.unwrap();
-        let codec = tonic_prost::ProstCodec::<HealthCheckRequest, HealthCheckRequest>::default();
-        let request = match token {
-            Some(token) => crate::common::authed(HealthCheckRequest::default(), token),
-            None => tonic::Request::new(HealthCheckRequest::default()),
-        };
-        let answer = grpc.unary(request, http::uri::PathAndQuery::from_static(path), codec).await;
+        let answer = raw_call(&server, path, token.map(String::as_str)).await;
         assert_eq!(answer.unwrap_err().code(), code, "gRPC to {path} with a token: {}", token.is_some());
     }
     let nowhere = http(server.addr, "GET", "/no/such/page", &[], "").await;
