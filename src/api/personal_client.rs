@@ -62,7 +62,7 @@ impl PersonalClientService for PersonalClientApi {
         request: Request<pb::PersonalClientServiceUpdateRequest>,
     ) -> Result<Response<pb::PersonalClientServiceUpdateResponse>, Status> {
         let (id, changes) = convert::update_request(request.get_ref(), &self.max_lifetime, Utc::now())?;
-        let client = self.clients.update(caller(&request)?, id, &changes).await?;
+        let client = self.clients.update(caller(&request)?, id, changes).await?;
         Ok(Response::new(pb::PersonalClientServiceUpdateResponse { client: Some(client.into()) }))
     }
 

@@ -82,9 +82,13 @@ impl PersonalClients {
         Ok(Page::from_rows(rows, page, user, PageToken::LIST_QUERY))
     }
 
-    pub async fn update(&self, caller: &Principal, id: Uuid, changes: &ClientChanges) -> Result<PersonalClient, Error> {
+    pub async fn update(&self, caller: &Principal, id: Uuid, changes: ClientChanges) -> Result<PersonalClient, Error> {
         let owner = self.access(caller).changeable(changes.scoped_roles.as_ref())?;
-        let client = self.store.update_client(id, owner, changes).await?;
+        // A credential's roles are its owner's as of the last change to them: an owner who has
+        // lost a role and clears the scoped roles does not get the lost role back.
+        let owner_roles = changes.scoped_roles.is_some().then(|| caller.roles.clone());
+        let changes = ClientChanges { owner_roles, ..changes };
+        let client = self.store.update_client(id, owner, &changes).await?;
         tracing::info!(user_id = %client.user_id, client_id = %client.client_id, %id, "personal client updated");
         Ok(client)
     }

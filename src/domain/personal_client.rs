@@ -72,6 +72,9 @@ pub struct ClientChanges {
     pub display_name: Option<DisplayName>,
     pub allow_source_cidr: Option<CidrList>,
     pub scoped_roles: Option<RoleSet>,
+    /// The owner's roles as they are now: set whenever `scoped_roles` is, so a credential whose
+    /// scoped roles are cleared falls back to what its owner holds today, not at creation.
+    pub owner_roles: Option<RoleSet>,
     /// `Some(None)` makes the credential never expire.
     pub expires_at: Option<Option<DateTime<Utc>>>,
 }

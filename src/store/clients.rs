@@ -146,6 +146,9 @@ impl Store {
         if let Some(roles) = &changes.scoped_roles {
             update = update.col_expr(Column::ScopedRoles, Expr::value(RoleNames(roles.to_strings())));
         }
+        if let Some(roles) = &changes.owner_roles {
+            update = update.col_expr(Column::OwnerRoles, Expr::value(RoleNames(roles.to_strings())));
+        }
         if let Some(expires_at) = changes.expires_at {
             update = update.col_expr(Column::ExpiresAt, Expr::value(expires_at));
         }

@@ -30,6 +30,7 @@ pub fn tests() -> Vec<libtest_mimic::Trial> {
     trials.extend(backend_tests!(
         happy_path_over_grpc_and_http,
         token_roles_default_to_the_owners_roles_and_stop_at_the_clients_expiry,
+        a_demoted_owner_does_not_get_lost_roles_back,
         wrong_key,
         tampered_payload,
         alg_none,
@@ -203,6 +204,39 @@ async fn token_roles_default_to_the_owners_roles_and_stop_at_the_clients_expiry(
     let claims = verify_with_jwks(f.server.addr, &issued.access_token).await;
     assert_eq!(claims["roles"], json!(["reader", "writer"]), "the owner's roles at creation");
     f.server.stop().await;
+}
+
+async fn a_demoted_owner_does_not_get_lost_roles_back(db: TestDb) {
+    let server = TestServer::start(db.config()).await;
+    let as_admin = server.token("alice", &["admin", "reader"]).await;
+    let mut api = server.client().await;
+    let mut narrow = create_request("narrowed");
+    narrow.scoped_roles = vec!["reader".into()];
+    let created = api.create(authed(narrow, &as_admin)).await.unwrap().into_inner();
+    let (client, key) = (created.client.unwrap(), key_from_secret(&created.client_secret));
+    let roles_now = |server: &TestServer| {
+        let (addr, client_id, key) = (server.addr, client.client_id.clone(), key.clone());
+        async move {
+            let http = post_token(addr, &token_form(&client_id, &sdk_assertion(&key, &client_id)), &[]).await;
+            assert_eq!(http.status, 200, "{}", http.body);
+            verify_with_jwks(addr, http.json()["access_token"].as_str().unwrap()).await["roles"].clone()
+        }
+    };
+    assert_eq!(roles_now(&server).await, json!(["reader"]));
+
+    // Alice loses admin, then clears the scoped roles: the credential acts with what she holds now.
+    let as_reader = server.token("alice", &["reader"]).await;
+    let clear = pb::PersonalClientServiceUpdateRequest {
+        client: Some(pb::PersonalClient { id: client.id.clone(), ..Default::default() }),
+        update_mask: Some(prost_types::FieldMask { paths: vec!["scoped_roles".into()] }),
+    };
+    api.update(authed(clear.clone(), &as_reader)).await.unwrap();
+    assert_eq!(roles_now(&server).await, json!(["reader"]), "admin is not given back");
+
+    // Clearing them again while holding admin gives what she holds then, as a scoped list could.
+    api.update(authed(clear, &as_admin)).await.unwrap();
+    assert_eq!(roles_now(&server).await, json!(["admin", "reader"]));
+    server.stop().await;
 }
 
 async fn wrong_key(db: TestDb) {
