@@ -77,6 +77,9 @@ impl Store {
     /// database could not be opened, why, and what to check.
     #[instrument(skip_all)]
     pub async fn open(url: &DatabaseUrl, mode: OpenMode) -> Result<Self, Error> {
+        if let Some(path) = url.sqlite_path() {
+            protect_sqlite_file(Path::new(path), mode)?;
+        }
         let db = connect(url, mode, 16, SqliteSynchronous::Full, None).await?;
         let relaxed = connect(url, mode, 4, SqliteSynchronous::Normal, Some(("synchronous_commit", "off"))).await?;
         let sqlite_writer = (db.get_database_backend() == DbBackend::Sqlite).then(|| Arc::new(Mutex::new(())));
@@ -137,6 +140,39 @@ impl Store {
         self.db.ping().await?;
         Ok(())
     }
+}
+
+/// The SQLite file holds the keys that sign access tokens: it is created readable by its owner
+/// alone (SQLite gives its `-wal` and `-shm` files the same mode), and a file that others may
+/// read is reported.
+#[cfg(unix)]
+fn protect_sqlite_file(path: &Path, mode: OpenMode) -> Result<(), Error> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    if mode == OpenMode::CreateIfMissing && !path.exists() {
+        // An empty file is an empty database. Another process creating it first is fine.
+        let created = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path);
+        match created {
+            Ok(_) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {}
+            // SQLite's own attempt will say what is wrong, with the path and a hint.
+            Err(_) => return Ok(()),
+        }
+    }
+    if let Ok(metadata) = std::fs::metadata(path)
+        && metadata.permissions().mode() & 0o077 != 0
+    {
+        tracing::warn!(
+            path = %path.display(),
+            mode = format!("{:o}", metadata.permissions().mode() & 0o777),
+            "the database holds the token signing keys and other users may read it; chmod 600 it (and its -wal and -shm files)"
+        );
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn protect_sqlite_file(_path: &Path, _mode: OpenMode) -> Result<(), Error> {
+    Ok(())
 }
 
 /// Connections of one pool.

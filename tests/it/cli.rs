@@ -137,6 +137,14 @@ async fn operator_workflow_on_the_default_sqlite_database() {
         dir.path().join("personal-clients.db").exists(),
         "the default database is a SQLite file in the working directory"
     );
+    // It holds the keys that sign access tokens: no one else may read it.
+    #[cfg(unix)]
+    for file in ["personal-clients.db", "personal-clients.db-wal", "personal-clients.db-shm"] {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(metadata) = std::fs::metadata(dir.path().join(file)) {
+            assert_eq!(metadata.permissions().mode() & 0o077, 0, "{file} is {:o}", metadata.permissions().mode());
+        }
+    }
 
     let minted = run(dir.path(), &["mint-token", "--user", "alice", "--roles", "reader,writer", "--ttl", "10m"]);
     assert!(minted.status.success(), "{}", String::from_utf8_lossy(&minted.stderr));
