@@ -235,17 +235,33 @@ impl FromStr for DatabaseUrl {
 }
 
 impl fmt::Display for DatabaseUrl {
-    /// `postgres://user:secret@host/db` shows as `postgres://user:***@host/db`.
+    /// `postgres://user:secret@host/db?sslpassword=x` shows as
+    /// `postgres://user:***@host/db?sslpassword=***`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let Some((scheme, rest)) = self.0.split_once("://") else {
-            return f.write_str(&self.0);
+        let (url, query) = match self.0.split_once('?') {
+            Some((url, query)) => (url, Some(query)),
+            None => (self.0.as_str(), None),
         };
-        let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-        let userinfo_end = rest[..authority_end].rfind('@');
-        match userinfo_end.and_then(|at| rest[..at].split_once(':').map(|(user, _)| (user, at))) {
-            Some((user, at)) => write!(f, "{scheme}://{user}:***{}", &rest[at..]),
-            None => f.write_str(&self.0),
+        match url.split_once("://") {
+            Some((scheme, rest)) => {
+                let authority_end = rest.find('/').unwrap_or(rest.len());
+                let userinfo_end = rest[..authority_end].rfind('@');
+                match userinfo_end.and_then(|at| rest[..at].split_once(':').map(|(user, _)| (user, at))) {
+                    Some((user, at)) => write!(f, "{scheme}://{user}:***{}", &rest[at..])?,
+                    None => f.write_str(url)?,
+                }
+            }
+            None => f.write_str(url)?,
         }
+        let Some(query) = query else { return Ok(()) };
+        let parameters: Vec<String> = query
+            .split('&')
+            .map(|parameter| match parameter.split_once('=') {
+                Some((name, _)) if name.to_ascii_lowercase().contains("password") => format!("{name}=***"),
+                _ => parameter.to_owned(),
+            })
+            .collect();
+        write!(f, "?{}", parameters.join("&"))
     }
 }
 
@@ -268,6 +284,8 @@ mod tests {
         assert_eq!(no_password.to_string(), "postgres://postgres@127.0.0.1:5432/test");
         let sqlite: DatabaseUrl = "sqlite://personal-clients.db?mode=rwc".parse().unwrap();
         assert_eq!(sqlite.to_string(), "sqlite://personal-clients.db?mode=rwc");
+        let in_query: DatabaseUrl = "postgres://db/pc?user=pc&password=hunter2&sslpassword=x".parse().unwrap();
+        assert_eq!(in_query.to_string(), "postgres://db/pc?user=pc&password=***&sslpassword=***");
         assert_eq!(sqlite.sqlite_path(), Some("personal-clients.db"));
     }
 
