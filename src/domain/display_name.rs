@@ -18,6 +18,12 @@ impl DisplayName {
                 "has a control character at position {position}; only printable characters are allowed"
             ));
         }
+        if let Some((position, c)) = input.chars().enumerate().find(|(_, c)| is_invisible(*c)) {
+            return Err(format!(
+                "has an invisible or direction-changing character (U+{:04X}) at position {position}; only visible characters and spaces are allowed",
+                u32::from(c)
+            ));
+        }
         Ok(Self(input.to_owned()))
     }
 
@@ -33,6 +39,35 @@ impl DisplayName {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+}
+
+/// Characters that show nothing or reorder what follows: zero-width spaces, bidirectional marks,
+/// embeddings, overrides and isolates, line and paragraph separators, fillers and the byte order
+/// mark. In a name they only serve to make one credential look like another. The joiners and
+/// variation selectors that scripts and emoji need (U+200C, U+200D, U+FE00-U+FE0F, emoji tags)
+/// stay allowed.
+fn is_invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{034F}'
+            | '\u{061C}'
+            | '\u{115F}'..='\u{1160}'
+            | '\u{17B4}'..='\u{17B5}'
+            | '\u{180E}'
+            | '\u{200B}'
+            | '\u{200E}'..='\u{200F}'
+            | '\u{2028}'..='\u{202E}'
+            | '\u{2060}'..='\u{2064}'
+            | '\u{2066}'..='\u{206F}'
+            | '\u{3164}'
+            | '\u{FEFF}'
+            | '\u{FFA0}'
+            | '\u{FFF0}'..='\u{FFFB}'
+            | '\u{1D173}'..='\u{1D17A}'
+            | '\u{E0000}'..='\u{E001F}'
+            | '\u{E0080}'..='\u{E0FFF}'
+    )
 }
 
 #[cfg(test)]
@@ -51,5 +86,17 @@ mod tests {
         assert!(DisplayName::parse("   ").is_err());
         let err = DisplayName::parse("ci\nbot").unwrap_err();
         assert!(err.contains("position 2"), "{err}");
+    }
+
+    #[test]
+    fn rejects_invisible_and_direction_changing_characters() {
+        for name in ["a\u{200B}b", "\u{FEFF}bot", "evil\u{202E}gpj.exe", "line\u{2028}break", "x\u{2066}y"] {
+            let err = DisplayName::parse(name).unwrap_err();
+            assert!(err.contains("invisible or direction-changing"), "{name:?}: {err}");
+        }
+        for name in ["café déploiement 日本 🚀", "❤\u{FE0F} family 👨\u{200D}👩\u{200D}👧", "می\u{200C}خواهم"]
+        {
+            assert!(DisplayName::parse(name).is_ok(), "{name:?}: visible text of any script is fine");
+        }
     }
 }

@@ -40,6 +40,8 @@ async fn create_rules(db: TestDb) {
         (create("   ", &[], &[], None), "display_name", "required"),
         (create(&"x".repeat(201), &[], &[], None), "display_name", "at most 200"),
         (create("tab\there", &[], &[], None), "display_name", "control character"),
+        (create("laptop\u{202E}gpj", &[], &[], None), "display_name", "direction-changing"),
+        (create("ci\u{200B}bot", &[], &[], None), "display_name", "invisible"),
         (create("n", &["10.0.0.0/8", "not-an-ip"], &[], None), "allow_source_cidr[1]", "CIDR notation"),
         (create("n", &["10.0.0.0/33"], &[], None), "allow_source_cidr[0]", "CIDR notation"),
         (create("n", &[], &["reader", "bad role"], None), "scoped_roles[1]", "A-Z a-z 0-9"),
