@@ -10,7 +10,7 @@ use sea_orm::{
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use crate::domain::{FieldViolation, Rejection};
+use crate::domain::{FieldViolation, Rejection, quote};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -152,7 +152,9 @@ fn is_transient_sqlstate(code: &str) -> bool {
 /// Logs what the caller is not told.
 fn log_hidden(err: &Error) {
     match err {
-        Error::Unauthenticated(reason) => tracing::info!(%reason, "request rejected: unauthenticated"),
+        Error::Unauthenticated(reason) => {
+            tracing::info!(reason = %quote(reason), "request rejected: unauthenticated");
+        }
         Error::Unavailable(_) => tracing::warn!(error = %chain(err), "database unavailable"),
         Error::Database(_) | Error::Config { .. } | Error::Internal { .. } => {
             tracing::error!(error = %chain(err), "internal error");
@@ -174,9 +176,11 @@ impl From<Error> for OAuthError {
         log_hidden(&err);
         let (http_status, error, description) = match err {
             Error::InvalidArgument(violations) => (400, "invalid_request", summary(&violations)),
-            Error::UnsupportedGrantType(grant_type) => {
-                (400, "unsupported_grant_type", format!("{grant_type:?} is not supported; use client_credentials"))
-            }
+            Error::UnsupportedGrantType(grant_type) => (
+                400,
+                "unsupported_grant_type",
+                format!("{} is not supported; use client_credentials", quote(&grant_type)),
+            ),
             Error::InvalidClient(_) | Error::Unauthenticated(_) | Error::NotFound | Error::PermissionDenied(_) => {
                 (401, "invalid_client", "client authentication failed".to_owned())
             }
@@ -206,7 +210,7 @@ impl From<Error> for Status {
             Error::UnsupportedGrantType(grant_type) => {
                 let mut details = ErrorDetails::new();
                 let description =
-                    format!("unsupported_grant_type: {grant_type:?}; only client_credentials is supported");
+                    format!("unsupported_grant_type: {}; only client_credentials is supported", quote(&grant_type));
                 details.add_bad_request_violation("grant_type", &description);
                 Status::with_error_details(Code::InvalidArgument, format!("grant_type: {description}"), details)
             }

@@ -10,7 +10,7 @@ use crate::{
     clients::NewClientRequest,
     domain::{
         CidrList, ClientChanges, DisplayName, MaxLifetime, PageRequest, PageSize, PageToken, PersonalClient, RoleSet,
-        SearchFilter, Violations,
+        SearchFilter, Violations, quote,
     },
     pb::iam as pb,
 };
@@ -76,7 +76,8 @@ fn parse_uuid(id: &str) -> Result<Uuid, String> {
     if id.is_empty() {
         return Err("is required: the id of a personal client, as returned by Create".into());
     }
-    Uuid::try_parse(id).map_err(|_| format!("{id:?} is not a personal client id (a UUID, as returned by Create)"))
+    Uuid::try_parse(id)
+        .map_err(|_| format!("{} is not a personal client id (a UUID, as returned by Create)", quote(id)))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,11 +96,12 @@ fn update_path(path: &str) -> Result<UpdatePath, String> {
         "expires_time" | "expiresTime" => Ok(UpdatePath::ExpiresTime),
         "id" | "client_id" | "clientId" | "user_id" | "userId" | "last_used_at" | "lastUsedAt" | "created_at"
         | "createdAt" | "updated_at" | "updatedAt" | "deleted_at" | "deletedAt" => {
-            Err(format!("{path:?} is immutable; updatable paths: {UPDATABLE}"))
+            Err(format!("{} is immutable; updatable paths: {UPDATABLE}", quote(path)))
         }
-        _ => {
-            Err(format!("{path:?} is not a field of PersonalClient that can be updated; updatable paths: {UPDATABLE}"))
-        }
+        _ => Err(format!(
+            "{} is not a field of PersonalClient that can be updated; updatable paths: {UPDATABLE}",
+            quote(path)
+        )),
     }
 }
 

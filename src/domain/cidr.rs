@@ -67,7 +67,8 @@ fn parse_network(entry: &str) -> Result<IpNet, String> {
             Ok(address) => IpNet::from(address),
             Err(_) => {
                 return Err(format!(
-                    "{entry:?} is not an IP network; use CIDR notation (10.0.0.0/8, 2001:db8::/32) or a bare address"
+                    "{} is not an IP network; use CIDR notation (10.0.0.0/8, 2001:db8::/32) or a bare address",
+                    super::quote(entry)
                 ));
             }
         },

@@ -30,6 +30,18 @@ pub use secret::ClientSecret;
 pub use source::SourceAddress;
 pub use token_key::TokenKey;
 
+/// Input quoted for an error message or a log line: escaped (no newline or terminal escape gets
+/// through) and cut to 64 characters, so no caller can make a message or a log line long.
+pub fn quote(input: &str) -> String {
+    const MAX_CHARS: usize = 64;
+    let chars = input.chars().count();
+    if chars <= MAX_CHARS {
+        return format!("{input:?}");
+    }
+    let head: String = input.chars().take(MAX_CHARS).collect();
+    format!("{head:?}… ({chars} characters)")
+}
+
 /// One thing wrong with one field of a request, named by its path in the request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FieldViolation {

@@ -11,10 +11,14 @@ impl Role {
 
     pub fn parse(input: &str) -> Result<Self, String> {
         if input.is_empty() || input.len() > Self::MAX_CHARS {
-            return Err(format!("{input:?} must be 1-{} characters of A-Z a-z 0-9 _ . : -", Self::MAX_CHARS));
+            return Err(format!(
+                "{} must be 1-{} characters of A-Z a-z 0-9 _ . : -",
+                super::quote(input),
+                Self::MAX_CHARS
+            ));
         }
         if let Some(bad) = input.chars().find(|c| !(c.is_ascii_alphanumeric() || "_.:-".contains(*c))) {
-            return Err(format!("{input:?} contains {bad:?}; only A-Z a-z 0-9 _ . : - are allowed"));
+            return Err(format!("{} contains {bad:?}; only A-Z a-z 0-9 _ . : - are allowed", super::quote(input)));
         }
         Ok(Self(input.to_owned()))
     }

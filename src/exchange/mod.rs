@@ -12,7 +12,7 @@ pub use usage::UsageRecorder;
 use crate::{
     Error,
     auth::Authenticator,
-    domain::{Rejection, SourceAddress, Violations, round_to_micros},
+    domain::{Rejection, SourceAddress, Violations, quote, round_to_micros},
     error::chain,
     metrics::Metrics,
     store::Store,
@@ -133,7 +133,7 @@ impl TokenExchange {
             Ok(_) => {}
             Err(Error::InvalidClient(reason)) => tracing::warn!(
                 reason = reason.as_str(),
-                client_id = %request.client_id,
+                client_id = %quote(request.client_id),
                 source = ?source.map(SourceAddress::ip),
                 "token exchange refused"
             ),

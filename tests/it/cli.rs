@@ -19,6 +19,7 @@ pub fn tests() -> Vec<libtest_mimic::Trial> {
         start_up_errors_say_what_where_and_what_to_do,
         processes_opening_a_new_sqlite_file_together_all_succeed,
         a_secret_signs_an_assertion_on_the_command_line,
+        callers_cannot_forge_log_lines,
     )
 }
 
@@ -225,4 +226,46 @@ async fn a_secret_signs_an_assertion_on_the_command_line() {
     assert!(!refused.status.success() && refused.stdout.is_empty());
     assert!(stderr(&refused).contains("not a personal client secret"), "{}", stderr(&refused));
     assert!(!stderr(&refused).contains(&garbled), "the secret is never echoed");
+}
+
+async fn callers_cannot_forge_log_lines() {
+    use std::io::{BufRead, BufReader, Read};
+    let dir = tempfile::tempdir().unwrap();
+    /// Kills the server if the test fails before it is stopped.
+    struct Running(std::process::Child);
+    impl Drop for Running {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = Running(
+        binary(dir.path())
+            .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "text"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut log = BufReader::new(child.0.stderr.take().unwrap());
+    let addr: std::net::SocketAddr = loop {
+        let mut line = String::new();
+        assert!(log.read_line(&mut line).unwrap() > 0, "the server exited");
+        if let Some(at) = line.find("address=") {
+            break line[at + "address=".len()..].split_whitespace().next().unwrap().parse().unwrap();
+        }
+    };
+    let forged = "brave-otter-00001@localhost/pcc\n2026-01-01T00:00:00Z  INFO FORGED admin logged in \u{1b}[2J";
+    let refused = post_token(addr, &token_form(forged, "not-a-jwt"), &[]).await;
+    assert_eq!(refused.status, 401);
+    let long = "y".repeat(12_000);
+    assert_eq!(post_token(addr, &token_form(&long, "not-a-jwt"), &[]).await.status, 401);
+    let pid = child.0.id().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let mut rest = String::new();
+    log.read_to_string(&mut rest).unwrap();
+    assert!(rest.contains("token exchange refused"), "{rest}");
+    assert!(!rest.lines().any(|line| line.contains("FORGED") && !line.contains("token exchange refused")), "{rest}");
+    assert!(!rest.contains('\u{1b}'), "no terminal escape reaches the log");
+    assert!(!rest.contains(&long[..1000]), "a long client_id is cut short in the log");
 }

@@ -101,6 +101,12 @@ async fn get_and_list_rules(db: TestDb) {
         let status = client.delete(authed(pb::PersonalClientServiceDeleteRequest { id: id.into() }, &alice)).await;
         assert_eq!(violated_fields(&status.unwrap_err()), ["id"]);
     }
+    // Input is quoted short: a huge id cannot make the answer huge.
+    let huge = "x".repeat(10_000);
+    let status = client.get(authed(pb::PersonalClientServiceGetRequest { id: huge }, &alice)).await.unwrap_err();
+    let found = violations(&status);
+    assert!(found[0].1.contains("10000 characters") && found[0].1.len() < 300, "{found:?}");
+    assert!(status.message().len() < 300, "{}", status.message());
     let unknown = uuid::Uuid::now_v7().to_string();
     let status = client.get(authed(pb::PersonalClientServiceGetRequest { id: unknown }, &alice)).await.unwrap_err();
     assert_eq!(status.code(), Code::NotFound);

@@ -83,6 +83,8 @@ impl HttpResponse {
 
 /// One plain HTTP/1.1 request to the server, as curl would send it.
 pub async fn http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> HttpResponse {
+    // reqwest's TLS needs a crypto provider; a server in this process would install the same.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let client = reqwest::Client::builder().http1_only().build().unwrap();
     let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
     let mut request = client.request(method, format!("http://{addr}{path}")).body(body.to_owned());
