@@ -7,6 +7,12 @@ use chrono::{DateTime, TimeDelta, Utc};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MaxLifetime(Option<Duration>);
 
+/// The longest `--max-lifetime`: a century.
+const LONGEST_LIMIT: Duration = Duration::from_secs(100 * 365 * 86_400);
+
+/// The latest expiry a protobuf `Timestamp` can carry: 9999-12-31T23:59:59Z.
+const LATEST_EXPIRY_SECS: i64 = 253_402_300_799;
+
 impl MaxLifetime {
     /// Expiry of a credential created at `now` that asked for `lifetime` (seconds, nanos as in
     /// `google.protobuf.Duration`); no lifetime means the longest allowed.
@@ -28,7 +34,10 @@ impl MaxLifetime {
         if self.0.is_some_and(|limit| requested > limit) {
             return Err(format!("is {}{}", compact(requested), self.allowed()));
         }
-        Ok(Some(round_to_micros(now + delta(requested))))
+        let expiry = now.checked_add_signed(delta(requested)).filter(|at| at.timestamp() <= LATEST_EXPIRY_SECS);
+        expiry
+            .map(|at| Some(round_to_micros(at)))
+            .ok_or_else(|| "is too long: a credential must expire before the year 10000".to_owned())
     }
 
     /// Checks an absolute expiry set by Update: in the future and within the limit from `now`;
@@ -42,6 +51,9 @@ impl MaxLifetime {
             (None, None) => Ok(None),
             (None, Some(_)) => Err(format!("is required{}", self.allowed())),
             (Some(at), _) if at <= now => Err(format!("{at} is not in the future{}", self.allowed())),
+            (Some(at), _) if at.timestamp() > LATEST_EXPIRY_SECS => {
+                Err(format!("{at} is too far ahead: a credential must expire before the year 10000"))
+            }
             (Some(at), Some(limit)) if at > now + delta(limit) => {
                 Err(format!("{at} is too far ahead{}", self.allowed()))
             }
@@ -65,8 +77,8 @@ impl FromStr for MaxLifetime {
             return Ok(Self(None));
         }
         let limit = humantime::parse_duration(input).map_err(|e| format!("{e}; use a duration like 365d or `none`"))?;
-        if limit.is_zero() {
-            return Err("must be positive, or `none`".into());
+        if limit.is_zero() || limit > LONGEST_LIMIT {
+            return Err("must be positive and at most 36500d, or `none`".into());
         }
         Ok(Self(Some(limit)))
     }
@@ -124,6 +136,20 @@ mod tests {
         assert!(year().expiry_for_lifetime(Some((5, -1)), now).is_err());
         let unlimited: MaxLifetime = "none".parse().unwrap();
         assert_eq!(unlimited.expiry_for_lifetime(None, now).unwrap(), None);
+    }
+
+    #[test]
+    fn no_lifetime_reaches_past_what_a_timestamp_can_say() {
+        let now = round_to_micros(Utc::now());
+        let unlimited: MaxLifetime = "none".parse().unwrap();
+        for seconds in [10_i64.pow(13), i64::MAX, 9_000 * 365 * 86_400] {
+            let err = unlimited.expiry_for_lifetime(Some((seconds, 0)), now).unwrap_err();
+            assert!(err.contains("year 10000"), "{seconds}: {err}");
+        }
+        let far = DateTime::from_timestamp(LATEST_EXPIRY_SECS + 1, 0).unwrap();
+        assert!(unlimited.check_expiry(Some(far), now).is_err());
+        assert!("300000y".parse::<MaxLifetime>().is_err(), "a limit past a century is refused");
+        assert!("36500d".parse::<MaxLifetime>().is_ok());
     }
 
     #[test]

@@ -60,6 +60,7 @@ async fn configuration_mistakes_are_usage_errors_naming_the_flag() {
     for (args, flag) in [
         (&["serve", "--public-host", "pc.example.com/api"][..], "--public-host"),
         (&["serve", "--token-ttl", "0s"][..], "--token-ttl"),
+        (&["serve", "--max-lifetime", "300000y"][..], "--max-lifetime"),
         (&["serve", "--admin-role", "the admins"][..], "--admin-role"),
         (&["serve", "--secret-namespace", "a:b"][..], "--secret-namespace"),
         (&["serve", "--usage-flush-interval", "soon"][..], "--usage-flush-interval"),

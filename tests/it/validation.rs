@@ -231,5 +231,18 @@ async fn validation_comes_before_authorisation(db: TestDb) {
     let mut client = server.client().await;
     let pc = client.create(authed(create_request("forever"), &token)).await.unwrap().into_inner().client.unwrap();
     assert_eq!(pc.expires_time, None);
+    // Without a limit, a lifetime still ends before what a Timestamp can say (year 10000).
+    let status = client.create(authed(create("huge", &[], &[], Some(10_i64.pow(13))), &token)).await.unwrap_err();
+    assert_eq!(violated_fields(&status), ["expires"]);
+    let far = pb::PersonalClientServiceUpdateRequest {
+        client: Some(pb::PersonalClient {
+            id: pc.id.clone(),
+            expires_time: Some(Timestamp { seconds: 253_402_300_800, nanos: 0 }),
+            ..Default::default()
+        }),
+        update_mask: Some(FieldMask { paths: vec!["expires_time".into()] }),
+    };
+    let status = client.update(authed(far, &token)).await.unwrap_err();
+    assert_eq!(violated_fields(&status), ["client.expires_time"]);
     server.stop().await;
 }
