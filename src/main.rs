@@ -9,6 +9,7 @@ use personal_clients::{
     Config, bench,
     config::{DatabaseArgs, IssuerArgs, parse_listen, parse_non_blank},
     domain::{ClientSecret, Role, RoleSet},
+    error::chain,
     exchange::assertion::ClientAssertion,
     server,
 };
@@ -115,8 +116,7 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli.command.unwrap_or(Command::Serve(cli.serve)))) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            let causes: Vec<String> = err.chain().map(ToString::to_string).collect();
-            eprintln!("personal-clients: {}", dedup_chain(&causes));
+            eprintln!("personal-clients: {}", chain(err.as_ref()));
             // A configuration mistake found at start-up is a usage error, like one clap finds.
             let usage = err
                 .downcast_ref::<personal_clients::Error>()
@@ -162,20 +162,6 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Bench(args) => Ok(bench::run(args).await?),
     }
-}
-
-/// The causes of an error as one line, each said once.
-fn dedup_chain(causes: &[String]) -> String {
-    let mut line = String::new();
-    for cause in causes {
-        if !line.contains(cause.as_str()) {
-            if !line.is_empty() {
-                line.push_str(": ");
-            }
-            line.push_str(cause);
-        }
-    }
-    line
 }
 
 /// Logs go to stderr, so `mint-token` prints only the token on stdout; colour only on a
