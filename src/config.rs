@@ -94,6 +94,34 @@ pub struct ServingArgs {
     #[arg(long, env = "PC_MAX_REQUEST_BYTES", default_value_t = 64 * 1024)]
     pub max_request_bytes: usize,
 
+    /// Largest block of request headers accepted on HTTP/2 (gRPC), in bytes.
+    #[arg(long, env = "PC_MAX_HEADER_BYTES", default_value_t = 16 * 1024, value_parser = clap::value_parser!(u32).range(1024..))]
+    pub max_header_bytes: u32,
+
+    /// Most connections held open at once. When all are taken, the connection whose peer has been
+    /// silent longest is closed to make room; new ones wait in the listen backlog meanwhile.
+    #[arg(long, env = "PC_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+
+    /// A connection whose peer sends nothing for this long is closed (a live HTTP/2 client always
+    /// answers the server's keep-alive pings, sent every 30 s).
+    #[arg(long, env = "PC_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_positive_duration)]
+    pub idle_timeout: Duration,
+
+    /// Most requests in flight on one HTTP/2 connection.
+    #[arg(long, env = "PC_MAX_CONCURRENT_STREAMS", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_concurrent_streams: u32,
+
+    /// Most requests in flight in the whole server; more are refused at once with
+    /// RESOURCE_EXHAUSTED (HTTP 503), health checks excepted.
+    #[arg(long, env = "PC_MAX_CONCURRENT_REQUESTS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_concurrent_requests: u32,
+
+    /// Time for a request to arrive whole, body included, and be answered; a caller's shorter
+    /// `grpc-timeout` wins.
+    #[arg(long, env = "PC_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_positive_duration)]
+    pub request_timeout: Duration,
+
     /// How often `last_used_at` is written; uses in between are batched in memory. 30 s keeps it
     /// accurate to well within a minute.
     #[arg(long, env = "PC_USAGE_FLUSH_INTERVAL", default_value = "30s", value_parser = parse_positive_duration)]

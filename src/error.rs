@@ -1,7 +1,7 @@
 //! The service's one error type, by meaning, and the only place that turns it into a
 //! `tonic::Status` or an OAuth2 error response.
 
-use std::fmt::Write as _;
+use std::{fmt::Write as _, time::Duration};
 
 use sea_orm::{
     DbErr, RuntimeErr,
@@ -35,6 +35,15 @@ pub enum Error {
     /// No such personal client, or not one the caller may see.
     #[error("not found")]
     NotFound,
+    /// The caller has used up a rate limit; it may retry after `retry_after`.
+    #[error("rate limited: {message}")]
+    RateLimited { message: String, retry_after: Duration },
+    /// The server has as much work in flight as it takes; the caller may retry shortly.
+    #[error("overloaded: {message}")]
+    Overloaded { message: String, retry_after: Duration },
+    /// The request did not arrive whole and get its answer within the server's limit.
+    #[error("the request took longer than {0:?}")]
+    TimedOut(Duration),
     /// The database cannot be reached or is busy: the caller may retry.
     #[error("the database is unavailable or busy")]
     Unavailable(#[source] DbErr),
@@ -169,11 +178,38 @@ pub struct OAuthError {
     pub http_status: u16,
     pub error: &'static str,
     pub description: String,
+    /// For `Retry-After`, in whole seconds.
+    pub retry_after: Option<u64>,
+}
+
+impl OAuthError {
+    pub fn new(http_status: u16, error: &'static str, description: impl Into<String>) -> Self {
+        Self { http_status, error, description: description.into(), retry_after: None }
+    }
+}
+
+fn timed_out(limit: Duration) -> String {
+    format!(
+        "the request was not received and answered within {}, the most this server allows",
+        humantime::format_duration(limit)
+    )
+}
+
+/// Whole seconds to wait, at least one: what `Retry-After` can say.
+fn retry_seconds(retry_after: Duration) -> u64 {
+    (retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0)).max(1)
 }
 
 impl From<Error> for OAuthError {
     fn from(err: Error) -> Self {
         log_hidden(&err);
+        let retry_after = match &err {
+            Error::RateLimited { retry_after, .. } | Error::Overloaded { retry_after, .. } => {
+                Some(retry_seconds(*retry_after))
+            }
+            Error::Unavailable(_) => Some(1),
+            _ => None,
+        };
         let (http_status, error, description) = match err {
             Error::InvalidArgument(violations) => (400, "invalid_request", summary(&violations)),
             Error::UnsupportedGrantType(grant_type) => (
@@ -184,6 +220,9 @@ impl From<Error> for OAuthError {
             Error::InvalidClient(_) | Error::Unauthenticated(_) | Error::NotFound | Error::PermissionDenied(_) => {
                 (401, "invalid_client", "client authentication failed".to_owned())
             }
+            Error::RateLimited { message, .. } => (429, "temporarily_unavailable", message),
+            Error::Overloaded { message, .. } => (503, "temporarily_unavailable", message),
+            Error::TimedOut(limit) => (408, "invalid_request", timed_out(limit)),
             Error::Unavailable(_) => {
                 (503, "temporarily_unavailable", "the service is unavailable; retry later".to_owned())
             }
@@ -191,7 +230,7 @@ impl From<Error> for OAuthError {
                 (500, "server_error", "internal error".to_owned())
             }
         };
-        Self { http_status, error, description }
+        Self { http_status, error, description, retry_after }
     }
 }
 
@@ -217,6 +256,12 @@ impl From<Error> for Status {
             Error::InvalidClient(_) => Status::unauthenticated("invalid_client: client authentication failed"),
             Error::PermissionDenied(message) => Status::permission_denied(message),
             Error::NotFound => Status::not_found("personal client not found"),
+            Error::RateLimited { message, retry_after } | Error::Overloaded { message, retry_after } => {
+                let mut details = ErrorDetails::new();
+                details.set_retry_info(Some(retry_after));
+                Status::with_error_details(Code::ResourceExhausted, message, details)
+            }
+            Error::TimedOut(limit) => Status::deadline_exceeded(timed_out(limit)),
             Error::Unavailable(_) => Status::unavailable("the database is unavailable or busy; retry later"),
             Error::Database(_) | Error::Config { .. } | Error::Internal { .. } => Status::internal("internal error"),
         }

@@ -1,15 +1,26 @@
-//! A bound on request bodies: a gRPC request larger than `--max-request-bytes` ends in
-//! `RESOURCE_EXHAUSTED` as soon as the excess arrives, before it is buffered or decoded.
+//! Bounds on the work callers can put in: a gRPC request larger than `--max-request-bytes`
+//! ends in `RESOURCE_EXHAUSTED` as soon as the excess arrives, before it is buffered or
+//! decoded; past `--max-concurrent-requests` in flight, a request is refused at once.
 
 use std::{
+    future::Future,
     pin::Pin,
+    sync::Arc,
     task::{Context, Poll},
+    time::Duration,
 };
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
+use tokio::sync::Semaphore;
 use tonic::Status;
+
+use crate::{Error, api::http::oauth_error, error::OAuthError, metrics::is_grpc};
+
+/// Paths that answer whatever the load: an orchestrator that cannot reach a health check
+/// restarts a server that is merely busy.
+const ALWAYS_ANSWERED: [&str; 2] = ["/grpc.health.v1.Health/", "/healthz"];
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -104,5 +115,82 @@ where
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// Refuses requests beyond `limit` in flight, health checks excepted, and ends any request not
+/// answered within `timeout`, however slowly its body arrives.
+#[derive(Debug, Clone)]
+pub struct AdmissionLayer {
+    permits: Arc<Semaphore>,
+    limit: usize,
+    timeout: Duration,
+}
+
+impl AdmissionLayer {
+    pub fn new(limit: usize, timeout: Duration) -> Self {
+        Self { permits: Arc::new(Semaphore::new(limit)), limit, timeout }
+    }
+}
+
+impl<S> tower::Layer<S> for AdmissionLayer {
+    type Service = Admission<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Admission { inner, layer: self.clone() }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Admission<S> {
+    inner: S,
+    layer: AdmissionLayer,
+}
+
+impl<S, B> tower::Service<http::Request<B>> for Admission<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let grpc = is_grpc(request.headers());
+        let refuse = move |err: Error| {
+            if grpc {
+                Status::from(err).into_http()
+            } else {
+                oauth_error(OAuthError::from(err)).map(tonic::body::Body::new)
+            }
+        };
+        let path = request.uri().path();
+        let permit = if ALWAYS_ANSWERED.iter().any(|exempt| path.starts_with(exempt)) {
+            None
+        } else if let Ok(permit) = Arc::clone(&self.layer.permits).try_acquire_owned() {
+            Some(permit)
+        } else {
+            let refusal = Error::Overloaded {
+                message: format!(
+                    "the server has {} requests in flight, the most it takes; retry shortly",
+                    self.layer.limit
+                ),
+                retry_after: Duration::from_secs(1),
+            };
+            return Box::pin(std::future::ready(Ok(refuse(refusal))));
+        };
+        let timeout = self.layer.timeout;
+        let response = tokio::time::timeout(timeout, self.inner.call(request));
+        Box::pin(async move {
+            let response = response.await.unwrap_or_else(|_| Ok(refuse(Error::TimedOut(timeout))));
+            drop(permit);
+            response
+        })
     }
 }

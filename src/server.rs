@@ -4,10 +4,7 @@
 use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
 
 use tokio::{net::TcpListener, sync::Notify};
-use tonic::{
-    service::Routes,
-    transport::{Server, server::TcpIncoming},
-};
+use tonic::{service::Routes, transport::Server};
 
 use crate::{
     Error, FILE_DESCRIPTOR_SET,
@@ -15,11 +12,12 @@ use crate::{
     auth::{self, Authenticator, Gate, SigningKeys, external::ExternalIssuers},
     clients::{ClientSettings, PersonalClients},
     config::{Config, DatabaseUrl, IssuerArgs},
+    connections::{self, ConnectionLimits, Connections},
     domain::RoleSet,
     exchange::{ExchangeSettings, TokenExchange},
     grpc_methods::GrpcMethods,
     health::Health,
-    limits::RequestSizeLimitLayer,
+    limits::{AdmissionLayer, RequestSizeLimitLayer},
     metrics::{Metrics, RecordRpcLayer},
     pb::{
         auth::token_service_server::TokenServiceServer,
@@ -53,7 +51,7 @@ pub async fn serve(
 ) -> Result<(), Error> {
     // Files first: a mistake in them should stop the start before the database is touched.
     let tls = match (&config.serving.tls_cert, &config.serving.tls_key) {
-        (Some(cert), Some(key)) => Some(tls::server_config(cert, key)?),
+        (Some(cert), Some(key)) => Some(tls::acceptor(cert, key)?),
         _ => None,
     };
     // The JWKS client's TLS; a second install (another server in this process) changes nothing.
@@ -155,16 +153,32 @@ pub async fn serve(
             draining.notify_one();
         }
     };
+    let serving = &config.serving;
     let router = Server::builder()
         .accept_http1(true)
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .max_concurrent_streams(serving.max_concurrent_streams)
+        .http2_max_header_list_size(serving.max_header_bytes)
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
         .layer(RecordRpcLayer::new(metrics))
-        .layer(RequestSizeLimitLayer::new(config.serving.max_request_bytes))
+        .layer(AdmissionLayer::new(serving.max_concurrent_requests as usize, serving.request_timeout))
+        .layer(RequestSizeLimitLayer::new(serving.max_request_bytes))
         .add_routes(Routes::from(routes));
+    let connections = Connections::new(ConnectionLimits {
+        max_connections: connection_slots(serving.max_connections as usize),
+        idle_timeout: serving.idle_timeout,
+    });
     let server: Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> = match tls {
-        Some(tls) => Box::pin(router.serve_with_incoming_shutdown(tls::incoming(listener, tls), signal)),
+        Some(acceptor) => {
+            let incoming =
+                connections::incoming(listener, connections, move |tcp| tls::handshake(acceptor.clone(), tcp));
+            Box::pin(router.serve_with_incoming_shutdown(incoming, signal))
+        }
         None => {
-            Box::pin(router.serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), signal))
+            let incoming = connections::incoming(listener, connections, |tcp| std::future::ready(Ok(tcp)));
+            Box::pin(router.serve_with_incoming_shutdown(incoming, signal))
         }
     };
     let grace = config.serving.shutdown_grace;
@@ -179,6 +193,40 @@ pub async fn serve(
     watcher.abort();
     exchange.maintain().await;
     served
+}
+
+/// The server pings each HTTP/2 client this often, and drops one that has not answered within
+/// the timeout: a peer that has gone away does not keep its connection.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// HTTP/2 flow-control windows: how much a client may send before the server has read it. Every
+/// request this service takes fits in one stream window.
+const STREAM_WINDOW: u32 = 128 * 1024;
+const CONNECTION_WINDOW: u32 = 1024 * 1024;
+
+/// File descriptors kept for the database, TLS files and the JWKS client, beyond connections.
+const RESERVED_DESCRIPTORS: usize = 256;
+
+/// `--max-connections`, lowered if the process may not open that many files.
+fn connection_slots(wanted: usize) -> usize {
+    // Raise the soft limit on open files to the hard limit, as servers do; keep what there is if
+    // the system says no.
+    let available = match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => usize::try_from(limit).unwrap_or(usize::MAX),
+        Err(_) => return wanted,
+    };
+    let fits = available.saturating_sub(RESERVED_DESCRIPTORS).max(1);
+    if wanted > fits {
+        tracing::warn!(
+            wanted,
+            open_files_limit = available,
+            using = fits,
+            "--max-connections is more than this process may open files for; raise `ulimit -n` to hold more"
+        );
+        return fits;
+    }
+    wanted
 }
 
 /// Brings the database schema up to date and creates the first signing key if needed.

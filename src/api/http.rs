@@ -77,7 +77,7 @@ async fn token(State(state): State<HttpState>, request: Request) -> Response {
         RequestOrigin::new(peer, parts.headers.get_all("x-forwarded-for").iter().map(|value| value.to_str().ok()));
     let form = match read_form(&parts.headers, body).await {
         Ok(form) => form,
-        Err(description) => return oauth_error(OAuthError { http_status: 400, error: "invalid_request", description }),
+        Err(description) => return oauth_error(OAuthError::new(400, "invalid_request", description)),
     };
     let field = |name: &str| form.get(name).map(String::as_str).unwrap_or_default();
     let request = ExchangeRequest {
@@ -125,9 +125,14 @@ async fn jwks(State(state): State<HttpState>) -> Response {
     response
 }
 
-fn oauth_error(err: OAuthError) -> Response {
+/// An OAuth2 error as JSON, with `Retry-After` when the caller should wait before retrying.
+pub fn oauth_error(err: OAuthError) -> Response {
     let status = StatusCode::from_u16(err.http_status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    json(status, &serde_json::json!({ "error": err.error, "error_description": err.description }))
+    let mut response = json(status, &serde_json::json!({ "error": err.error, "error_description": err.description }));
+    if let Some(seconds) = err.retry_after {
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    }
+    response
 }
 
 /// A JSON response that no cache keeps (RFC 6749 §5.1).
