@@ -10,9 +10,11 @@ mod common;
 mod authentication;
 mod cli;
 mod external_issuer;
+mod hostile_traffic;
 mod lifecycle;
 mod operations;
 mod ownership;
+mod properties;
 mod replicas;
 mod search;
 mod token_exchange;
@@ -33,9 +35,11 @@ fn main() -> ExitCode {
         authentication::tests(),
         cli::tests(),
         external_issuer::tests(),
+        hostile_traffic::tests(),
         lifecycle::tests(),
         operations::tests(),
         ownership::tests(),
+        properties::tests(),
         replicas::tests(),
         search::tests(),
         token_exchange::tests(),
