@@ -24,6 +24,9 @@ impl DisplayName {
                 u32::from(c)
             ));
         }
+        if !input.chars().any(is_visible) {
+            return Err("shows nothing: it needs at least one visible character".into());
+        }
         Ok(Self(input.to_owned()))
     }
 
@@ -65,9 +68,32 @@ fn is_invisible(c: char) -> bool {
             | '\u{FFA0}'
             | '\u{FFF0}'..='\u{FFFB}'
             | '\u{1D173}'..='\u{1D17A}'
+            | '\u{1BCA0}'..='\u{1BCA3}'
             | '\u{E0000}'..='\u{E001F}'
-            | '\u{E0080}'..='\u{E0FFF}'
+            | '\u{E0080}'..='\u{E00FF}'
+            | '\u{E01F0}'..='\u{E0FFF}'
     )
+}
+
+/// Whether a character shows something by itself: not a space, and not a joiner, variation
+/// selector, tag, combining mark or blank that only changes or pads its neighbours.
+fn is_visible(c: char) -> bool {
+    !c.is_whitespace()
+        && !is_invisible(c)
+        && !matches!(
+            c,
+            '\u{0300}'..='\u{036F}'
+                | '\u{180B}'..='\u{180F}'
+                | '\u{1AB0}'..='\u{1AFF}'
+                | '\u{1DC0}'..='\u{1DFF}'
+                | '\u{200C}'..='\u{200D}'
+                | '\u{20D0}'..='\u{20FF}'
+                | '\u{2800}'
+                | '\u{FE00}'..='\u{FE0F}'
+                | '\u{FE20}'..='\u{FE2F}'
+                | '\u{E0020}'..='\u{E007F}'
+                | '\u{E0100}'..='\u{E01EF}'
+        )
 }
 
 #[cfg(test)]
@@ -89,12 +115,21 @@ mod tests {
     }
 
     #[test]
+    fn rejects_names_that_show_nothing() {
+        for name in ["\u{200D}", "\u{200C}\u{200D}", "\u{FE0F}", "\u{E0020}", "\u{180B}", " \u{0301}", "\u{2800}"] {
+            let err = DisplayName::parse(name).unwrap_err();
+            assert!(err.contains("shows nothing") || err.contains("invisible"), "{name:?}: {err}");
+        }
+    }
+
+    #[test]
     fn rejects_invisible_and_direction_changing_characters() {
         for name in ["a\u{200B}b", "\u{FEFF}bot", "evil\u{202E}gpj.exe", "line\u{2028}break", "x\u{2066}y"] {
             let err = DisplayName::parse(name).unwrap_err();
             assert!(err.contains("invisible or direction-changing"), "{name:?}: {err}");
         }
-        for name in ["café déploiement 日本 🚀", "❤\u{FE0F} family 👨\u{200D}👩\u{200D}👧", "می\u{200C}خواهم"]
+        for name in
+            ["café déploiement 日本 🚀", "❤\u{FE0F} family 👨\u{200D}👩\u{200D}👧", "می\u{200C}خواهم", "葛\u{E0100}"]
         {
             assert!(DisplayName::parse(name).is_ok(), "{name:?}: visible text of any script is fine");
         }

@@ -22,7 +22,12 @@ impl MaxLifetime {
         now: DateTime<Utc>,
     ) -> Result<Option<DateTime<Utc>>, String> {
         let Some((seconds, nanos)) = lifetime else {
-            return Ok(self.0.map(|limit| round_to_micros(now + delta(limit))));
+            let Some(limit) = self.0 else { return Ok(None) };
+            return now
+                .checked_add_signed(delta(limit))
+                .filter(|at| at.timestamp() <= LATEST_EXPIRY_SECS)
+                .map(|at| Some(round_to_micros(at)))
+                .ok_or_else(|| "is needed: the longest lifetime would end after the year 9999".to_owned());
         };
         if !(-999_999_999..=999_999_999).contains(&nanos) || (seconds > 0 && nanos < 0) || (seconds < 0 && nanos > 0) {
             return Err("is not a valid duration: nanos must be within ±999999999 and have the sign of seconds".into());
@@ -112,8 +117,10 @@ fn delta(duration: Duration) -> TimeDelta {
 
 /// Timestamps are kept to the microsecond, the precision both databases store.
 pub(crate) fn round_to_micros(at: DateTime<Utc>) -> DateTime<Utc> {
-    use chrono::DurationRound;
-    at.duration_trunc(TimeDelta::microseconds(1)).unwrap_or(at)
+    use chrono::Timelike;
+    // Truncating the nanoseconds works for every date, where chrono's duration rounding stops
+    // in 2262.
+    at.with_nanosecond(at.nanosecond() / 1_000 * 1_000).unwrap_or(at)
 }
 
 #[cfg(test)]

@@ -99,7 +99,7 @@ impl<'a> ClientAssertion<'a> {
             return Err(Rejection::AudienceMismatch);
         }
         let exp = numeric_date(claims, "exp")?.ok_or(Rejection::MissingExpiry)?;
-        if exp + SKEW_SECS <= now {
+        if exp.saturating_add(SKEW_SECS) <= now {
             return Err(Rejection::AssertionExpired);
         }
         if exp > now + MAX_LIFETIME_SECS + SKEW_SECS {
@@ -118,7 +118,7 @@ impl<'a> ClientAssertion<'a> {
         let one_time_value = one_time_value
             .filter(|value| !value.is_empty() && value.len() <= MAX_ONE_TIME_VALUE)
             .ok_or(Rejection::MissingOneTimeValue)?;
-        Ok(VerifiedAssertion { one_time_value: one_time_value.to_owned(), spent_until: exp + SKEW_SECS })
+        Ok(VerifiedAssertion { one_time_value: one_time_value.to_owned(), spent_until: exp.saturating_add(SKEW_SECS) })
     }
 }
 
