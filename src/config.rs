@@ -181,6 +181,15 @@ fn parse_namespace(value: &str) -> Result<String, String> {
     Ok(value.to_owned())
 }
 
+/// A local user id, as `mint-token` names one: not blank, and without `#`, which only the ids
+/// of external issuers' users hold (`ISSUER#SUBJECT`).
+pub fn parse_local_user(value: &str) -> Result<String, String> {
+    if value.contains('#') {
+        return Err("must not contain '#': ISSUER#SUBJECT names a user of an external issuer".into());
+    }
+    parse_non_blank(value)
+}
+
 /// A value that says something: not empty, not only spaces.
 pub fn parse_non_blank(value: &str) -> Result<String, String> {
     if value.trim().is_empty() { Err("must not be empty".into()) } else { Ok(value.to_owned()) }
@@ -210,6 +219,9 @@ impl FromStr for TrustedJwks {
             .ok_or("must be ISSUER=PATH_OR_URL, e.g. https://idp.example=https://idp.example/jwks.json")?;
         if issuer.is_empty() || source.is_empty() {
             return Err("both the issuer and the JWKS path or URL are required".into());
+        }
+        if issuer.contains('#') {
+            return Err(format!("the issuer {issuer:?} has a '#'; an issuer identifier has no fragment"));
         }
         Ok(Self { issuer: issuer.to_owned(), source: source.to_owned() })
     }

@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use personal_clients::{
     Config, bench,
-    config::{DatabaseArgs, IssuerArgs, parse_listen, parse_non_blank},
+    config::{DatabaseArgs, IssuerArgs, parse_listen, parse_local_user, parse_non_blank},
     domain::{ClientSecret, Role, RoleSet},
     error::chain,
     exchange::assertion::ClientAssertion,
@@ -88,7 +88,7 @@ struct MintTokenArgs {
     #[command(flatten)]
     issuer: IssuerArgs,
     /// The user id (`sub`).
-    #[arg(long, env = "PC_USER", value_parser = parse_non_blank)]
+    #[arg(long, env = "PC_USER", value_parser = parse_local_user)]
     user: String,
     /// Roles, comma-separated; `--roles ""` for none.
     #[arg(long, env = "PC_ROLES", value_delimiter = ',', value_parser = parse_role)]

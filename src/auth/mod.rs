@@ -105,7 +105,7 @@ impl Authenticator {
             }
             let claims = self.external.verify(&claimed_issuer, token).await.map_err(|reason| denied(&reason))?;
             return Ok(Principal {
-                user_id: claims.subject,
+                user_id: Principal::external_user_id(&claimed_issuer, &claims.subject),
                 roles: RoleSet::from_claims(&claims.roles),
                 client_id: None,
             });

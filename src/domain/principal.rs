@@ -10,6 +10,14 @@ pub struct Principal {
 }
 
 impl Principal {
+    /// The user id of `subject` at an external issuer: `ISSUER#SUBJECT`. A `sub` is unique only
+    /// within its issuer (OpenID Connect Core §2), so two issuers' "alice" are two users, and
+    /// neither is the "alice" of a token this service minted: local user ids never hold `#`,
+    /// and an issuer identifier has no fragment.
+    pub fn external_user_id(issuer: &str, subject: &str) -> String {
+        format!("{issuer}#{subject}")
+    }
+
     pub fn has_role(&self, role: &Role) -> bool {
         self.roles.contains(role)
     }

@@ -69,6 +69,11 @@ async fn configuration_mistakes_are_usage_errors_naming_the_flag() {
         (&["--public-host", "a b"][..], "--public-host"),
         (&["mint-token", "--user", "alice", "--roles", "not a role"][..], "--roles"),
         (&["mint-token", "--user", " "][..], "--user"),
+        (&["mint-token", "--user", "https://idp.example.com#alice"][..], "--user"),
+        (&["serve", "--trusted-jwks", "https://idp#x=jwks.json"][..], "--trusted-jwks"),
+        (&["serve", "--max-connections", "0"][..], "--max-connections"),
+        (&["serve", "--idle-timeout", "0s"][..], "--idle-timeout"),
+        (&["serve", "--max-header-bytes", "10"][..], "--max-header-bytes"),
     ] {
         let output = run(dir.path(), args);
         assert_eq!(output.status.code(), Some(2), "{args:?}: {}", stderr(&output));

@@ -22,7 +22,8 @@ pub fn tests() -> Vec<libtest_mimic::Trial> {
     let mut trials = Vec::new();
     trials.extend(backend_tests!(
         external_tokens_of_every_algorithm_are_accepted,
-        external_tokens_are_checked_like_our_own
+        external_tokens_are_checked_like_our_own,
+        the_same_subject_at_two_issuers_is_two_users,
     ));
     trials.extend(tests_on!(Sqlite: a_jwks_url_is_refetched_for_a_new_key_at_a_bounded_rate));
     trials
@@ -109,7 +110,8 @@ async fn external_tokens_of_every_algorithm_are_accepted(db: TestDb) {
         let mut request = create_request(&format!("via {alg}"));
         request.scoped_roles = vec!["reader".into()];
         let created = api.create(authed(request, &token)).await.unwrap_or_else(|s| panic!("{alg}: {s:?}"));
-        assert_eq!(created.into_inner().client.unwrap().user_id, "carol", "the external subject owns it");
+        let owner = created.into_inner().client.unwrap().user_id;
+        assert_eq!(owner, format!("{IDP}#carol"), "the external subject owns it, named with its issuer");
     }
     let token = idp.token("RS256", "rsa-1", &user_claims("carol", json!(["reader"])));
     assert_eq!(list(&server, &token).await.unwrap().len(), 3);
@@ -228,5 +230,51 @@ async fn a_jwks_url_is_refetched_for_a_new_key_at_a_bounded_rate(db: TestDb) {
         assert_eq!(list(&server, &token).await.unwrap_err().code(), Code::Unauthenticated);
     }
     assert_eq!(jwks.fetches.load(Ordering::SeqCst), 2, "at most one fetch per interval");
+    server.stop().await;
+}
+
+async fn the_same_subject_at_two_issuers_is_two_users(db: TestDb) {
+    const OTHER_IDP: &str = "https://other-idp.test";
+    let (idp, other) = (Provider::new(), Provider::new());
+    let dir = tempfile::tempdir().unwrap();
+    let (jwks, other_jwks) = (dir.path().join("jwks.json"), dir.path().join("other.json"));
+    std::fs::write(&jwks, json!({"keys": [idp.jwk("EdDSA", "ed-1")]}).to_string()).unwrap();
+    std::fs::write(&other_jwks, json!({"keys": [other.jwk("EdDSA", "ed-1")]}).to_string()).unwrap();
+    let mut config = db.config();
+    config.trust.trusted_jwks = vec![
+        format!("{IDP}={}", jwks.display()).parse().unwrap(),
+        format!("{OTHER_IDP}={}", other_jwks.display()).parse().unwrap(),
+    ];
+    let server = TestServer::start(config).await;
+
+    let alice = idp.token("EdDSA", "ed-1", &user_claims("alice", json!(["reader"])));
+    let mut request = create_request("alice at the first issuer");
+    request.scoped_roles = vec!["reader".into()];
+    let mut api = server.client().await;
+    let created = api.create(authed(request, &alice)).await.unwrap().into_inner().client.unwrap();
+
+    let mut claims = user_claims("alice", json!(["reader"]));
+    claims["iss"] = json!(OTHER_IDP);
+    let other_alice = other.token("EdDSA", "ed-1", &claims);
+    let local_alice = server.token("alice", &["reader"]).await;
+    for (who, token) in [("alice of another issuer", &other_alice), ("alice minted here", &local_alice)] {
+        assert!(list(&server, token).await.unwrap().is_empty(), "{who} lists none of her namesake's clients");
+        let get = pb::PersonalClientServiceGetRequest { id: created.id.clone() };
+        assert_eq!(api.get(authed(get, token)).await.unwrap_err().code(), Code::NotFound, "{who}: get");
+        let widen = pb::PersonalClientServiceUpdateRequest {
+            client: Some(pb::PersonalClient {
+                id: created.id.clone(),
+                allow_source_cidr: vec!["0.0.0.0/0".into()],
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask { paths: vec!["allow_source_cidr".into()] }),
+        };
+        assert_eq!(api.update(authed(widen, token)).await.unwrap_err().code(), Code::NotFound, "{who}: update");
+        let delete = pb::PersonalClientServiceDeleteRequest { id: created.id.clone() };
+        assert_eq!(api.delete(authed(delete, token)).await.unwrap_err().code(), Code::NotFound, "{who}: delete");
+    }
+    let still = api.get(authed(pb::PersonalClientServiceGetRequest { id: created.id.clone() }, &alice)).await;
+    let still = still.unwrap().into_inner().client.unwrap();
+    assert!(still.allow_source_cidr.is_empty() && still.deleted_at.is_none(), "untouched: {still:?}");
     server.stop().await;
 }
