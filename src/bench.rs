@@ -16,13 +16,16 @@ use tonic::{
 
 use crate::{
     Error,
-    config::{Config, CredentialArgs, DatabaseArgs, DatabaseUrl, IssuerArgs, ServingArgs, TrustArgs, parse_listen},
+    config::{
+        Config, CountLimit, CredentialArgs, DatabaseArgs, DatabaseUrl, IssuerArgs, ServingArgs, TrustArgs, parse_listen,
+    },
     domain::{ClientSecret, Role, RoleSet},
     exchange::assertion::ClientAssertion,
     pb::{
         auth::{TokenRequest, token_service_client::TokenServiceClient},
         iam::{self as pb, personal_client_service_client::PersonalClientServiceClient},
     },
+    rate::RateLimit,
 };
 
 /// What to measure, and the service to measure: the same options as `serve`, but for the
@@ -61,10 +64,20 @@ pub async fn run(args: BenchArgs) -> Result<(), Error> {
             .parse()
             .map_err(|e: String| Error::internal(format!("scratch database: {e}")))?,
     };
+    // One user creating and exchanging as fast as it can is what the abuse limits stop: the
+    // benchmark measures the service without them.
+    let mut credentials = args.credentials.clone();
+    credentials.max_clients_per_user = CountLimit(None);
+    credentials.create_rate_per_user = RateLimit(None);
+    credentials.exchange_rate_per_client = RateLimit(None);
+    credentials.exchange_rate_per_source = RateLimit(None);
+    println!(
+        "abuse limits off for the benchmark: --max-clients-per-user, --create-rate-per-user, --exchange-rate-per-client, --exchange-rate-per-source"
+    );
     let config = Config {
         database: DatabaseArgs { database_url },
         issuer: args.issuer.clone(),
-        credentials: args.credentials.clone(),
+        credentials,
         trust: args.trust.clone(),
         serving: args.serving.clone(),
     };

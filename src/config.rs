@@ -8,7 +8,10 @@ use std::{fmt, net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
 use clap::{Args, CommandFactory, FromArgMatches, Parser};
 use ipnet::IpNet;
 
-use crate::domain::{MaxLifetime, Role};
+use crate::{
+    domain::{MaxLifetime, Role},
+    rate::RateLimit,
+};
 
 /// The embedded default: a SQLite file in the working directory, created at first start.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://personal-clients.db?mode=rwc";
@@ -57,6 +60,24 @@ pub struct CredentialArgs {
     /// Namespace in issued secrets: `secret-token:<namespace>:v1:...`.
     #[arg(long, env = "PC_SECRET_NAMESPACE", default_value = "personal-clients", value_parser = parse_namespace)]
     pub secret_namespace: String,
+
+    /// Most credentials one user may hold that are not revoked (or `off`); Create past it is
+    /// RESOURCE_EXHAUSTED.
+    #[arg(long, env = "PC_MAX_CLIENTS_PER_USER", default_value = "100")]
+    pub max_clients_per_user: CountLimit,
+
+    /// How often one user may call Create (`30/min`, `10/s`, or `off`), per server process.
+    #[arg(long, env = "PC_CREATE_RATE_PER_USER", default_value = "30/min")]
+    pub create_rate_per_user: RateLimit,
+
+    /// How often one personal client may ask for a token (`10/s`, or `off`), per server process.
+    #[arg(long, env = "PC_EXCHANGE_RATE_PER_CLIENT", default_value = "10/s")]
+    pub exchange_rate_per_client: RateLimit,
+
+    /// How often one source address (IPv6: one /64) may ask for a token, whatever the client,
+    /// per server process.
+    #[arg(long, env = "PC_EXCHANGE_RATE_PER_SOURCE", default_value = "100/s")]
+    pub exchange_rate_per_source: RateLimit,
 }
 
 /// Whom the service believes: other identity providers and proxies.
@@ -179,6 +200,24 @@ fn parse_namespace(value: &str) -> Result<String, String> {
         return Err("must be non-empty, without ':' or spaces".into());
     }
     Ok(value.to_owned())
+}
+
+/// A bound on how many of something there may be: a positive number, or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CountLimit(pub Option<u32>);
+
+impl FromStr for CountLimit {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        if value.eq_ignore_ascii_case("off") {
+            return Ok(Self(None));
+        }
+        match value.parse::<u32>() {
+            Ok(count) if count > 0 => Ok(Self(Some(count))),
+            _ => Err(format!("{value:?} is not a positive whole number or `off`")),
+        }
+    }
 }
 
 /// A local user id, as `mint-token` names one: not blank, and without `#`, which only the ids

@@ -38,6 +38,10 @@ pub enum Error {
     /// The caller has used up a rate limit; it may retry after `retry_after`.
     #[error("rate limited: {message}")]
     RateLimited { message: String, retry_after: Duration },
+    /// The caller holds as much of something as one caller may; retrying will not help until
+    /// they give some up.
+    #[error("quota exceeded: {0}")]
+    QuotaExceeded(String),
     /// The server has as much work in flight as it takes; the caller may retry shortly.
     #[error("overloaded: {message}")]
     Overloaded { message: String, retry_after: Duration },
@@ -162,7 +166,9 @@ fn is_transient_sqlstate(code: &str) -> bool {
 fn log_hidden(err: &Error) {
     match err {
         Error::Unauthenticated(reason) => {
-            tracing::info!(reason = %quote(reason), "request rejected: unauthenticated");
+            if let Some(left_out) = crate::rate::refusal_log() {
+                tracing::info!(reason = %quote(reason), left_out, "request rejected: unauthenticated");
+            }
         }
         Error::Unavailable(_) => tracing::warn!(error = %chain(err), "database unavailable"),
         Error::Database(_) | Error::Config { .. } | Error::Internal { .. } => {
@@ -221,6 +227,7 @@ impl From<Error> for OAuthError {
                 (401, "invalid_client", "client authentication failed".to_owned())
             }
             Error::RateLimited { message, .. } => (429, "temporarily_unavailable", message),
+            Error::QuotaExceeded(message) => (429, "invalid_request", message),
             Error::Overloaded { message, .. } => (503, "temporarily_unavailable", message),
             Error::TimedOut(limit) => (408, "invalid_request", timed_out(limit)),
             Error::Unavailable(_) => {
@@ -261,6 +268,7 @@ impl From<Error> for Status {
                 details.set_retry_info(Some(retry_after));
                 Status::with_error_details(Code::ResourceExhausted, message, details)
             }
+            Error::QuotaExceeded(message) => Status::resource_exhausted(message),
             Error::TimedOut(limit) => Status::deadline_exceeded(timed_out(limit)),
             Error::Unavailable(_) => Status::unavailable("the database is unavailable or busy; retry later"),
             Error::Database(_) | Error::Config { .. } | Error::Internal { .. } => Status::internal("internal error"),

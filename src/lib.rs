@@ -18,6 +18,7 @@ pub mod grpc_methods;
 pub mod health;
 pub mod limits;
 pub mod metrics;
+pub mod rate;
 pub mod server;
 pub mod store;
 mod tls;

@@ -89,6 +89,8 @@ pub async fn serve(
             issuer: issuer.clone(),
             token_ttl: config.credentials.token_ttl,
             trusted_proxies: config.trust.trusted_proxies.clone(),
+            rate_per_client: config.credentials.exchange_rate_per_client,
+            rate_per_source: config.credentials.exchange_rate_per_source,
         },
         Arc::clone(&metrics),
     ));
@@ -98,6 +100,8 @@ pub async fn serve(
             admin_role: config.credentials.admin_role.clone(),
             public_host: config.issuer.public_host.clone(),
             secret_namespace: config.credentials.secret_namespace.clone(),
+            max_clients_per_user: config.credentials.max_clients_per_user.0,
+            create_rate_per_user: config.credentials.create_rate_per_user,
         },
     );
 
@@ -113,7 +117,7 @@ pub async fn serve(
         clients.clone(),
         config.credentials.max_lifetime,
     )))
-    .add_service(PersonalClientSearchServiceServer::new(SearchApi::new(clients)))
+    .add_service(PersonalClientSearchServiceServer::new(SearchApi::new(clients.clone())))
     .add_service(TokenServiceServer::new(TokenApi::new(Arc::clone(&exchange))))
     .add_service(health_service)
     .add_service(reflection().build_v1().map_err(reflection_error)?)
@@ -133,7 +137,7 @@ pub async fn serve(
 
     let watcher = health.watch(store.clone(), reporter, names, config.serving.health_interval).await;
     let maintenance = tokio::spawn({
-        let exchange = Arc::clone(&exchange);
+        let (exchange, clients) = (Arc::clone(&exchange), clients.clone());
         let interval = config.serving.usage_flush_interval;
         async move {
             let mut ticks = tokio::time::interval(interval);
@@ -141,6 +145,7 @@ pub async fn serve(
             loop {
                 ticks.tick().await;
                 exchange.maintain().await;
+                clients.maintain();
             }
         }
     });

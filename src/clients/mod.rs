@@ -3,6 +3,8 @@
 
 pub mod access;
 
+use std::sync::Arc;
+
 use uuid::Uuid;
 
 use crate::{
@@ -11,6 +13,7 @@ use crate::{
         CidrList, ClientChanges, ClientSecret, DisplayName, NewPersonalClient, Page, PageRequest, PageToken,
         PersonalClient, Principal, Role, RoleSet, SearchFilter,
     },
+    rate::{KeyedLimit, RateLimit},
     store::Store,
 };
 use access::Access;
@@ -32,6 +35,10 @@ pub struct ClientSettings {
     pub public_host: String,
     /// Namespace in secrets (`secret-token:NAMESPACE:v1:...`).
     pub secret_namespace: String,
+    /// Most credentials one user may hold that are not revoked, if there is a bound.
+    pub max_clients_per_user: Option<u32>,
+    /// How often one user may call Create.
+    pub create_rate_per_user: RateLimit,
 }
 
 /// Personal clients as their owners and admins see them.
@@ -39,11 +46,18 @@ pub struct ClientSettings {
 pub struct PersonalClients {
     store: Store,
     settings: ClientSettings,
+    creates: Arc<KeyedLimit<String>>,
 }
 
 impl PersonalClients {
     pub fn new(store: Store, settings: ClientSettings) -> Self {
-        Self { store, settings }
+        let creates = Arc::new(KeyedLimit::new(settings.create_rate_per_user, "Create calls per user"));
+        Self { store, settings, creates }
+    }
+
+    /// Forgets the Create counts of users who have been quiet.
+    pub fn maintain(&self) {
+        self.creates.forget_idle();
     }
 
     fn access<'a>(&'a self, caller: &'a Principal) -> Access<'a> {
@@ -57,6 +71,7 @@ impl PersonalClients {
         request: NewClientRequest,
     ) -> Result<(PersonalClient, ClientSecret), Error> {
         let owner = self.access(caller).may_create(&request.scoped_roles)?;
+        self.creates.check(&owner.to_owned())?;
         let (secret, public_key) = ClientSecret::generate(&self.settings.secret_namespace);
         let new = NewPersonalClient {
             user_id: owner.to_owned(),
@@ -67,7 +82,14 @@ impl PersonalClients {
             expires_at: request.expires_at,
             public_key: public_key.to_bytes(),
         };
-        let client = self.store.create_client(&new, &self.settings.public_host).await?;
+        let max_held = self.settings.max_clients_per_user;
+        let created = self.store.create_client(&new, &self.settings.public_host, max_held.map(u64::from)).await?;
+        let client = created.ok_or_else(|| {
+            Error::QuotaExceeded(format!(
+                "you hold {} credentials, the most one user may; revoke one you no longer use first",
+                max_held.unwrap_or_default()
+            ))
+        })?;
         tracing::info!(user_id = %client.user_id, client_id = %client.client_id, id = %client.id, "personal client created");
         Ok((client, secret))
     }

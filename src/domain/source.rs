@@ -8,6 +8,15 @@ use ipnet::IpNet;
 pub struct SourceAddress(IpAddr);
 
 impl SourceAddress {
+    /// The network one sender controls, for counting its requests: the address itself for
+    /// IPv4, its /64 for IPv6 (one host often holds a whole /64).
+    pub fn sender_network(self) -> IpAddr {
+        match self.0 {
+            IpAddr::V4(v4) => IpAddr::V4(v4),
+            IpAddr::V6(v6) => IpAddr::V6(std::net::Ipv6Addr::from_bits(v6.to_bits() & !u128::from(u64::MAX))),
+        }
+    }
+
     /// `forwarded_for` holds every `X-Forwarded-For` value in the order received. `None` when
     /// the source cannot be told: no peer, or a proxy chain with a malformed entry where the
     /// client should be.

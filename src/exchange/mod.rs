@@ -3,7 +3,11 @@
 pub mod assertion;
 mod usage;
 
-use std::{net::IpAddr, sync::Arc, time::Duration};
+use std::{
+    net::{IpAddr, Ipv6Addr},
+    sync::Arc,
+    time::Duration,
+};
 
 use chrono::{DateTime, Utc};
 
@@ -15,6 +19,7 @@ use crate::{
     domain::{Rejection, SourceAddress, Violations, quote, round_to_micros},
     error::chain,
     metrics::Metrics,
+    rate::{KeyedLimit, RateLimit},
     store::Store,
 };
 use assertion::ClientAssertion;
@@ -67,6 +72,10 @@ pub struct ExchangeSettings {
     pub token_ttl: Duration,
     /// Proxies whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// How often one personal client may ask for a token.
+    pub rate_per_client: RateLimit,
+    /// How often one source network may ask for a token.
+    pub rate_per_source: RateLimit,
 }
 
 /// Validates assertions and issues access tokens.
@@ -79,6 +88,8 @@ pub struct TokenExchange {
     metrics: Arc<Metrics>,
     /// Values `aud` may take: the public host (with and without a port) and the issuer.
     audiences: Vec<String>,
+    per_client: KeyedLimit<uuid::Uuid>,
+    per_source: KeyedLimit<IpAddr>,
 }
 
 impl TokenExchange {
@@ -91,7 +102,9 @@ impl TokenExchange {
         {
             audiences.push(without_port.to_owned());
         }
-        Self { store, auth, settings, usage: UsageRecorder::default(), metrics, audiences }
+        let per_client = KeyedLimit::new(settings.rate_per_client, "token requests per client");
+        let per_source = KeyedLimit::new(settings.rate_per_source, "token requests per source address");
+        Self { store, auth, settings, usage: UsageRecorder::default(), metrics, audiences, per_client, per_source }
     }
 
     /// Runs one exchange. Client authentication failures are logged here with their reason and
@@ -103,6 +116,7 @@ impl TokenExchange {
             Err(Error::InvalidClient(reason)) => reason.as_str(),
             Err(Error::InvalidArgument(_)) => "invalid_request",
             Err(Error::UnsupportedGrantType(_)) => "unsupported_grant_type",
+            Err(Error::RateLimited { .. }) => "rate_limited",
             Err(Error::Unavailable(_)) => "unavailable",
             Err(_) => "internal",
         };
@@ -128,15 +142,22 @@ impl TokenExchange {
             return Err(Error::UnsupportedGrantType(request.grant_type.to_owned()));
         }
         let source = SourceAddress::resolve(origin.peer, &origin.forwarded_for, &self.settings.trusted_proxies);
+        // Before any work: a sender without a credential can only spend its own allowance.
+        self.per_source.check(&source.map_or(IpAddr::V6(Ipv6Addr::UNSPECIFIED), SourceAddress::sender_network))?;
         let result = self.authenticate(&request, source).await;
         match &result {
             Ok(_) => {}
-            Err(Error::InvalidClient(reason)) => tracing::warn!(
-                reason = reason.as_str(),
-                client_id = %quote(request.client_id),
-                source = ?source.map(SourceAddress::ip),
-                "token exchange refused"
-            ),
+            Err(Error::InvalidClient(reason)) => {
+                if let Some(left_out) = crate::rate::refusal_log() {
+                    tracing::warn!(
+                        reason = reason.as_str(),
+                        client_id = %quote(request.client_id),
+                        source = ?source.map(SourceAddress::ip),
+                        left_out,
+                        "token exchange refused"
+                    );
+                }
+            }
             Err(_) => {}
         }
         result
@@ -163,6 +184,8 @@ impl TokenExchange {
         let Some(client) = self.store.find_client(client_id).await? else {
             return refuse(Rejection::UnknownClient);
         };
+        // Counted whether or not the assertion is good: guessing at a client's key is bounded too.
+        self.per_client.check(&client.id)?;
         let verifying_key = client.verifying_key().map_err(|e| {
             let message = format!("the stored public key of personal client {} is not an Ed25519 point", client.id);
             Error::internal_with(message, e)
@@ -188,8 +211,11 @@ impl TokenExchange {
         Ok(IssuedToken { access_token, expires_in })
     }
 
-    /// Writes the batched `last_used_at` values and forgets expired one-time values.
+    /// Writes the batched `last_used_at` values, forgets expired one-time values and the rate
+    /// counts of quiet clients and sources.
     pub async fn maintain(&self) {
+        self.per_client.forget_idle();
+        self.per_source.forget_idle();
         if let Err(err) = self.usage.flush(&self.store).await {
             tracing::warn!(error = %chain(&err), "could not write last_used_at; will retry");
         }

@@ -25,9 +25,17 @@ use crate::{
 const CLIENT_ID_ATTEMPTS: usize = 8;
 
 impl Store {
-    /// Stores a new credential under a fresh random client id.
+    /// Stores a new credential under a fresh random client id, unless its owner already holds
+    /// `max_held` that are not revoked (then `None`). The count and the insert are one step for
+    /// this process's SQLite writers; on PostgreSQL, concurrent Creates of one user may each see
+    /// the count below the bound, so it can be passed by the number of them in flight.
     #[instrument(skip_all, fields(user_id = %new.user_id))]
-    pub async fn create_client(&self, new: &NewPersonalClient, public_host: &str) -> Result<PersonalClient, Error> {
+    pub async fn create_client(
+        &self,
+        new: &NewPersonalClient,
+        public_host: &str,
+        max_held: Option<u64>,
+    ) -> Result<Option<PersonalClient>, Error> {
         let now = round_to_micros(Utc::now());
         for _ in 0..CLIENT_ID_ATTEMPTS {
             let row = personal_client::ActiveModel {
@@ -47,10 +55,26 @@ impl Store {
             };
             let inserted = {
                 let _turn = self.write_turn().await;
+                if let Some(max_held) = max_held {
+                    // Whether a `max_held`-th such row exists: reads one row, whatever the count.
+                    let last_allowed = personal_client::Entity::find()
+                        .select_only()
+                        .column(Column::Id)
+                        .filter(Column::UserId.eq(new.user_id.as_str()))
+                        .filter(Column::DeletedAt.is_null())
+                        .offset(max_held - 1)
+                        .limit(1)
+                        .into_tuple::<Uuid>()
+                        .one(&self.db)
+                        .await?;
+                    if last_allowed.is_some() {
+                        return Ok(None);
+                    }
+                }
                 personal_client::Entity::insert(row).exec_with_returning(&self.db).await
             };
             match inserted {
-                Ok(row) => return row.try_into(),
+                Ok(row) => return row.try_into().map(Some),
                 Err(err) if matches!(err.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => continue,
                 Err(err) => return Err(err.into()),
             }

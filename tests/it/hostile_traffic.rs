@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::common::oauth::{ServerProcess, http};
+use crate::common::oauth::{ServerProcess, binary, http, post_token, token_form};
 
 pub fn tests() -> Vec<libtest_mimic::Trial> {
     plain_tests!(
@@ -20,6 +20,7 @@ pub fn tests() -> Vec<libtest_mimic::Trial> {
         thousands_of_silent_connections_neither_exhaust_descriptors_nor_lock_callers_out,
         silent_and_trickling_connections_are_closed,
         requests_beyond_the_in_flight_limit_are_refused_at_once,
+        a_flood_of_refused_requests_cannot_flood_the_log,
     )
 }
 
@@ -300,5 +301,72 @@ fn requests_beyond_the_in_flight_limit_are_refused_at_once() -> crate::common::T
         assert_eq!(serving.into_inner().status, 1);
         assert_eq!(http(server.addr, "GET", "/healthz", &[], "").await.status, 200);
         drop(held);
+    })
+}
+
+fn a_flood_of_refused_requests_cannot_flood_the_log() -> crate::common::TestFuture {
+    Box::pin(async {
+        use std::io::BufRead;
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = binary(dir.path())
+            .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json", "--exchange-rate-per-source", "off"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Read the log as it comes, so a server writing too much is never held up by the pipe.
+        let (lines, log) = std::sync::mpsc::channel::<String>();
+        let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+        std::thread::spawn(move || stderr.lines().map_while(Result::ok).try_for_each(|line| lines.send(line)));
+        let addr: SocketAddr = loop {
+            let line = log.recv().expect("the server logs that it is serving");
+            let entry: serde_json::Value = serde_json::from_str(&line).unwrap();
+            if entry["fields"]["message"] == "serving" {
+                break entry["fields"]["address"].as_str().unwrap().parse().unwrap();
+            }
+        };
+
+        let started = Instant::now();
+        let channel =
+            tonic::transport::Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
+        let mut calls = tokio::task::JoinSet::new();
+        for n in 0..2_000 {
+            let mut api = personal_clients::pb::iam::personal_client_service_client::PersonalClientServiceClient::new(
+                channel.clone(),
+            );
+            calls.spawn(async move {
+                let mut request =
+                    tonic::Request::new(personal_clients::pb::iam::PersonalClientServiceListRequest::default());
+                request.metadata_mut().insert("authorization", format!("Bearer forged-{n}").parse().unwrap());
+                api.list(request).await.unwrap_err().code()
+            });
+        }
+        for code in calls.join_all().await {
+            assert_eq!(code, tonic::Code::Unauthenticated);
+        }
+        for n in 0..150 {
+            let refused = post_token(addr, &token_form(&format!("nobody-{n}@localhost/pcc"), "a.b.c"), &[]).await;
+            assert_eq!(refused.status, 401);
+        }
+        let elapsed = started.elapsed();
+        assert!(
+            std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success()
+        );
+        child.wait().unwrap();
+        let refusals: Vec<serde_json::Value> = log
+            .iter()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(&line).ok())
+            .filter(|entry| {
+                let message = entry["fields"]["message"].as_str().unwrap_or_default();
+                message == "request rejected: unauthenticated" || message == "token exchange refused"
+            })
+            .collect();
+        let budget = 100 + 20 * usize::try_from(elapsed.as_secs()).unwrap() + 20;
+        eprintln!("2,150 refused requests in {elapsed:?} logged {} lines", refusals.len());
+        assert!(refusals.len() <= budget, "{} refusal lines for 2,150 refusals in {elapsed:?}", refusals.len());
+        assert!(
+            refusals.iter().any(|entry| entry["fields"]["left_out"].as_u64().is_some_and(|n| n > 0)),
+            "a line says how many were left out"
+        );
     })
 }

@@ -7,6 +7,7 @@
 #[macro_use]
 mod common;
 
+mod abuse_limits;
 mod authentication;
 mod cli;
 mod external_issuer;
@@ -32,6 +33,7 @@ fn main() -> ExitCode {
         eprintln!("PostgreSQL tests are ignored: set PC_TEST_DATABASE_URL=postgres://... to run them too");
     }
     let trials = [
+        abuse_limits::tests(),
         authentication::tests(),
         cli::tests(),
         external_issuer::tests(),

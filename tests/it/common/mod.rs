@@ -13,6 +13,7 @@ use std::{
 };
 
 use libtest_mimic::{Failed, Trial};
+use personal_clients::rate::RateLimit;
 use personal_clients::{
     Config,
     config::DatabaseUrl,
@@ -136,8 +137,20 @@ impl TestDb {
         }
     }
 
-    /// The defaults, on this database.
+    /// The defaults, on this database, without the abuse limits (rate limits and credentials
+    /// per user), which tests that hammer one user or client would trip; `limits.rs` tests them.
     pub fn config(&self) -> Config {
+        let mut config = Config::defaults(&self.url).expect("config");
+        let credentials = &mut config.credentials;
+        credentials.max_clients_per_user = personal_clients::config::CountLimit(None);
+        credentials.create_rate_per_user = RateLimit(None);
+        credentials.exchange_rate_per_client = RateLimit(None);
+        credentials.exchange_rate_per_source = RateLimit(None);
+        config
+    }
+
+    /// The defaults, on this database, abuse limits included.
+    pub fn config_with_abuse_limits(&self) -> Config {
         Config::defaults(&self.url).expect("config")
     }
 
