@@ -262,8 +262,21 @@ impl FromStr for TrustedJwks {
         if issuer.contains('#') {
             return Err(format!("the issuer {issuer:?} has a '#'; an issuer identifier has no fragment"));
         }
+        if source.starts_with("http://") && !is_loopback_url(source) {
+            return Err(format!(
+                "{source} is plain HTTP, which anyone on the path could answer; use https:// (http:// only for this host: localhost, 127.0.0.0/8, [::1])"
+            ));
+        }
         Ok(Self { issuer: issuer.to_owned(), source: source.to_owned() })
     }
+}
+
+fn is_loopback_url(url: &str) -> bool {
+    let Some(host) = reqwest::Url::parse(url).ok().and_then(|url| url.host_str().map(str::to_owned)) else {
+        return false;
+    };
+    let address = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost") || address.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 impl fmt::Display for TrustedJwks {

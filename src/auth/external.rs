@@ -66,6 +66,9 @@ impl ExternalIssuers {
             Some(
                 reqwest::Client::builder()
                     .timeout(FETCH_TIMEOUT)
+                    // A redirect could point anywhere, an address inside the network included;
+                    // the configured URL is the only one trusted.
+                    .redirect(reqwest::redirect::Policy::none())
                     .build()
                     .map_err(|e| format!("cannot build the JWKS HTTP client: {e}"))?,
             )
@@ -179,15 +182,26 @@ async fn fetch(
 ) -> Result<Vec<(Option<String>, Algorithm, DecodingKey)>, String> {
     let body = match http.filter(|_| is_url(source)) {
         Some(client) => {
-            let response = client.get(source).send().await.map_err(|e| format!("fetching {source}: {e}"))?;
+            let mut response = client.get(source).send().await.map_err(|e| format!("fetching {source}: {e}"))?;
+            if response.status().is_redirection() {
+                return Err(format!("fetching {source}: HTTP {}; redirects are not followed", response.status()));
+            }
             if !response.status().is_success() {
                 return Err(format!("fetching {source}: HTTP {}", response.status()));
             }
-            let bytes = response.bytes().await.map_err(|e| format!("reading {source}: {e}"))?;
-            if bytes.len() > MAX_JWKS_BYTES {
-                return Err(format!("{source} is larger than {MAX_JWKS_BYTES} bytes"));
+            let too_large = || format!("{source} is larger than {MAX_JWKS_BYTES} bytes, the most accepted");
+            if response.content_length().is_some_and(|length| length > MAX_JWKS_BYTES as u64) {
+                return Err(too_large());
             }
-            bytes.to_vec()
+            // Read as it arrives, and stop at the bound rather than buffer whatever is sent.
+            let mut body = Vec::new();
+            while let Some(chunk) = response.chunk().await.map_err(|e| format!("reading {source}: {e}"))? {
+                if body.len() + chunk.len() > MAX_JWKS_BYTES {
+                    return Err(too_large());
+                }
+                body.extend_from_slice(&chunk);
+            }
+            body
         }
         None => tokio::fs::read(source).await.map_err(|e| format!("reading {source}: {e}"))?,
     };

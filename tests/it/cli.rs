@@ -71,6 +71,7 @@ async fn configuration_mistakes_are_usage_errors_naming_the_flag() {
         (&["mint-token", "--user", " "][..], "--user"),
         (&["mint-token", "--user", "https://idp.example.com#alice"][..], "--user"),
         (&["serve", "--trusted-jwks", "https://idp#x=jwks.json"][..], "--trusted-jwks"),
+        (&["serve", "--trusted-jwks", "https://idp=http://idp.example.com/jwks.json"][..], "--trusted-jwks"),
         (&["serve", "--max-connections", "0"][..], "--max-connections"),
         (&["serve", "--idle-timeout", "0s"][..], "--idle-timeout"),
         (&["serve", "--max-header-bytes", "10"][..], "--max-header-bytes"),

@@ -25,7 +25,10 @@ pub fn tests() -> Vec<libtest_mimic::Trial> {
         external_tokens_are_checked_like_our_own,
         the_same_subject_at_two_issuers_is_two_users,
     ));
-    trials.extend(tests_on!(Sqlite: a_jwks_url_is_refetched_for_a_new_key_at_a_bounded_rate));
+    trials.extend(tests_on!(Sqlite:
+        a_jwks_url_is_refetched_for_a_new_key_at_a_bounded_rate,
+        a_jwks_fetch_follows_no_redirect_and_reads_no_more_than_its_bound,
+    ));
     trials
 }
 
@@ -276,5 +279,66 @@ async fn the_same_subject_at_two_issuers_is_two_users(db: TestDb) {
     let still = api.get(authed(pb::PersonalClientServiceGetRequest { id: created.id.clone() }, &alice)).await;
     let still = still.unwrap().into_inner().client.unwrap();
     assert!(still.allow_source_cidr.is_empty() && still.deleted_at.is_none(), "untouched: {still:?}");
+    server.stop().await;
+}
+
+async fn a_jwks_fetch_follows_no_redirect_and_reads_no_more_than_its_bound(db: TestDb) {
+    const REDIRECTED: &str = "https://redirected.test";
+    const ENDLESS: &str = "https://endless.test";
+    let attacker = Provider::new();
+    let elsewhere = JwksServer::start(json!({"keys": [attacker.jwk("EdDSA", "k")]}).to_string()).await;
+
+    // Answers every request with a redirect to `elsewhere`.
+    let redirect = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let redirect_addr = redirect.local_addr().unwrap();
+    let location = format!("http://{}/jwks.json", elsewhere.addr);
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = redirect.accept().await {
+            let _ = stream.read(&mut [0; 4096]).await;
+            let response = format!("HTTP/1.1 302 Found\r\nLocation: {location}\r\nContent-Length: 0\r\n\r\n");
+            let _ = stream.write_all(response.as_bytes()).await;
+        }
+    });
+    // Answers with a body that never ends, counting what it manages to send.
+    let endless = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endless_addr = endless.local_addr().unwrap();
+    let sent = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&sent);
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = endless.accept().await {
+            let _ = stream.read(&mut [0; 4096]).await;
+            let counted = Arc::clone(&counted);
+            tokio::spawn(async move {
+                let _ = stream
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n",
+                    )
+                    .await;
+                let chunk = format!("10000\r\n{}\r\n", " ".repeat(0x10000));
+                while stream.write_all(chunk.as_bytes()).await.is_ok() {
+                    counted.fetch_add(0x10000, Ordering::SeqCst);
+                    if counted.load(Ordering::SeqCst) > 512 << 20 {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+
+    let mut config = db.config();
+    config.trust.trusted_jwks = vec![
+        format!("{REDIRECTED}=http://{redirect_addr}/jwks.json").parse().unwrap(),
+        format!("{ENDLESS}=http://{endless_addr}/jwks.json").parse().unwrap(),
+    ];
+    let server = TestServer::start(config).await;
+    for issuer in [REDIRECTED, ENDLESS] {
+        let mut claims = user_claims("mallory", json!(["admin"]));
+        claims["iss"] = json!(issuer);
+        let status = list(&server, &attacker.token("EdDSA", "k", &claims)).await.unwrap_err();
+        assert_eq!(status.code(), Code::Unauthenticated, "{issuer}: {status:?}");
+    }
+    assert_eq!(elsewhere.fetches.load(Ordering::SeqCst), 0, "the redirect was not followed");
+    let sent = sent.load(Ordering::SeqCst);
+    assert!(sent < 32 << 20, "the endless body was cut off near the 1 MiB bound, not read: {} MiB sent", sent >> 20);
     server.stop().await;
 }
