@@ -18,6 +18,9 @@ fn main() -> Result<(), Box<dyn Error>> {
     }
     let served = protox::compile(CONTRACT.iter().chain(ERROR_MODEL), ["proto"])?;
     fs::write(PathBuf::from(env::var("OUT_DIR")?).join("descriptors.bin"), served.encode_to_vec())?;
-    tonic_prost_build::configure().compile_fds(protox::compile(CONTRACT, ["proto"])?)?;
+    // A codec of our own, so a malformed request is INVALID_ARGUMENT (src/api/codec.rs).
+    tonic_prost_build::configure()
+        .codec_path("crate::api::codec::Codec")
+        .compile_fds(protox::compile(CONTRACT, ["proto"])?)?;
     Ok(())
 }

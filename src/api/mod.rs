@@ -2,6 +2,7 @@
 //! only: a handler validates the request into domain values, hands them to `clients` or
 //! `exchange` with the caller, and builds the response. No rule lives here.
 
+pub mod codec;
 pub mod convert;
 pub mod http;
 mod personal_client;

@@ -14,6 +14,7 @@ pub fn tests() -> Vec<libtest_mimic::Trial> {
         update_rules,
         validation_comes_before_authorisation
     ));
+    trials.extend(tests_on!(Sqlite: malformed_protobuf_is_invalid_argument));
     trials
 }
 
@@ -244,5 +245,26 @@ async fn validation_comes_before_authorisation(db: TestDb) {
     };
     let status = client.update(authed(far, &token)).await.unwrap_err();
     assert_eq!(violated_fields(&status), ["client.expires_time"]);
+    server.stop().await;
+}
+
+/// A message whose field 1 is a number where the contract has a string.
+#[derive(Clone, PartialEq, prost::Message)]
+struct WrongWireType {
+    #[prost(uint64, tag = "1")]
+    display_name: u64,
+}
+
+async fn malformed_protobuf_is_invalid_argument(db: TestDb) {
+    let server = TestServer::start(db.config()).await;
+    let token = server.token("alice", &[]).await;
+    let mut grpc = tonic::client::Grpc::new(server.channel().await);
+    grpc.ready().await.unwrap();
+    let path = http::uri::PathAndQuery::from_static("/c1.api.iam.v1.PersonalClientService/Create");
+    let codec = tonic_prost::ProstCodec::<WrongWireType, pb::PersonalClientServiceCreateResponse>::default();
+    let status = grpc.unary(authed(WrongWireType { display_name: 7 }, &token), path, codec).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert_eq!(violated_fields(&status), ["request"]);
+    assert!(!status.message().contains("wire type"), "no decoder internals: {}", status.message());
     server.stop().await;
 }
