@@ -80,8 +80,8 @@ impl Store {
         if let Some(path) = url.sqlite_path() {
             protect_sqlite_file(Path::new(path), mode)?;
         }
-        let db = connect(url, mode, 16, SqliteSynchronous::Full, None).await?;
-        let relaxed = connect(url, mode, 4, SqliteSynchronous::Normal, Some(("synchronous_commit", "off"))).await?;
+        let db = connect(url, mode, 16, SqliteSynchronous::Full, &[]).await?;
+        let relaxed = connect(url, mode, 4, SqliteSynchronous::Normal, &[("synchronous_commit", "off")]).await?;
         let sqlite_writer = (db.get_database_backend() == DbBackend::Sqlite).then(|| Arc::new(Mutex::new(())));
         Ok(Self { db, relaxed, sqlite_writer })
     }
@@ -197,12 +197,19 @@ fn pool_stats(db: &DatabaseConnection) -> PoolStats {
     PoolStats { size, idle: u32::try_from(idle).unwrap_or(u32::MAX) }
 }
 
+/// Bounds PostgreSQL itself enforces on every session, so no statement or forgotten
+/// transaction holds a connection and its locks for long: no statement this service sends takes
+/// more than milliseconds. A server that stops answering altogether is bounded by the
+/// request timeout instead.
+const POSTGRES_LIMITS: [(&str, &str); 3] =
+    [("statement_timeout", "10s"), ("lock_timeout", "5s"), ("idle_in_transaction_session_timeout", "30s")];
+
 async fn connect(
     url: &DatabaseUrl,
     mode: OpenMode,
     max_connections: u32,
     sqlite_synchronous: SqliteSynchronous,
-    postgres_setting: Option<(&'static str, &'static str)>,
+    postgres_settings: &'static [(&'static str, &'static str)],
 ) -> Result<DatabaseConnection, Error> {
     let mut options = ConnectOptions::new(url.expose());
     options
@@ -218,10 +225,7 @@ async fn connect(
                 .foreign_keys(true)
                 .create_if_missing(mode == OpenMode::CreateIfMissing)
         })
-        .map_sqlx_postgres_opts(move |opts| match postgres_setting {
-            Some(setting) => opts.options([setting]),
-            None => opts,
-        });
+        .map_sqlx_postgres_opts(move |opts| opts.options(POSTGRES_LIMITS.iter().chain(postgres_settings).copied()));
     let started = Instant::now();
     loop {
         match Database::connect(options.clone()).await {

@@ -11,7 +11,10 @@ use crate::common::{TestDb, TestServer, authed, create_request, eventually, prox
 
 pub fn tests() -> Vec<libtest_mimic::Trial> {
     let mut trials = Vec::new();
-    trials.extend(tests_on!(Postgres: postgres_out_of_reach_is_unavailable_and_recovers));
+    trials.extend(tests_on!(Postgres:
+        postgres_out_of_reach_is_unavailable_and_recovers,
+        a_postgres_gone_silent_mid_query_holds_no_call_past_the_request_timeout,
+    ));
     trials.extend(tests_on!(Sqlite: a_locked_sqlite_database_is_unavailable_and_deadlines_hold));
     trials
 }
@@ -93,5 +96,39 @@ async fn postgres_out_of_reach_is_unavailable_and_recovers(db: TestDb) {
     }
     let listed = listed.expect("the service recovers without a restart");
     assert_eq!(listed.list, [kept], "nothing half-written while the database was away");
+    server.stop().await;
+}
+
+async fn a_postgres_gone_silent_mid_query_holds_no_call_past_the_request_timeout(db: TestDb) {
+    let proxy = TcpProxy::start(db.server_addr().await).await;
+    let mut config = Config::defaults(&db.url_via(proxy.addr)).unwrap();
+    config.serving.request_timeout = std::time::Duration::from_secs(2);
+    let server = TestServer::start(config).await;
+    let token = server.token("alice", &[]).await;
+    let mut client = server.client().await;
+    let kept = client.create(authed(create_request("before"), &token)).await.unwrap().into_inner().client.unwrap();
+
+    proxy.silence();
+    let started = std::time::Instant::now();
+    // The caller's own deadline is far off: the server's bound must end the call first.
+    let mut request = authed(pb::PersonalClientServiceGetRequest { id: kept.id.clone() }, &token);
+    request.set_timeout(std::time::Duration::from_secs(10));
+    let get = client.get(request).await;
+    let status = get.unwrap_err();
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert!(status.message().contains("within 2s"), "{}", status.message());
+    assert!(started.elapsed() < std::time::Duration::from_secs(4), "ended by the server after {:?}", started.elapsed());
+
+    proxy.restore();
+    let mut recovered = false;
+    for _ in 0..100 {
+        let get = client.get(authed(pb::PersonalClientServiceGetRequest { id: kept.id.clone() }, &token)).await;
+        if get.is_ok() {
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(recovered, "the service recovers without a restart");
     server.stop().await;
 }

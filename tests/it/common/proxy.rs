@@ -14,6 +14,7 @@ pub struct TcpProxy {
     pub addr: SocketAddr,
     up: watch::Sender<bool>,
     stalled: watch::Sender<bool>,
+    silent: watch::Sender<bool>,
 }
 
 impl TcpProxy {
@@ -22,6 +23,7 @@ impl TcpProxy {
         let addr = listener.local_addr().expect("proxy addr");
         let (up, watcher) = watch::channel(true);
         let (stalled, stall_watcher) = watch::channel(false);
+        let (silent, silence_watcher) = watch::channel(false);
         tokio::spawn(async move {
             let mut held = Vec::new();
             while let Ok((mut inbound, _)) = listener.accept().await {
@@ -32,17 +34,29 @@ impl TcpProxy {
                 if !*watcher.borrow() {
                     continue; // dropped: the connection is refused as soon as it is made
                 }
-                let mut down = watcher.clone();
+                let (mut down, mut quiet) = (watcher.clone(), silence_watcher.clone());
                 tokio::spawn(async move {
                     let Ok(mut outbound) = TcpStream::connect(upstream).await else { return };
-                    tokio::select! {
-                        _ = copy_bidirectional(&mut inbound, &mut outbound) => {}
-                        _ = down.wait_for(|up| !*up) => {}
+                    let silenced = tokio::select! {
+                        _ = copy_bidirectional(&mut inbound, &mut outbound) => false,
+                        _ = down.wait_for(|up| !*up) => false,
+                        _ = quiet.wait_for(|silent| *silent) => true,
+                    };
+                    if silenced {
+                        // Both ends stay open and hear nothing until the silence ends.
+                        let _ = quiet.wait_for(|silent| !*silent).await;
                     }
                 });
             }
         });
-        Self { addr, up, stalled }
+        Self { addr, up, stalled, silent }
+    }
+
+    /// Stops passing bytes on open connections, keeping them open, and holds new ones: a
+    /// database that goes silent mid-query. [`TcpProxy::restore`] drops the silenced ones.
+    pub fn silence(&self) {
+        self.stalled.send_replace(true);
+        self.silent.send_replace(true);
     }
 
     /// Drops open connections and holds every new one without an answer: the database hangs.
@@ -57,6 +71,8 @@ impl TcpProxy {
     }
 
     pub fn restore(&self) {
+        self.silent.send_replace(false);
+        self.stalled.send_replace(false);
         self.up.send_replace(true);
     }
 }
