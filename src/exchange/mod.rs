@@ -90,6 +90,8 @@ pub struct TokenExchange {
     audiences: Vec<String>,
     per_client: KeyedLimit<uuid::Uuid>,
     per_source: KeyedLimit<IpAddr>,
+    /// Checks assertions for client ids that do not exist; it matches no client's key.
+    stand_in_key: ed25519_dalek::VerifyingKey,
 }
 
 impl TokenExchange {
@@ -104,7 +106,18 @@ impl TokenExchange {
         }
         let per_client = KeyedLimit::new(settings.rate_per_client, "token requests per client");
         let per_source = KeyedLimit::new(settings.rate_per_source, "token requests per source address");
-        Self { store, auth, settings, usage: UsageRecorder::default(), metrics, audiences, per_client, per_source }
+        let stand_in_key = ed25519_dalek::SigningKey::generate(&mut rand_core::OsRng).verifying_key();
+        Self {
+            store,
+            auth,
+            settings,
+            usage: UsageRecorder::default(),
+            metrics,
+            audiences,
+            per_client,
+            per_source,
+            stand_in_key,
+        }
     }
 
     /// Runs one exchange. Client authentication failures are logged here with their reason and
@@ -182,6 +195,10 @@ impl TokenExchange {
             return refuse(Rejection::ClientIdMismatch);
         }
         let Some(client) = self.store.find_client(client_id).await? else {
+            // The same work as for a known client, so the time of the answer does not tell
+            // whether a client id exists.
+            let now = Utc::now().timestamp();
+            let _ = assertion.verify(&self.stand_in_key, client_id, &[client_id], now);
             return refuse(Rejection::UnknownClient);
         };
         // Counted whether or not the assertion is good: guessing at a client's key is bounded too.

@@ -51,6 +51,7 @@ pub fn tests() -> Vec<libtest_mimic::Trial> {
         source_outside_the_cidrs,
         spoofed_forwarded_for_from_an_untrusted_peer,
         unknown_client_id,
+        an_unknown_client_id_takes_as_long_to_refuse_as_a_bad_signature,
         malformed_form_body,
         wrong_grant_type,
         last_used_at_is_batched_and_flushed_on_shutdown,
@@ -480,6 +481,40 @@ async fn unknown_client_id(db: TestDb) {
     let http = post_token(f.server.addr, &token_form(ghost, &f.assertion_with(|_| {})), &[]).await;
     assert_eq!(http.status, 401);
     assert_eq!(f.server.exchanges("client_id_mismatch").await, 1.0);
+    f.server.stop().await;
+}
+
+/// Whether a client id exists must not show in how fast a bad assertion is refused. Medians of
+/// interleaved tries; in a debug build the signature check is most of the work, so answering an
+/// unknown id without one would take a fraction of the time.
+async fn an_unknown_client_id_takes_as_long_to_refuse_as_a_bad_signature(db: TestDb) {
+    let f = Fixture::new(&db).await;
+    let ghost = "quiet-moon-12345@localhost/pcc";
+    let stranger = SigningKey::from_bytes(&[7; 32]);
+    let mut tokens = TokenServiceClient::connect(format!("http://{}", f.server.addr)).await.unwrap();
+    let mut time = async |client_id: &str| {
+        let assertion = sign(&stranger, &json!({"alg": "EdDSA"}), &claims(client_id));
+        let request = TokenRequest {
+            grant_type: "client_credentials".into(),
+            client_id: client_id.into(),
+            client_assertion_type: "urn:ietf:params:oauth:client-assertion-type:jwt-bearer".into(),
+            client_assertion: assertion,
+        };
+        let started = std::time::Instant::now();
+        let status = tokens.token(request).await.unwrap_err();
+        assert_eq!(status.code(), Code::Unauthenticated);
+        started.elapsed()
+    };
+    let (mut known, mut unknown) = (Vec::new(), Vec::new());
+    for _ in 0..120 {
+        known.push(time(f.client_id()).await);
+        unknown.push(time(ghost).await);
+    }
+    known.sort();
+    unknown.sort();
+    let (known, unknown) = (known[known.len() / 2], unknown[unknown.len() / 2]);
+    eprintln!("median refusal: known client with a bad signature {known:?}, unknown client {unknown:?}");
+    assert!(unknown.as_secs_f64() > 0.75 * known.as_secs_f64(), "unknown {unknown:?} vs known {known:?}");
     f.server.stop().await;
 }
 
