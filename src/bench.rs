@@ -17,7 +17,8 @@ use tonic::{
 use crate::{
     Error,
     config::{
-        Config, CountLimit, CredentialArgs, DatabaseArgs, DatabaseUrl, IssuerArgs, ServingArgs, TrustArgs, parse_listen,
+        Config, CountLimit, CredentialArgs, DatabaseArgs, DatabaseUrl, IssuerArgs, KeyArgs, ServingArgs, TrustArgs,
+        parse_listen,
     },
     domain::{ClientSecret, Role, RoleSet},
     exchange::assertion::ClientAssertion,
@@ -48,6 +49,8 @@ pub struct BenchArgs {
     #[command(flatten)]
     pub issuer: IssuerArgs,
     #[command(flatten)]
+    pub keys: KeyArgs,
+    #[command(flatten)]
     pub credentials: CredentialArgs,
     #[command(flatten)]
     pub trust: TrustArgs,
@@ -77,6 +80,7 @@ pub async fn run(args: BenchArgs) -> Result<(), Error> {
     let config = Config {
         database: DatabaseArgs { database_url },
         issuer: args.issuer.clone(),
+        keys: args.keys.clone(),
         credentials,
         trust: args.trust.clone(),
         serving: args.serving.clone(),
@@ -95,10 +99,17 @@ async fn measure(config: Config, options: &BenchArgs) -> Result<(), Error> {
         .map_err(|e| Error::internal_with(format!("cannot listen on {}", options.listen), e))?;
     let address = listener.local_addr().map_err(|e| internal(&e))?;
     let database = &config.database.database_url;
-    crate::server::migrate(database).await?;
+    crate::server::migrate(database, &config.keys).await?;
     let roles: RoleSet = [Role::parse("bench").map_err(Error::internal)?].into_iter().collect();
-    let token =
-        crate::server::mint_token(database, &config.issuer, "bench-user", &roles, Duration::from_secs(3600)).await?;
+    let token = crate::server::mint_token(
+        database,
+        &config.keys,
+        &config.issuer,
+        "bench-user",
+        &roles,
+        Duration::from_secs(3600),
+    )
+    .await?;
     let audience = config.issuer.public_host.clone();
     let (stop, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(crate::server::serve(config.clone(), listener, async {

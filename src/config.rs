@@ -42,6 +42,16 @@ impl IssuerArgs {
     }
 }
 
+/// How the service's own signing keys are kept in the database.
+#[derive(Debug, Clone, Default, Args)]
+pub struct KeyArgs {
+    /// File holding a key-encryption key (32 random bytes, base64: `openssl rand -base64 32`):
+    /// the token signing keys are stored sealed under it, and keys stored in the clear are sealed
+    /// at start. Every replica and `mint-token` then need it.
+    #[arg(long, env = "PC_KEY_ENCRYPTION_KEY_FILE")]
+    pub key_encryption_key_file: Option<PathBuf>,
+}
+
 /// The rules for credentials and the tokens they obtain.
 #[derive(Debug, Clone, Args)]
 pub struct CredentialArgs {
@@ -164,6 +174,8 @@ pub struct Config {
     pub database: DatabaseArgs,
     #[command(flatten)]
     pub issuer: IssuerArgs,
+    #[command(flatten)]
+    pub keys: KeyArgs,
     #[command(flatten)]
     pub credentials: CredentialArgs,
     #[command(flatten)]

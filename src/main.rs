@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use personal_clients::{
     Config, bench,
-    config::{DatabaseArgs, IssuerArgs, parse_listen, parse_local_user, parse_non_blank},
+    config::{DatabaseArgs, IssuerArgs, KeyArgs, parse_listen, parse_local_user, parse_non_blank},
     domain::{ClientSecret, Role, RoleSet},
     error::chain,
     exchange::assertion::ClientAssertion,
@@ -40,7 +40,7 @@ enum Command {
     /// Run the service (the default): migrates the database, then serves gRPC and HTTP.
     Serve(ServeArgs),
     /// Bring the database schema up to date, create the first signing key, and exit.
-    Migrate(DatabaseArgs),
+    Migrate(MigrateArgs),
     /// Print a user access token signed with the service's current key, and nothing else.
     MintToken(MintTokenArgs),
     /// Print a client assertion signed with a personal client's secret, for the token exchange.
@@ -48,6 +48,14 @@ enum Command {
     ClientAssertion(ClientAssertionArgs),
     /// Measure the API in-process on a loopback port and print throughput and latency.
     Bench(bench::BenchArgs),
+}
+
+#[derive(Args)]
+struct MigrateArgs {
+    #[command(flatten)]
+    database: DatabaseArgs,
+    #[command(flatten)]
+    keys: KeyArgs,
 }
 
 #[derive(Args)]
@@ -85,6 +93,8 @@ struct ServeArgs {
 struct MintTokenArgs {
     #[command(flatten)]
     database: DatabaseArgs,
+    #[command(flatten)]
+    keys: KeyArgs,
     #[command(flatten)]
     issuer: IssuerArgs,
     /// The user id (`sub`).
@@ -134,11 +144,12 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot listen on {} (--listen)", args.listen))?;
             Ok(server::serve(args.config, listener, shutdown_signal()).await?)
         }
-        Command::Migrate(database) => Ok(server::migrate(&database.database_url).await?),
+        Command::Migrate(args) => Ok(server::migrate(&args.database.database_url, &args.keys).await?),
         Command::MintToken(args) => {
             let roles: RoleSet = args.roles.into_iter().flatten().collect();
             let token =
-                server::mint_token(&args.database.database_url, &args.issuer, &args.user, &roles, args.ttl).await?;
+                server::mint_token(&args.database.database_url, &args.keys, &args.issuer, &args.user, &roles, args.ttl)
+                    .await?;
             println!("{token}");
             Ok(())
         }

@@ -9,9 +9,9 @@ use tonic::{service::Routes, transport::Server};
 use crate::{
     Error, FILE_DESCRIPTOR_SET,
     api::{self, PersonalClientApi, SearchApi, TokenApi},
-    auth::{self, Authenticator, Gate, SigningKeys, external::ExternalIssuers},
+    auth::{self, Authenticator, Gate, KeyVault, SigningKeys, external::ExternalIssuers},
     clients::{ClientSettings, PersonalClients},
-    config::{Config, DatabaseUrl, IssuerArgs},
+    config::{Config, DatabaseUrl, IssuerArgs, KeyArgs},
     connections::{self, ConnectionLimits, Connections},
     domain::RoleSet,
     exchange::{ExchangeSettings, TokenExchange},
@@ -62,10 +62,11 @@ pub async fn serve(
         .await
         .map_err(|message| Error::config("--trusted-jwks", message, None))?;
     let database = &config.database.database_url;
+    let vault = key_vault(&config.keys)?;
     let store = Store::open(database, OpenMode::CreateIfMissing).await?;
     store.migrate().await?;
-    SigningKeys::create_first(&store).await?;
-    let keys = SigningKeys::load(store.clone()).await?;
+    SigningKeys::prepare(&store, &vault).await?;
+    let keys = SigningKeys::load(store.clone(), vault).await?;
     let auth = Arc::new(Authenticator::new(keys, issuer.clone(), store.clone(), external));
     let address = listener.local_addr().map_err(|e| Error::internal_with("cannot read the listening address", e))?;
 
@@ -234,11 +235,18 @@ fn connection_slots(wanted: usize) -> usize {
     wanted
 }
 
-/// Brings the database schema up to date and creates the first signing key if needed.
-pub async fn migrate(database: &DatabaseUrl) -> Result<(), Error> {
+/// The signing keys' protection at rest, read before the database is touched.
+fn key_vault(keys: &KeyArgs) -> Result<KeyVault, Error> {
+    keys.key_encryption_key_file.as_deref().map_or_else(|| Ok(KeyVault::unsealed()), KeyVault::from_file)
+}
+
+/// Brings the database schema up to date, creates the first signing key if needed, and seals
+/// the signing keys when given a key-encryption key.
+pub async fn migrate(database: &DatabaseUrl, keys: &KeyArgs) -> Result<(), Error> {
+    let vault = key_vault(keys)?;
     let store = Store::open(database, OpenMode::CreateIfMissing).await?;
     store.migrate().await?;
-    SigningKeys::create_first(&store).await
+    SigningKeys::prepare(&store, &vault).await
 }
 
 /// An access token for `user` with `roles`, signed with the service's current key: the
@@ -246,18 +254,20 @@ pub async fn migrate(database: &DatabaseUrl) -> Result<(), Error> {
 /// token from keys no server uses would be refused everywhere.
 pub async fn mint_token(
     database: &DatabaseUrl,
+    keys: &KeyArgs,
     issuer: &IssuerArgs,
     user: &str,
     roles: &RoleSet,
     ttl: Duration,
 ) -> Result<String, Error> {
+    let vault = key_vault(keys)?;
     let store = Store::open(database, OpenMode::MustExist).await?;
     if !store.is_migrated().await? {
         return Err(Error::internal(format!(
             "the database {database} is not set up: run `personal-clients migrate` (or start the server) with this --database-url first"
         )));
     }
-    let keys = SigningKeys::load(store.clone()).await?;
+    let keys = SigningKeys::load(store.clone(), vault).await?;
     let auth = Authenticator::new(keys, issuer.issuer(), store, ExternalIssuers::default());
     Ok(auth.mint(user, roles, None, ttl).0)
 }

@@ -13,8 +13,11 @@ use rand_core::OsRng;
 use serde::Serialize;
 use uuid::Uuid;
 
-use super::jws::{self, Header};
-use crate::{Error, domain::TokenKey, store::Store};
+use super::{
+    jws::{self, Header},
+    vault::KeyVault,
+};
+use crate::{Error, domain::StoredKey, store::Store};
 
 /// A key id unknown to this replica makes it re-read the keys at most this often.
 const RELOAD_INTERVAL: Duration = Duration::from_secs(5);
@@ -30,33 +33,54 @@ struct KeyRing {
 #[derive(Debug)]
 pub struct SigningKeys {
     store: Store,
+    vault: KeyVault,
     ring: RwLock<KeyRing>,
     last_reload: tokio::sync::Mutex<Option<Instant>>,
 }
 
 impl SigningKeys {
-    /// Creates the first key if the database has none (at `serve` and `migrate`).
-    pub async fn create_first(store: &Store) -> Result<(), Error> {
+    /// Creates the first key if the database has none (at `serve` and `migrate`), and seals any
+    /// stored in the clear when `vault` has a sealing key.
+    pub async fn prepare(store: &Store, vault: &KeyVault) -> Result<(), Error> {
         let created = store
-            .ensure_signing_key(|| TokenKey { kid: Uuid::now_v7().to_string(), key: SigningKey::generate(&mut OsRng) })
+            .ensure_signing_key(|| {
+                let kid = Uuid::now_v7().to_string();
+                let material = vault.seal(&kid, &SigningKey::generate(&mut OsRng))?;
+                Ok(StoredKey { kid, material })
+            })
             .await?;
         if created {
             tracing::info!("created the first token signing key");
+        }
+        let sealed = store
+            .restore_signing_keys(|stored| {
+                if !vault.should_seal(stored) {
+                    return Ok(None);
+                }
+                vault.seal(&stored.kid, &vault.open(stored)?).map(Some)
+            })
+            .await?;
+        if sealed > 0 {
+            tracing::info!(sealed, "sealed the token signing keys stored in the clear");
         }
         Ok(())
     }
 
     /// Loads the keys the database holds.
-    pub async fn load(store: Store) -> Result<Self, Error> {
-        let ring = Self::read_ring(&store).await?;
-        Ok(Self { store, ring: RwLock::new(ring), last_reload: tokio::sync::Mutex::new(None) })
+    pub async fn load(store: Store, vault: KeyVault) -> Result<Self, Error> {
+        let ring = Self::read_ring(&store, &vault).await?;
+        Ok(Self { store, vault, ring: RwLock::new(ring), last_reload: tokio::sync::Mutex::new(None) })
     }
 
-    async fn read_ring(store: &Store) -> Result<KeyRing, Error> {
-        let keys = store.signing_keys().await?;
-        let verifying = keys.iter().map(|stored| (stored.kid.clone(), stored.key.verifying_key())).collect();
+    async fn read_ring(store: &Store, vault: &KeyVault) -> Result<KeyRing, Error> {
+        let stored = store.signing_keys().await?;
+        let mut keys = Vec::with_capacity(stored.len());
+        for key in &stored {
+            keys.push((key.kid.clone(), vault.open(key)?));
+        }
+        let verifying = keys.iter().map(|(kid, key)| (kid.clone(), key.verifying_key())).collect();
         // The oldest key signs.
-        let TokenKey { kid: signing_kid, key: signing_key } = keys.into_iter().next().ok_or_else(|| {
+        let (signing_kid, signing_key) = keys.into_iter().next().ok_or_else(|| {
             Error::internal(
                 "the database holds no token signing key: run `personal-clients migrate` or start the server first",
             )
@@ -90,7 +114,7 @@ impl SigningKeys {
             return Ok(None);
         }
         *last = Some(Instant::now());
-        let ring = Self::read_ring(&self.store).await?;
+        let ring = Self::read_ring(&self.store, &self.vault).await?;
         *self.ring.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = ring;
         Ok(self.cached(kid))
     }

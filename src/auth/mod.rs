@@ -4,6 +4,7 @@
 pub mod external;
 pub mod jws;
 mod keys;
+pub mod vault;
 
 use std::{sync::Arc, time::Duration};
 
@@ -13,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 pub use keys::SigningKeys;
+pub use vault::KeyVault;
 
 use crate::{
     Error,

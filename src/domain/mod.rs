@@ -28,7 +28,7 @@ pub use role::{Role, RoleSet};
 pub use search::SearchFilter;
 pub use secret::ClientSecret;
 pub use source::SourceAddress;
-pub use token_key::TokenKey;
+pub use token_key::{StoredKey, TokenKey};
 
 /// Input quoted for an error message or a log line: escaped (no newline or terminal escape gets
 /// through) and cut to 64 characters, so no caller can make a message or a log line long.

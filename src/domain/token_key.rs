@@ -14,3 +14,17 @@ impl fmt::Debug for TokenKey {
         f.debug_struct("TokenKey").field("kid", &self.kid).finish_non_exhaustive()
     }
 }
+
+/// A signing key as the database holds it: the raw key, or the key sealed under the operator's
+/// key-encryption key.
+#[derive(Clone)]
+pub struct StoredKey {
+    pub kid: String,
+    pub material: Vec<u8>,
+}
+
+impl fmt::Debug for StoredKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoredKey").field("kid", &self.kid).finish_non_exhaustive()
+    }
+}

@@ -21,6 +21,7 @@ pub fn tests() -> Vec<libtest_mimic::Trial> {
         each_bearer_rule_holds_alone,
         every_protected_method_needs_a_token,
         a_client_token_is_only_good_for_its_own_owner,
+        signing_keys_can_be_sealed_at_rest,
     )
 }
 
@@ -57,7 +58,7 @@ async fn bad_tokens_are_unauthenticated(db: TestDb) {
 
     // A token of another deployment: same issuer, different keys.
     let elsewhere = TestDb::new(Backend::Sqlite).await;
-    server::migrate(&elsewhere.database_url()).await.unwrap();
+    server::migrate(&elsewhere.database_url(), &Default::default()).await.unwrap();
     let foreign = mint(&elsewhere.config(), "alice", &[], Duration::from_secs(600)).await;
     // A token of this deployment's keys for another issuer.
     let mut other_issuer = db.config();
@@ -177,5 +178,63 @@ async fn a_client_token_is_only_good_for_its_own_owner(db: TestDb) {
         .await;
     claims["client_id"] = json!("quiet-moon-12345@localhost/pcc");
     assert_unauthenticated(&server, &signed(&key.key, Some(&key.kid), &claims), "a client that does not exist").await;
+    server.stop().await;
+}
+
+/// Starting the service on `config` fails, naming `flag`.
+async fn refused_start(config: personal_clients::Config, flag: &str) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let err = server::serve(config, listener, std::future::pending()).await.expect_err("the start is refused");
+    assert!(err.to_string().contains(flag), "{err}");
+}
+
+async fn signing_keys_can_be_sealed_at_rest(db: TestDb) {
+    // Keys made without a key-encryption key are stored as they are...
+    let server = TestServer::start(db.config()).await;
+    let before = server.token("alice", &[]).await;
+    server.stop().await;
+    let clear = db.signing_key().await;
+
+    // ...and sealed at the next start with one.
+    let dir = tempfile::tempdir().unwrap();
+    let (kek, other) = (dir.path().join("kek"), dir.path().join("other"));
+    std::fs::write(&kek, "7Jb4mQ0q3cY6zO4+6W8a4Xf6s2k0m3K9f9b1cQd8GkU=\n").unwrap();
+    std::fs::write(&other, "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=").unwrap();
+    let mut sealed_config = db.config();
+    sealed_config.keys.key_encryption_key_file = Some(kek.clone());
+    let server = TestServer::start(sealed_config.clone()).await;
+    let store = personal_clients::store::Store::open(&db.database_url(), personal_clients::store::OpenMode::MustExist)
+        .await
+        .unwrap();
+    let stored = store.signing_keys().await.unwrap();
+    assert_eq!(stored.len(), 1);
+    assert!(!stored[0].material.windows(32).any(|w| w == clear.key.to_bytes()), "no longer in the clear");
+    let mut api = server.client().await;
+    let list = || pb::PersonalClientServiceListRequest::default();
+    api.list(authed(list(), &before)).await.expect("tokens signed before still verify");
+    let after = server.token("alice", &[]).await;
+    api.list(authed(list(), &after)).await.expect("the sealed key signs");
+    server.stop().await;
+
+    // Without the key, or with another, nothing starts or mints.
+    refused_start(db.config(), "--key-encryption-key-file").await;
+    let mut wrong = db.config();
+    wrong.keys.key_encryption_key_file = Some(other);
+    refused_start(wrong, "--key-encryption-key-file").await;
+    let config = db.config();
+    let minted = server::mint_token(
+        &config.database.database_url,
+        &config.keys,
+        &config.issuer,
+        "alice",
+        &Default::default(),
+        Duration::from_secs(60),
+    )
+    .await;
+    assert!(minted.is_err_and(|err| err.to_string().contains("--key-encryption-key-file")));
+
+    // With it, the service starts again and still accepts what it signed.
+    let server = TestServer::start(sealed_config).await;
+    server.client().await.list(authed(list(), &after)).await.expect("the same keys after a restart");
     server.stop().await;
 }

@@ -178,7 +178,9 @@ impl TestDb {
     /// The keys the service signs with, as the database holds them.
     pub async fn signing_key(&self) -> TokenKey {
         let store = Store::open(&self.database_url(), OpenMode::MustExist).await.expect("open the store");
-        store.signing_keys().await.expect("signing keys").into_iter().next().expect("a signing key")
+        let stored = store.signing_keys().await.expect("signing keys").into_iter().next().expect("a signing key");
+        let key = personal_clients::auth::KeyVault::unsealed().open(&stored).expect("a key stored in the clear");
+        TokenKey { kid: stored.kid, key }
     }
 }
 
@@ -363,7 +365,9 @@ impl Drop for TestServer {
 /// A user access token minted as `mint-token` does, for the database of `config`.
 pub async fn mint(config: &Config, user: &str, roles: &[&str], ttl: Duration) -> String {
     let roles: RoleSet = roles.iter().map(|r| Role::parse(r).expect("role")).collect();
-    server::mint_token(&config.database.database_url, &config.issuer, user, &roles, ttl).await.expect("mint token")
+    server::mint_token(&config.database.database_url, &config.keys, &config.issuer, user, &roles, ttl)
+        .await
+        .expect("mint token")
 }
 
 /// The value of the sample named `name` exactly (with its labels) in a metrics page.
