@@ -3,7 +3,8 @@ use sha2::{Digest, Sha256};
 use super::EntryViolation;
 
 /// What an admin searches for: text matched against display names (substring) and client ids
-/// (prefix), case-insensitively; a set of owners; and whether revoked clients count.
+/// (prefix), case-insensitively in every script (see [`SearchFilter::fold_case`]); a set of
+/// owners; and whether revoked clients count.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct SearchFilter {
     pub text: Option<String>,
@@ -26,6 +27,35 @@ impl SearchFilter {
         Ok((!text.is_empty()).then(|| text.to_owned()))
     }
 
+    /// The text as Search compares it: [`SearchFilter::fold_case`] of the query.
+    pub fn folded_text(&self) -> Option<String> {
+        self.text.as_deref().map(Self::fold_case)
+    }
+
+    /// The case-folded form in which Search compares display names with the query. The store
+    /// keeps this form of each name beside it, because neither database can be relied on to fold
+    /// beyond ASCII the same way (SQLite's `LOWER` and `LIKE` fold only ASCII; PostgreSQL's
+    /// `lower` follows the database's collation).
+    ///
+    /// Unicode's default lower case, applied character by character, so a substring of a name
+    /// folds to a substring of the folded name: `É` is `é`, `Ü` is `ü`. On top of that, the
+    /// differences between lower case and case folding that matter for search: Greek final
+    /// `ς` is `σ` (so `Σ`, `σ` and `ς` all match each other wherever they stand), and a dot
+    /// above directly after `i` is dropped, so the Turkish `İ` (lower case `i̇`) is matched by
+    /// `i`, `I`, `i̇` and `İ`. Turkish dotless `ı` stays a letter of its own, as in every
+    /// language-independent folding.
+    pub fn fold_case(text: &str) -> String {
+        let mut folded = String::with_capacity(text.len());
+        for c in text.chars().flat_map(char::to_lowercase) {
+            match c {
+                'ς' => folded.push('σ'),
+                '\u{307}' if folded.ends_with('i') => {}
+                c => folded.push(c),
+            }
+        }
+        folded
+    }
+
     /// User ids to filter on: at most 100, none empty; duplicates dropped.
     pub fn parse_users<S: AsRef<str>>(ids: &[S]) -> Result<Vec<String>, Vec<EntryViolation>> {
         super::parse_entries(ids, Self::MAX_USERS, |id| {
@@ -44,5 +74,23 @@ impl SearchFilter {
         let canonical = serde_json::json!(["search", self.text, users, self.include_deleted]);
         let digest = Sha256::digest(canonical.to_string().as_bytes());
         digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn folds_case_beyond_ascii() {
+        assert_eq!(SearchFilter::fold_case("Équipe Ünïcode"), "équipe ünïcode");
+        for sigma in ["ΟΔΟΣ", "οδοσ", "οδος", "ΟΔΟς"] {
+            assert_eq!(SearchFilter::fold_case(sigma), "οδοσ", "{sigma}");
+        }
+        for istanbul in ["İSTANBUL", "İstanbul", "i\u{307}stanbul", "istanbul", "ISTANBUL"] {
+            assert_eq!(SearchFilter::fold_case(istanbul), "istanbul", "{istanbul}");
+        }
+        assert_eq!(SearchFilter::fold_case("ırmak"), "ırmak", "dotless ı is a letter of its own");
+        assert_eq!(SearchFilter::fold_case("100% ü_x"), "100% ü_x", "LIKE wildcards are left for the store");
     }
 }

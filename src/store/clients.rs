@@ -1,10 +1,13 @@
-//! Personal clients: create, read, page, update and revoke, each one statement.
+//! Personal clients: create, read, page, update and revoke, each one statement (on SQLite,
+//! Update and Revoke read the row's `updated_at` first, under the write lock; see
+//! [`Store::update_one`]).
 
-use chrono::Utc;
+use chrono::{TimeDelta, Utc};
 use sea_orm::{
     ActiveValue::Set,
-    ColumnTrait, Condition, EntityTrait, ExprTrait, QueryFilter, QueryOrder, QuerySelect, Select, SqlErr, UpdateMany,
-    sea_query::{Expr, Func, LikeExpr},
+    ColumnTrait, Condition, DbBackend, EntityTrait, ExprTrait, QueryFilter, QueryOrder, QuerySelect, Select, SqlErr,
+    SqliteTransactionMode, TransactionOptions, TransactionTrait, UpdateMany,
+    sea_query::{Expr, Func, LikeExpr, SimpleExpr},
 };
 use tracing::instrument;
 use uuid::Uuid;
@@ -43,6 +46,7 @@ impl Store {
                 client_id: Set(ClientId::generate(public_host).into_string()),
                 user_id: Set(new.user_id.clone()),
                 display_name: Set(new.display_name.as_str().to_owned()),
+                display_name_folded: Set(SearchFilter::fold_case(new.display_name.as_str())),
                 allow_source_cidr: Set(Networks(new.allow_source_cidr.networks().to_vec())),
                 scoped_roles: Set(RoleNames(new.scoped_roles.to_strings())),
                 owner_roles: Set(RoleNames(new.owner_roles.to_strings())),
@@ -130,13 +134,16 @@ impl Store {
         if !filter.users.is_empty() {
             query = query.filter(Column::UserId.is_in(filter.users.iter().cloned()));
         }
-        if let Some(text) = &filter.text {
-            let escaped = escape_like(&text.to_lowercase());
-            let lower = |column: Column| Expr::expr(Func::lower(Expr::col(column)));
+        if let Some(text) = filter.folded_text() {
+            // Display names are compared in the form Rust folded them to, stored beside them, since
+            // neither database's LOWER folds beyond ASCII alike. Client ids are ASCII (words, digits
+            // and the public host), which LOWER folds the same on both.
+            let escaped = escape_like(&text);
+            let client_id = Expr::expr(Func::lower(Expr::col(Column::ClientId)));
             query = query.filter(
                 Condition::any()
-                    .add(lower(Column::DisplayName).like(LikeExpr::new(format!("%{escaped}%")).escape('\\')))
-                    .add(lower(Column::ClientId).like(LikeExpr::new(format!("{escaped}%")).escape('\\'))),
+                    .add(Column::DisplayNameFolded.like(LikeExpr::new(format!("%{escaped}%")).escape('\\')))
+                    .add(client_id.like(LikeExpr::new(format!("{escaped}%")).escape('\\'))),
             );
         }
         self.page_after(query, after, limit).await
@@ -156,13 +163,14 @@ impl Store {
         query.order_by_asc(Column::Id).limit(limit).all(&self.db).await?.into_iter().map(TryInto::try_into).collect()
     }
 
-    /// Applies `changes` to a live client of `owner` in one statement.
+    /// Applies `changes` to a live client of `owner`.
     #[instrument(skip_all, fields(%id))]
     pub async fn update_client(&self, id: Uuid, owner: &str, changes: &ClientChanges) -> Result<PersonalClient, Error> {
-        let mut update = personal_client::Entity::update_many()
-            .col_expr(Column::UpdatedAt, Expr::value(round_to_micros(Utc::now())));
+        let mut update = personal_client::Entity::update_many();
         if let Some(name) = &changes.display_name {
-            update = update.col_expr(Column::DisplayName, Expr::value(name.as_str()));
+            update = update
+                .col_expr(Column::DisplayName, Expr::value(name.as_str()))
+                .col_expr(Column::DisplayNameFolded, Expr::value(SearchFilter::fold_case(name.as_str())));
         }
         if let Some(cidrs) = &changes.allow_source_cidr {
             update = update.col_expr(Column::AllowSourceCidr, Expr::value(Networks(cidrs.networks().to_vec())));
@@ -176,26 +184,69 @@ impl Store {
         if let Some(expires_at) = changes.expires_at {
             update = update.col_expr(Column::ExpiresAt, Expr::value(expires_at));
         }
-        self.update_one(update.filter(Column::Id.eq(id)).filter(live(Owner::User(owner)))).await
+        self.update_one(id, Owner::User(owner), update, None).await
     }
 
     /// Revokes a live client of `owner` at once; returns it as it now is.
     #[instrument(skip_all, fields(%id))]
     pub async fn delete_client(&self, id: Uuid, owner: Owner<'_>) -> Result<PersonalClient, Error> {
-        let now = round_to_micros(Utc::now());
-        let update = personal_client::Entity::update_many()
-            .col_expr(Column::DeletedAt, Expr::value(Some(now)))
-            .col_expr(Column::UpdatedAt, Expr::value(now))
-            .filter(Column::Id.eq(id))
-            .filter(live(owner));
-        self.update_one(update).await
+        self.update_one(id, owner, personal_client::Entity::update_many(), Some(Column::DeletedAt)).await
     }
 
-    /// Runs an update of at most one row as `UPDATE ... RETURNING` (SQLite and PostgreSQL both
-    /// have it), so the row comes back from the same statement that changed it.
-    async fn update_one(&self, update: UpdateMany<personal_client::Entity>) -> Result<PersonalClient, Error> {
+    /// Runs `update` on the live client `id` of `owner` as `UPDATE ... RETURNING` (SQLite and
+    /// PostgreSQL both have it), so the row comes back from the statement that changed it.
+    ///
+    /// `updated_at` (and `also_stamp`, if given) becomes the row's next instant: now, or one
+    /// microsecond after the row's current `updated_at` when that is not earlier. Taken from the
+    /// clock alone it could move backwards: a replica's clock may run behind another's, and of
+    /// two concurrent writes the one that read the clock first may commit second. So each
+    /// acknowledged write of a row carries a later `updated_at` than every one acknowledged
+    /// before it, and the surviving write the latest of all.
+    async fn update_one(
+        &self,
+        id: Uuid,
+        owner: Owner<'_>,
+        update: UpdateMany<personal_client::Entity>,
+        also_stamp: Option<Column>,
+    ) -> Result<PersonalClient, Error> {
+        let update = update.filter(Column::Id.eq(id)).filter(live(owner));
+        let stamped = |next: SimpleExpr| {
+            let update = update.col_expr(Column::UpdatedAt, next.clone());
+            match also_stamp {
+                Some(column) => update.col_expr(column, next),
+                None => update,
+            }
+        };
         let _turn = self.write_turn().await;
-        update.exec_with_returning(&self.db).await?.into_iter().next().ok_or(Error::NotFound)?.try_into()
+        let rows = if self.db.get_database_backend() == DbBackend::Postgres {
+            // Evaluated on the row as the UPDATE locks it, after any concurrent writer of it
+            // has committed.
+            let a_microsecond_later = Expr::col(Column::UpdatedAt).add(Expr::cust("INTERVAL '1 microsecond'"));
+            let next = Func::greatest([Expr::value(round_to_micros(Utc::now())), a_microsecond_later]);
+            stamped(next.into()).exec_with_returning(&self.db).await?
+        } else {
+            // SQLite keeps timestamps as text, to which SQL cannot add a microsecond. The write
+            // lock, taken up front, makes reading the current value and writing the next one a
+            // single step for every process on the file, with nothing to upgrade or deadlock on.
+            let immediate = TransactionOptions {
+                sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+                ..TransactionOptions::default()
+            };
+            let txn = self.db.begin_with_options(immediate).await?;
+            let current = personal_client::Entity::find_by_id(id)
+                .filter(live(owner))
+                .select_only()
+                .column(Column::UpdatedAt)
+                .into_tuple::<chrono::DateTime<Utc>>()
+                .one(&txn)
+                .await?
+                .ok_or(Error::NotFound)?;
+            let next = std::cmp::max(round_to_micros(Utc::now()), current + TimeDelta::microseconds(1));
+            let rows = stamped(Expr::value(next)).exec_with_returning(&txn).await?;
+            txn.commit().await?;
+            rows
+        };
+        rows.into_iter().next().ok_or(Error::NotFound)?.try_into()
     }
 }
 

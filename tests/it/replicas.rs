@@ -1,5 +1,7 @@
-//! Several replicas on one database: they start together, share keys and data, and concurrent
-//! writes all succeed.
+//! Several replicas on one database: they start together, share keys and data, concurrent
+//! writes all succeed, and `updated_at` follows the order in which writes of a row commit.
+
+use std::time::Instant;
 
 use crate::common::{TestDb, TestServer, authed, create_request};
 use personal_clients::pb::iam as pb;
@@ -7,7 +9,11 @@ use tonic::Code;
 
 pub fn tests() -> Vec<libtest_mimic::Trial> {
     let mut trials = Vec::new();
-    trials.extend(backend_tests!(replicas_share_keys_and_revocations, concurrent_writes_all_succeed));
+    trials.extend(backend_tests!(
+        replicas_share_keys_and_revocations,
+        concurrent_writes_all_succeed,
+        concurrent_updates_stamp_updated_at_in_commit_order,
+    ));
     trials
 }
 
@@ -56,6 +62,89 @@ async fn concurrent_writes_all_succeed(db: TestDb) {
     ids.sort();
     listed_ids.sort();
     assert_eq!(ids, listed_ids);
+    a.stop().await;
+    b.stop().await;
+}
+
+/// One acknowledged Update: the name it set, when it was sent and answered, and the
+/// `updated_at` it returned as (seconds, nanos).
+struct Acknowledged {
+    name: String,
+    sent: Instant,
+    answered: Instant,
+    updated_at: (i64, i32),
+}
+
+async fn concurrent_updates_stamp_updated_at_in_commit_order(db: TestDb) {
+    const ROUNDS: usize = 5;
+    const PER_ROUND: usize = 20;
+    let (a, b) = tokio::join!(TestServer::start(db.config()), TestServer::start(db.config()));
+    let token = a.token("alice", &[]).await;
+    let (ca, cb) = (a.client().await, b.client().await);
+    let id = ca.clone().create(authed(create_request("shared"), &token)).await.unwrap().into_inner().client.unwrap().id;
+
+    // Rounds of concurrent renames through both replicas, each to a name of its own.
+    let mut acknowledged = Vec::new();
+    for round in 0..ROUNDS {
+        let calls: Vec<_> = (0..PER_ROUND)
+            .map(|i| {
+                let mut client = if i % 2 == 0 { ca.clone() } else { cb.clone() };
+                let name = format!("round {round} update {i}");
+                let rename = pb::PersonalClientServiceUpdateRequest {
+                    client: Some(pb::PersonalClient {
+                        id: id.clone(),
+                        display_name: name.clone(),
+                        ..Default::default()
+                    }),
+                    update_mask: None,
+                };
+                let request = authed(rename, &token);
+                tokio::spawn(async move {
+                    let sent = Instant::now();
+                    let updated = client.update(request).await.expect("every Update succeeds").into_inner();
+                    let answered = Instant::now();
+                    let at = updated.client.unwrap().updated_at.unwrap();
+                    Acknowledged { name, sent, answered, updated_at: (at.seconds, at.nanos) }
+                })
+            })
+            .collect();
+        for call in calls {
+            acknowledged.push(call.await.unwrap());
+        }
+        // The write that committed last is the one a read sees: its stamp is the latest of all.
+        let survivor = ca
+            .clone()
+            .get(authed(pb::PersonalClientServiceGetRequest { id: id.clone() }, &token))
+            .await
+            .unwrap()
+            .into_inner()
+            .client
+            .unwrap();
+        let latest = acknowledged.iter().max_by_key(|update| update.updated_at).unwrap();
+        let survivor_at = survivor.updated_at.unwrap();
+        assert_eq!(
+            (survivor.display_name.as_str(), (survivor_at.seconds, survivor_at.nanos)),
+            (latest.name.as_str(), latest.updated_at),
+            "round {round}: the surviving Update carries the latest updated_at any Update returned"
+        );
+    }
+
+    let mut stamps: Vec<_> = acknowledged.iter().map(|update| update.updated_at).collect();
+    stamps.sort_unstable();
+    stamps.dedup();
+    assert_eq!(stamps.len(), acknowledged.len(), "no two acknowledged Updates share an updated_at");
+    for earlier in &acknowledged {
+        for later in acknowledged.iter().filter(|later| earlier.answered < later.sent) {
+            assert!(
+                earlier.updated_at < later.updated_at,
+                "{:?} was answered before {:?} was sent, yet stamped {:?}, not before {:?}",
+                earlier.name,
+                later.name,
+                earlier.updated_at,
+                later.updated_at
+            );
+        }
+    }
     a.stop().await;
     b.stop().await;
 }

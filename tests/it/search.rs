@@ -1,12 +1,21 @@
 //! Admins search personal clients across users; nobody else may.
 
 use crate::common::{TestDb, TestServer, authed, create_request, violated_fields};
-use personal_clients::pb::iam::{self as pb, personal_client_search_service_client::PersonalClientSearchServiceClient};
+use personal_clients::{
+    pb::iam::{self as pb, personal_client_search_service_client::PersonalClientSearchServiceClient},
+    store::migration::Migrator,
+};
+use sea_orm::Database;
+use sea_orm_migration::MigratorTrait;
 use tonic::{Code, transport::Channel};
 
 pub fn tests() -> Vec<libtest_mimic::Trial> {
     let mut trials = Vec::new();
-    trials.extend(backend_tests!(search_filters_and_pages_across_users, search_requires_the_admin_role));
+    trials.extend(backend_tests!(
+        search_filters_and_pages_across_users,
+        search_requires_the_admin_role,
+        search_folds_case_in_every_script,
+    ));
     trials
 }
 
@@ -119,4 +128,56 @@ async fn search_requires_the_admin_role(db: TestDb) {
     let anonymous = search_api.search(search("", &[], false)).await.unwrap_err();
     assert_eq!(anonymous.code(), Code::Unauthenticated);
     server.stop().await;
+}
+
+/// Names with capitals beyond ASCII, each with the queries that must find it (and nothing else):
+/// its exact text, its lower case, other cases, and substrings.
+const UNICODE_NAMES: [(&str, &[&str]); 3] = [
+    ("Équipe Ünïcode", &["Équipe", "Équipe Ünïcode", "équipe ünïcode", "ÉQUIPE", "pe Ünï", "ünï"]),
+    // Σ, σ and final ς match each other wherever they stand.
+    ("ΟΔΟΣ ΣΟΦΙΑΣ", &["ΟΔΟΣ ΣΟΦΙΑΣ", "οδος σοφιας", "οδοσ", "δοσ σοφ", "ΦΙΑς"]),
+    // The Turkish İ: its Unicode lower case is i with a dot above, and a plain i finds it too.
+    ("İstanbul Ofisi", &["İstanbul Ofisi", "i\u{307}stanbul ofisi", "istanbul", "ISTANBUL", "stanbul o"]),
+];
+
+async fn search_folds_case_in_every_script(db: TestDb) {
+    let server = TestServer::start(db.config()).await;
+    let (alice, admin) = (server.token("alice", &[]).await, server.token("root", &["admin"]).await);
+    let mut api = server.client().await;
+    for name in UNICODE_NAMES.iter().map(|(name, _)| *name).chain(["plain ascii"]) {
+        api.create(authed(create_request(name), &alice)).await.unwrap();
+    }
+    let mut search_api = PersonalClientSearchServiceClient::new(server.channel().await);
+    assert_unicode_names_found(&mut search_api, &admin).await;
+
+    // A rename is searchable by its new name only.
+    let renamed = api.create(authed(create_request("Ärger"), &alice)).await.unwrap().into_inner().client.unwrap();
+    let rename = pb::PersonalClientServiceUpdateRequest {
+        client: Some(pb::PersonalClient { id: renamed.id, display_name: "ÜBER".into(), ..Default::default() }),
+        update_mask: None,
+    };
+    api.update(authed(rename, &alice)).await.unwrap();
+    assert_eq!(names(&mut search_api, &admin, search("über", &[], false)).await, ["ÜBER"]);
+    assert!(names(&mut search_api, &admin, search("ärger", &[], false)).await.is_empty());
+    server.stop().await;
+
+    // Names stored before the folded column existed are folded when it is added.
+    let database = Database::connect(&db.url).await.unwrap();
+    let migrations = Migrator::migrations();
+    let added = migrations.iter().position(|m| m.name() == "m20261128_000004_folded_display_names").unwrap();
+    Migrator::down(&database, Some((migrations.len() - added) as u32)).await.unwrap();
+    Migrator::up(&database, None).await.unwrap();
+    database.close().await.unwrap();
+    let server = TestServer::start(db.config()).await;
+    let mut search_api = PersonalClientSearchServiceClient::new(server.channel().await);
+    assert_unicode_names_found(&mut search_api, &admin).await;
+    server.stop().await;
+}
+
+async fn assert_unicode_names_found(client: &mut PersonalClientSearchServiceClient<Channel>, admin: &str) {
+    for (name, queries) in UNICODE_NAMES {
+        for query in queries {
+            assert_eq!(names(client, admin, search(query, &[], false)).await, [name], "{query:?} finds {name:?}");
+        }
+    }
 }

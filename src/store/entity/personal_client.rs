@@ -14,6 +14,8 @@ pub struct Model {
     pub client_id: String,
     pub user_id: String,
     pub display_name: String,
+    /// `display_name` as Search compares it (`SearchFilter::fold_case`), kept in step with it.
+    pub display_name_folded: String,
     /// Canonical CIDRs.
     #[sea_orm(column_type = "JsonBinary")]
     pub allow_source_cidr: Networks,

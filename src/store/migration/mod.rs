@@ -6,6 +6,7 @@ use sea_orm_migration::prelude::*;
 mod m20261128_000001_create_tables;
 mod m20261128_000002_assertion_replays;
 mod m20261128_000003_json_columns;
+mod m20261128_000004_folded_display_names;
 
 #[derive(Debug)]
 pub struct Migrator;
@@ -17,6 +18,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261128_000001_create_tables::Migration),
             Box::new(m20261128_000002_assertion_replays::Migration),
             Box::new(m20261128_000003_json_columns::Migration),
+            Box::new(m20261128_000004_folded_display_names::Migration),
         ]
     }
 }
