@@ -201,15 +201,18 @@ fn thousands_of_silent_connections_neither_exhaust_descriptors_nor_lock_callers_
         let dir = tempfile::tempdir().unwrap();
         let server = ServerProcess::spawn(dir.path(), None, &["--max-connections", "300", "--idle-timeout", "1h"]);
         let pid = server.child.id();
-        let idle_descriptors = open_descriptors(pid);
+        let (idle_descriptors, idle_memory) = (open_descriptors(pid), resident_bytes(pid));
         let probe = HealthProbe::start(server.addr);
         let silent = open_silent(server.addr, 3_000);
-        let most = open_descriptors(pid);
+        let (most, memory) = (open_descriptors(pid), resident_bytes(pid));
         let (checks, slowest) = probe.finish();
+        let grown = memory.saturating_sub(idle_memory);
         eprintln!(
-            "{} silent connections; server descriptors {idle_descriptors} idle, {most} under attack; {checks} health checks, slowest {slowest:?}",
-            silent.len()
+            "{} silent connections; server descriptors {idle_descriptors} idle, {most} under attack; memory grew {} KiB; {checks} health checks, slowest {slowest:?}",
+            silent.len(),
+            grown / 1024
         );
+        assert!(grown < 64 << 20, "memory grew by {} MiB", grown >> 20);
         assert!(silent.len() >= 2_000, "the connections were made");
         assert!(most <= idle_descriptors + 300 + 2, "at most --max-connections held: {most} descriptors");
         assert!(checks > 0);
