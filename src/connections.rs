@@ -3,19 +3,22 @@
 //! - At most `--max-connections` are open. The accept loop takes one connection at a time and
 //!   gives it a slot before it takes the next, so a flood waits in the kernel's backlog instead
 //!   of exhausting file descriptors. When every slot is taken, the connection whose peer has been
-//!   silent longest is closed to make room, so a flood of idle sockets cannot lock callers out.
-//! - A connection whose peer sends nothing for `--idle-timeout` is closed: silent sockets, stalled
-//!   HTTP/1.1 bodies, unfinished TLS handshakes. A live HTTP/2 client is never idle: it answers
-//!   the server's keep-alive pings.
+//!   silent longest, among those with no request in flight, is closed to make room, so a flood of
+//!   idle sockets cannot lock callers out.
+//! - A connection whose peer sends nothing for `--idle-timeout` while it has no request in flight
+//!   is closed: silent sockets, idle keep-alive connections, unfinished TLS handshakes. A live
+//!   HTTP/2 client is never idle: it answers the server's keep-alive pings. (A request that
+//!   stalls is ended by `--request-timeout`; see [`crate::limits`].)
 
 use std::{
     collections::HashMap,
     future::Future,
     io,
+    net::SocketAddr,
     pin::Pin,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     task::{Context, Poll},
     time::{Duration, Instant},
@@ -34,8 +37,8 @@ use tonic::{codegen::tokio_stream::wrappers::ReceiverStream, transport::server::
 /// closes the next one (a connection busy writing a response notices a moment later).
 const EVICTION_PATIENCE: Duration = Duration::from_millis(100);
 
-/// How long a failed `accept` (out of file descriptors, say) waits before the next try, so the
-/// loop does not spin.
+/// How long an `accept` that failed for want of file descriptors or memory waits before the
+/// next try, so the loop does not spin.
 const ACCEPT_RETRY: Duration = Duration::from_millis(50);
 
 /// A failed `accept` is logged at most this often.
@@ -53,8 +56,8 @@ pub struct ConnectionLimits {
 pub struct Connections {
     limits: ConnectionLimits,
     slots: Arc<Semaphore>,
-    open: Mutex<HashMap<u64, Arc<Activity>>>,
-    next_id: AtomicU64,
+    /// By peer address, unique among open connections.
+    open: Mutex<HashMap<SocketAddr, Arc<Activity>>>,
     epoch: Instant,
 }
 
@@ -62,6 +65,9 @@ pub struct Connections {
 struct Activity {
     /// Milliseconds from `Connections::epoch` to the last byte read from the peer.
     last_read: AtomicU64,
+    /// Requests of this connection being received or served: while there are any, the
+    /// connection is neither idle nor closed to make room.
+    in_flight: AtomicUsize,
     close: CancellationToken,
 }
 
@@ -71,7 +77,6 @@ impl Connections {
             limits,
             slots: Arc::new(Semaphore::new(limits.max_connections)),
             open: Mutex::new(HashMap::new()),
-            next_id: AtomicU64::new(0),
             epoch: Instant::now(),
         })
     }
@@ -105,7 +110,7 @@ impl Connections {
         let open = self.open.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let most_silent = open
             .values()
-            .filter(|activity| !activity.close.is_cancelled())
+            .filter(|activity| !activity.close.is_cancelled() && activity.in_flight.load(Ordering::Relaxed) == 0)
             .min_by_key(|activity| activity.last_read.load(Ordering::Relaxed));
         if let Some(activity) = most_silent {
             tracing::debug!("all connection slots are taken: closing the connection silent longest");
@@ -113,11 +118,32 @@ impl Connections {
         }
     }
 
-    fn register(self: &Arc<Self>, permit: OwnedSemaphorePermit) -> Registration {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let activity = Arc::new(Activity { last_read: AtomicU64::new(self.now()), close: CancellationToken::new() });
-        self.open.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(id, Arc::clone(&activity));
-        Registration { connections: Arc::clone(self), id, activity, _permit: permit }
+    fn register(self: &Arc<Self>, peer: SocketAddr, permit: OwnedSemaphorePermit) -> Registration {
+        let activity = Arc::new(Activity {
+            last_read: AtomicU64::new(self.now()),
+            in_flight: AtomicUsize::new(0),
+            close: CancellationToken::new(),
+        });
+        self.open.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(peer, Arc::clone(&activity));
+        Registration { connections: Arc::clone(self), peer, activity, _permit: permit }
+    }
+
+    /// Marks a request of the connection from `peer` as in flight until the guard is dropped.
+    pub fn request_started(&self, peer: SocketAddr) -> Option<InFlight> {
+        let open = self.open.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let activity = Arc::clone(open.get(&peer)?);
+        activity.in_flight.fetch_add(1, Ordering::Relaxed);
+        Some(InFlight(activity))
+    }
+}
+
+/// A request in flight on a connection.
+#[derive(Debug)]
+pub struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -125,14 +151,14 @@ impl Connections {
 #[derive(Debug)]
 struct Registration {
     connections: Arc<Connections>,
-    id: u64,
+    peer: SocketAddr,
     activity: Arc<Activity>,
     _permit: OwnedSemaphorePermit,
 }
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        self.connections.open.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&self.id);
+        self.connections.open.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&self.peer);
     }
 }
 
@@ -166,8 +192,13 @@ impl<S> Tracked<S> {
                 "closed to make room for another connection",
             ));
         }
-        if self.idle.as_mut().poll(cx).is_ready() {
-            return Some(io::Error::new(io::ErrorKind::TimedOut, "the peer sent nothing for the idle timeout"));
+        while self.idle.as_mut().poll(cx).is_ready() {
+            // A connection waiting for its own answers is not idle, whatever its peer sends.
+            if self.registration.activity.in_flight.load(Ordering::Relaxed) == 0 {
+                return Some(io::Error::new(io::ErrorKind::TimedOut, "the peer sent nothing for the idle timeout"));
+            }
+            let idle_timeout = self.registration.connections.limits.idle_timeout;
+            self.idle.as_mut().reset(tokio::time::Instant::now() + idle_timeout);
         }
         None
     }
@@ -264,6 +295,8 @@ where
             };
             let (tcp, peer) = match accepted {
                 Ok(accepted) => accepted,
+                // A connection that went away before it was accepted is no reason to pause.
+                Err(error) if !is_out_of_resources(&error) => continue,
                 Err(error) => {
                     if last_warning.is_none_or(|at| at.elapsed() >= ACCEPT_WARNING_INTERVAL) {
                         tracing::warn!(%error, open = connections.open(), "cannot accept connections");
@@ -279,7 +312,7 @@ where
                 () = ready.closed() => break,
             };
             let _ = tcp.set_nodelay(true);
-            let stream = Tracked::new(tcp, connections.register(permit));
+            let stream = Tracked::new(tcp, connections.register(peer, permit));
             let (shaking, ready) = (handshake(stream), ready.clone());
             tokio::spawn(async move {
                 match shaking.await {
@@ -292,4 +325,10 @@ where
         }
     });
     ReceiverStream::new(streams)
+}
+
+/// Out of file descriptors or memory: the errors `accept` keeps failing with until something
+/// is freed (EMFILE, ENFILE, ENOBUFS, ENOMEM).
+fn is_out_of_resources(error: &io::Error) -> bool {
+    matches!(error.raw_os_error(), Some(23 | 24 | 105 | 12))
 }

@@ -45,9 +45,15 @@ pub enum Error {
     /// The server has as much work in flight as it takes; the caller may retry shortly.
     #[error("overloaded: {message}")]
     Overloaded { message: String, retry_after: Duration },
-    /// The request did not arrive whole and get its answer within the server's limit.
-    #[error("the request took longer than {0:?}")]
+    /// The request did not arrive whole within the server's limit.
+    #[error("the request did not arrive within {0:?}")]
+    SlowRequest(Duration),
+    /// The request arrived, but its answer was not ready within the server's limit.
+    #[error("the request was not answered within {0:?}")]
     TimedOut(Duration),
+    /// The request body is larger than the server takes, in bytes.
+    #[error("the request is larger than {0} bytes")]
+    TooLarge(usize),
     /// The database cannot be reached or is busy: the caller may retry.
     #[error("the database is unavailable or busy")]
     Unavailable(#[source] DbErr),
@@ -159,7 +165,9 @@ fn is_transient_db_err(err: &DbErr) -> bool {
 /// PostgreSQL: connection exceptions (class 08), serialisation failures and deadlocks, too many
 /// connections, and the server shutting down or starting up.
 fn is_transient_sqlstate(code: &str) -> bool {
-    code.starts_with("08") || matches!(code, "40001" | "40P01" | "53300" | "57P01" | "57P02" | "57P03")
+    // 57014 and 55P03: a statement or lock wait cut off by the session's timeouts.
+    code.starts_with("08")
+        || matches!(code, "40001" | "40P01" | "53300" | "55P03" | "57014" | "57P01" | "57P02" | "57P03")
 }
 
 /// Logs what the caller is not told.
@@ -194,11 +202,19 @@ impl OAuthError {
     }
 }
 
+fn slow_request(limit: Duration) -> String {
+    format!("the request did not arrive whole within {}, the most this server waits", humantime::format_duration(limit))
+}
+
 fn timed_out(limit: Duration) -> String {
     format!(
-        "the request was not received and answered within {}, the most this server allows",
+        "the request was not answered within {}, the most this server allows; retry later",
         humantime::format_duration(limit)
     )
+}
+
+fn too_large(limit: usize) -> String {
+    format!("the request is larger than {limit} bytes, the most this service accepts")
 }
 
 /// Whole seconds to wait, at least one: what `Retry-After` can say.
@@ -213,7 +229,7 @@ impl From<Error> for OAuthError {
             Error::RateLimited { retry_after, .. } | Error::Overloaded { retry_after, .. } => {
                 Some(retry_seconds(*retry_after))
             }
-            Error::Unavailable(_) => Some(1),
+            Error::Unavailable(_) | Error::TimedOut(_) => Some(1),
             _ => None,
         };
         let (http_status, error, description) = match err {
@@ -229,7 +245,9 @@ impl From<Error> for OAuthError {
             Error::RateLimited { message, .. } => (429, "temporarily_unavailable", message),
             Error::QuotaExceeded(message) => (429, "invalid_request", message),
             Error::Overloaded { message, .. } => (503, "temporarily_unavailable", message),
-            Error::TimedOut(limit) => (408, "invalid_request", timed_out(limit)),
+            Error::SlowRequest(limit) => (408, "invalid_request", slow_request(limit)),
+            Error::TooLarge(limit) => (413, "invalid_request", too_large(limit)),
+            Error::TimedOut(limit) => (503, "temporarily_unavailable", timed_out(limit)),
             Error::Unavailable(_) => {
                 (503, "temporarily_unavailable", "the service is unavailable; retry later".to_owned())
             }
@@ -269,6 +287,8 @@ impl From<Error> for Status {
                 Status::with_error_details(Code::ResourceExhausted, message, details)
             }
             Error::QuotaExceeded(message) => Status::resource_exhausted(message),
+            Error::SlowRequest(limit) => Status::deadline_exceeded(slow_request(limit)),
+            Error::TooLarge(limit) => Status::resource_exhausted(too_large(limit)),
             Error::TimedOut(limit) => Status::deadline_exceeded(timed_out(limit)),
             Error::Unavailable(_) => Status::unavailable("the database is unavailable or busy; retry later"),
             Error::Database(_) | Error::Config { .. } | Error::Internal { .. } => Status::internal("internal error"),
@@ -291,6 +311,7 @@ mod tests {
     fn sqlstates_are_not_read_as_sqlite_codes() {
         assert!(is_transient_sqlstate("08006"));
         assert!(is_transient_sqlstate("57P01"));
+        assert!(is_transient_sqlstate("57014"), "statement timeout");
         // 22021 (invalid byte sequence, a NUL in a string) ends in 5 as a number would.
         assert!(!is_transient_sqlstate("22021"));
     }

@@ -1,135 +1,66 @@
-//! Bounds on the work callers can put in: a gRPC request larger than `--max-request-bytes`
-//! ends in `RESOURCE_EXHAUSTED` as soon as the excess arrives, before it is buffered or
-//! decoded; past `--max-concurrent-requests` in flight, a request is refused at once.
+//! Admission: what a request must do before a handler spends anything on it.
+//!
+//! 1. Its body arrives whole within `--request-timeout`, no larger than `--max-request-bytes`,
+//!    into a memory budget shared by every request (`--max-concurrent-requests` times
+//!    `--max-request-bytes`). A sender that trickles holds only the bytes it has sent, and while
+//!    the budget is spent the server stops reading bodies, so HTTP/2 flow control holds senders
+//!    back instead of memory growing.
+//! 2. Then it takes one of `--max-concurrent-requests` places, or is refused at once.
+//! 3. It is answered within what is left of `--request-timeout`.
+//!
+//! Health checks skip the queue: an orchestrator that cannot reach one restarts a server that is
+//! merely busy.
 
 use std::{
     future::Future,
+    net::SocketAddr,
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
     time::Duration,
 };
 
-use bytes::Bytes;
-use http_body::{Body, Frame, SizeHint};
-use pin_project_lite::pin_project;
-use tokio::sync::Semaphore;
-use tonic::Status;
+use bytes::{Bytes, BytesMut};
+use http_body_util::{BodyExt, Full};
+use tokio::{
+    sync::{OwnedSemaphorePermit, Semaphore},
+    time::Instant,
+};
+use tonic::{
+    Status,
+    transport::server::{TcpConnectInfo, TlsConnectInfo},
+};
 
-use crate::{Error, api::http::oauth_error, error::OAuthError, metrics::is_grpc};
+use crate::{Error, api::http::oauth_error, connections::Connections, error::OAuthError, metrics::is_grpc};
 
-/// Paths that answer whatever the load: an orchestrator that cannot reach a health check
-/// restarts a server that is merely busy.
 const ALWAYS_ANSWERED: [&str; 2] = ["/grpc.health.v1.Health/", "/healthz"];
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// Wraps every request body in a [`LimitedBody`].
+/// How much work the server takes on at once.
 #[derive(Debug, Clone, Copy)]
-pub struct RequestSizeLimitLayer {
-    limit: usize,
+pub struct AdmissionLimits {
+    pub max_concurrent_requests: usize,
+    pub max_request_bytes: usize,
+    pub request_timeout: Duration,
 }
 
-impl RequestSizeLimitLayer {
-    pub fn new(limit: usize) -> Self {
-        Self { limit }
-    }
-}
-
-impl<S> tower::Layer<S> for RequestSizeLimitLayer {
-    type Service = RequestSizeLimit<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        RequestSizeLimit { inner, limit: self.limit }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct RequestSizeLimit<S> {
-    inner: S,
-    limit: usize,
-}
-
-impl<S> tower::Service<http::Request<tonic::body::Body>> for RequestSizeLimit<S>
-where
-    S: tower::Service<http::Request<tonic::body::Body>>,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = S::Future;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
-        let limit = self.limit;
-        self.inner
-            .call(request.map(|body| tonic::body::Body::new(LimitedBody { inner: body, remaining: limit, limit })))
-    }
-}
-
-pin_project! {
-    /// A body that fails with `RESOURCE_EXHAUSTED` once more than `limit` bytes have come.
-    #[derive(Debug)]
-    pub struct LimitedBody<B> {
-        #[pin]
-        inner: B,
-        remaining: usize,
-        limit: usize,
-    }
-}
-
-impl<B> Body for LimitedBody<B>
-where
-    B: Body<Data = Bytes>,
-    B::Error: Into<BoxError>,
-{
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let this = self.project();
-        match this.inner.poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                let size = frame.data_ref().map_or(0, Bytes::len);
-                if size > *this.remaining {
-                    let status = Status::resource_exhausted(format!(
-                        "the request is larger than {} bytes, the most this service accepts",
-                        this.limit
-                    ));
-                    return Poll::Ready(Some(Err(Box::new(status))));
-                }
-                *this.remaining -= size;
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Poll::Ready(Some(Err(err))) => Poll::Ready(Some(Err(err.into()))),
-            Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-/// Refuses requests beyond `limit` in flight, health checks excepted, and ends any request not
-/// answered within `timeout`, however slowly its body arrives.
+/// Receives bodies, admits requests and bounds their time; see the module documentation.
 #[derive(Debug, Clone)]
 pub struct AdmissionLayer {
-    permits: Arc<Semaphore>,
-    limit: usize,
-    timeout: Duration,
+    limits: AdmissionLimits,
+    places: Arc<Semaphore>,
+    body_budget: Arc<Semaphore>,
+    connections: Arc<Connections>,
 }
 
 impl AdmissionLayer {
-    pub fn new(limit: usize, timeout: Duration) -> Self {
-        Self { permits: Arc::new(Semaphore::new(limit)), limit, timeout }
+    pub fn new(limits: AdmissionLimits, connections: Arc<Connections>) -> Self {
+        let budget = limits.max_concurrent_requests.saturating_mul(limits.max_request_bytes);
+        Self {
+            limits,
+            places: Arc::new(Semaphore::new(limits.max_concurrent_requests)),
+            body_budget: Arc::new(Semaphore::new(budget.min(Semaphore::MAX_PERMITS))),
+            connections,
+        }
     }
 }
 
@@ -147,50 +78,112 @@ pub struct Admission<S> {
     layer: AdmissionLayer,
 }
 
+type Answer = http::Response<tonic::body::Body>;
+
 impl<S, B> tower::Service<http::Request<B>> for Admission<S>
 where
-    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+    S: tower::Service<http::Request<tonic::body::Body>, Response = Answer> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Send,
 {
-    type Response = S::Response;
+    type Response = Answer;
     type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+    type Future = Pin<Box<dyn Future<Output = Result<Answer, S::Error>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let grpc = is_grpc(request.headers());
-        let refuse = move |err: Error| {
-            if grpc {
-                Status::from(err).into_http()
-            } else {
-                oauth_error(OAuthError::from(err)).map(tonic::body::Body::new)
-            }
-        };
-        let path = request.uri().path();
-        let permit = if ALWAYS_ANSWERED.iter().any(|exempt| path.starts_with(exempt)) {
-            None
-        } else if let Ok(permit) = Arc::clone(&self.layer.permits).try_acquire_owned() {
-            Some(permit)
-        } else {
-            let refusal = Error::Overloaded {
-                message: format!(
-                    "the server has {} requests in flight, the most it takes; retry shortly",
-                    self.layer.limit
-                ),
-                retry_after: Duration::from_secs(1),
-            };
-            return Box::pin(std::future::ready(Ok(refuse(refusal))));
-        };
-        let timeout = self.layer.timeout;
-        let response = tokio::time::timeout(timeout, self.inner.call(request));
+        // The clone that was made ready goes with this request; the new one waits for the next.
+        let ready = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, ready);
+        let layer = self.layer.clone();
         Box::pin(async move {
-            let response = response.await.unwrap_or_else(|_| Ok(refuse(Error::TimedOut(timeout))));
-            drop(permit);
-            response
+            let limits = layer.limits;
+            let deadline = Instant::now() + limits.request_timeout;
+            let grpc = is_grpc(request.headers());
+            let refuse = |err: Error| {
+                Ok(if grpc {
+                    Status::from(err).into_http()
+                } else {
+                    oauth_error(OAuthError::from(err)).map(tonic::body::Body::new)
+                })
+            };
+            let exempt = ALWAYS_ANSWERED.iter().any(|path| request.uri().path().starts_with(path));
+            let _in_flight = peer(&request).and_then(|peer| layer.connections.request_started(peer));
+            let (parts, body) = request.into_parts();
+            let received =
+                tokio::time::timeout_at(deadline, receive(body, &layer.body_budget, limits.max_request_bytes));
+            let (body, _body_memory) = match received.await {
+                Err(_) => return refuse(Error::SlowRequest(limits.request_timeout)),
+                Ok(Err(err)) => return refuse(err),
+                Ok(Ok(received)) => received,
+            };
+            let _place = if exempt {
+                None
+            } else if let Ok(place) = Arc::clone(&layer.places).try_acquire_owned() {
+                Some(place)
+            } else {
+                return refuse(Error::Overloaded {
+                    message: format!(
+                        "the server has {} requests in flight, the most it takes; retry shortly",
+                        limits.max_concurrent_requests
+                    ),
+                    retry_after: Duration::from_secs(1),
+                });
+            };
+            let request = http::Request::from_parts(parts, tonic::body::Body::new(Full::new(body)));
+            match tokio::time::timeout_at(deadline, inner.call(request)).await {
+                Ok(answer) => answer,
+                Err(_) => refuse(Error::TimedOut(limits.request_timeout)),
+            }
         })
     }
+}
+
+/// The TCP peer of a request, plain or TLS.
+fn peer<B>(request: &http::Request<B>) -> Option<SocketAddr> {
+    let extensions = request.extensions();
+    extensions
+        .get::<TcpConnectInfo>()
+        .or_else(|| extensions.get::<TlsConnectInfo<TcpConnectInfo>>().map(TlsConnectInfo::get_ref))
+        .and_then(TcpConnectInfo::remote_addr)
+}
+
+/// The whole body, at most `max` bytes, each byte counted against `budget` until the request
+/// is done (the permit returned).
+async fn receive<B>(
+    body: B,
+    budget: &Arc<Semaphore>,
+    max: usize,
+) -> Result<(Bytes, Option<OwnedSemaphorePermit>), Error>
+where
+    B: http_body::Body<Data = Bytes>,
+{
+    let mut body = std::pin::pin!(body);
+    let mut received = BytesMut::new();
+    let mut held: Option<OwnedSemaphorePermit> = None;
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else {
+            return Err(Error::invalid("request", "the body could not be read to its end"));
+        };
+        let Ok(data) = frame.into_data() else { continue };
+        if received.len() + data.len() > max {
+            return Err(Error::TooLarge(max));
+        }
+        let size = u32::try_from(data.len()).map_err(|_| Error::TooLarge(max))?;
+        let permit = Arc::clone(budget)
+            .acquire_many_owned(size)
+            .await
+            .map_err(|_| Error::internal("the request memory budget is closed"))?;
+        match &mut held {
+            Some(held) => held.merge(permit),
+            None => held = Some(permit),
+        }
+        received.extend_from_slice(&data);
+    }
+    Ok((received.freeze(), held))
 }

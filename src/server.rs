@@ -17,7 +17,7 @@ use crate::{
     exchange::{ExchangeSettings, TokenExchange},
     grpc_methods::GrpcMethods,
     health::Health,
-    limits::{AdmissionLayer, RequestSizeLimitLayer},
+    limits::{AdmissionLayer, AdmissionLimits},
     metrics::{Metrics, RecordRpcLayer},
     pb::{
         auth::token_service_server::TokenServiceServer,
@@ -160,22 +160,30 @@ pub async fn serve(
         }
     };
     let serving = &config.serving;
+    let connections = Connections::new(ConnectionLimits {
+        max_connections: connection_slots(serving.max_connections as usize),
+        idle_timeout: serving.idle_timeout,
+    });
+    // Pings often enough that a live HTTP/2 client is never idle.
+    let keepalive = KEEPALIVE_INTERVAL.min(serving.idle_timeout / 3);
     let router = Server::builder()
         .accept_http1(true)
-        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
-        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .http2_keepalive_interval(Some(keepalive))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT.min(keepalive)))
         .max_concurrent_streams(serving.max_concurrent_streams)
         .http2_max_header_list_size(serving.max_header_bytes)
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .layer(RecordRpcLayer::new(metrics))
-        .layer(AdmissionLayer::new(serving.max_concurrent_requests as usize, serving.request_timeout))
-        .layer(RequestSizeLimitLayer::new(serving.max_request_bytes))
+        .layer(AdmissionLayer::new(
+            AdmissionLimits {
+                max_concurrent_requests: serving.max_concurrent_requests as usize,
+                max_request_bytes: serving.max_request_bytes,
+                request_timeout: serving.request_timeout,
+            },
+            Arc::clone(&connections),
+        ))
         .add_routes(Routes::from(routes));
-    let connections = Connections::new(ConnectionLimits {
-        max_connections: connection_slots(serving.max_connections as usize),
-        idle_timeout: serving.idle_timeout,
-    });
     let server: Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> = match tls {
         Some(acceptor) => {
             let incoming =
@@ -201,8 +209,9 @@ pub async fn serve(
     served
 }
 
-/// The server pings each HTTP/2 client this often, and drops one that has not answered within
-/// the timeout: a peer that has gone away does not keep its connection.
+/// The server pings each HTTP/2 client this often (more often with a short `--idle-timeout`),
+/// and drops one that has not answered within the timeout: a peer that has gone away does not
+/// keep its connection.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 

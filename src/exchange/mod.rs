@@ -201,8 +201,6 @@ impl TokenExchange {
             let _ = assertion.verify(&self.stand_in_key, client_id, &[client_id], now);
             return refuse(Rejection::UnknownClient);
         };
-        // Counted whether or not the assertion is good: guessing at a client's key is bounded too.
-        self.per_client.check(&client.id)?;
         let verifying_key = client.verifying_key().map_err(|e| {
             let message = format!("the stored public key of personal client {} is not an Ed25519 point", client.id);
             Error::internal_with(message, e)
@@ -211,6 +209,9 @@ impl TokenExchange {
         let audiences: Vec<&str> = self.audiences.iter().map(String::as_str).collect();
         let verified =
             assertion.verify(&verifying_key, client_id, &audiences, now.timestamp()).map_err(Error::InvalidClient)?;
+        // Counted only for assertions its key signed: anyone could spend a client's allowance,
+        // or learn that it exists, with junk. Junk is bounded per source address instead.
+        self.per_client.check(&client.id)?;
         let lifetime_left = client.check_live(now).map_err(Error::InvalidClient)?;
         client.allow_source_cidr.check(source).map_err(Error::InvalidClient)?;
         let spent_until = DateTime::from_timestamp(verified.spent_until, 0).unwrap_or(now);

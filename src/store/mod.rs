@@ -109,6 +109,9 @@ impl Store {
         match self.db.get_database_backend() {
             DbBackend::Postgres => {
                 let txn = self.db.begin().await?;
+                // Migrations may run long and replicas wait their turn: the session's
+                // statement and lock bounds do not apply here.
+                txn.execute_unprepared("SET LOCAL statement_timeout = 0; SET LOCAL lock_timeout = 0").await?;
                 txn.execute_unprepared(&format!("SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")).await?;
                 Ok(txn)
             }
