@@ -35,6 +35,12 @@ use crate::{Error, api::http::oauth_error, connections::Connections, error::OAut
 
 const ALWAYS_ANSWERED: [&str; 2] = ["/grpc.health.v1.Health/", "/healthz"];
 
+/// Methods whose request is a stream the caller keeps open while it reads the answers (gRPC
+/// reflection, as grpcurl uses it): their bodies go to the handler as they come, each message
+/// bounded by tonic's decoding limit, instead of being received whole first.
+const STREAMED_REQUESTS: [&str; 2] =
+    ["/grpc.reflection.v1.ServerReflection/", "/grpc.reflection.v1alpha.ServerReflection/"];
+
 /// How much work the server takes on at once.
 #[derive(Debug, Clone, Copy)]
 pub struct AdmissionLimits {
@@ -86,7 +92,7 @@ where
     S::Future: Send + 'static,
     S::Error: Send + 'static,
     B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send,
 {
     type Response = Answer;
     type Error = S::Error;
@@ -114,13 +120,18 @@ where
             };
             let exempt = ALWAYS_ANSWERED.iter().any(|path| request.uri().path().starts_with(path));
             let _in_flight = peer(&request).and_then(|peer| layer.connections.request_started(peer));
+            let streamed = STREAMED_REQUESTS.iter().any(|path| request.uri().path().starts_with(path));
             let (parts, body) = request.into_parts();
-            let received =
-                tokio::time::timeout_at(deadline, receive(body, &layer.body_budget, limits.max_request_bytes));
-            let (body, _body_memory) = match received.await {
-                Err(_) => return refuse(Error::SlowRequest(limits.request_timeout)),
-                Ok(Err(err)) => return refuse(err),
-                Ok(Ok(received)) => received,
+            let (body, _body_memory) = if streamed {
+                (tonic::body::Body::new(body), None)
+            } else {
+                let received =
+                    tokio::time::timeout_at(deadline, receive(body, &layer.body_budget, limits.max_request_bytes));
+                match received.await {
+                    Err(_) => return refuse(Error::SlowRequest(limits.request_timeout)),
+                    Ok(Err(err)) => return refuse(err),
+                    Ok(Ok((body, memory))) => (tonic::body::Body::new(Full::new(body)), memory),
+                }
             };
             let _place = if exempt {
                 None
@@ -135,7 +146,7 @@ where
                     retry_after: Duration::from_secs(1),
                 });
             };
-            let request = http::Request::from_parts(parts, tonic::body::Body::new(Full::new(body)));
+            let request = http::Request::from_parts(parts, body);
             match tokio::time::timeout_at(deadline, inner.call(request)).await {
                 Ok(answer) => answer,
                 Err(_) => refuse(Error::TimedOut(limits.request_timeout)),

@@ -183,12 +183,21 @@ async fn reflection_lists_and_describes_the_services(db: TestDb) {
         host: String::new(),
         message_request: Some(v1::server_reflection_request::MessageRequest::ListServices(String::new())),
     };
-    let mut replies = reflection.server_reflection_info(tokio_stream::iter(vec![list])).await.unwrap().into_inner();
+    // The request stream stays open while the answers are read, as grpcurl keeps it.
+    let (requests, stream) = tokio::sync::mpsc::channel(4);
+    requests.send(list).await.unwrap();
+    let call = reflection.server_reflection_info(tokio_stream::wrappers::ReceiverStream::new(stream));
+    let mut replies = tokio::time::timeout(std::time::Duration::from_secs(5), call)
+        .await
+        .expect("answered while the request stream is still open")
+        .unwrap()
+        .into_inner();
     let Some(v1::server_reflection_response::MessageResponse::ListServicesResponse(services)) =
         replies.message().await.unwrap().unwrap().message_response
     else {
         panic!("a list of services")
     };
+    drop(requests);
     let names: Vec<String> = services.service.into_iter().map(|s| s.name).collect();
     for expected in [
         "c1.api.iam.v1.PersonalClientService",
