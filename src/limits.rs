@@ -13,7 +13,6 @@
 
 use std::{
     future::Future,
-    net::SocketAddr,
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
@@ -26,12 +25,15 @@ use tokio::{
     sync::{OwnedSemaphorePermit, Semaphore},
     time::Instant,
 };
-use tonic::{
-    Status,
-    transport::server::{TcpConnectInfo, TlsConnectInfo},
-};
+use tonic::Status;
 
-use crate::{Error, api::http::oauth_error, connections::Connections, error::OAuthError, metrics::is_grpc};
+use crate::{
+    Error,
+    api::http::oauth_error,
+    connections::{Connections, peer},
+    error::OAuthError,
+    metrics::is_grpc,
+};
 
 const ALWAYS_ANSWERED: [&str; 2] = ["/grpc.health.v1.Health/", "/healthz"];
 
@@ -119,7 +121,7 @@ where
                 })
             };
             let exempt = ALWAYS_ANSWERED.iter().any(|path| request.uri().path().starts_with(path));
-            let _in_flight = peer(&request).and_then(|peer| layer.connections.request_started(peer));
+            let _in_flight = peer(request.extensions()).and_then(|peer| layer.connections.request_started(peer));
             let streamed = STREAMED_REQUESTS.iter().any(|path| request.uri().path().starts_with(path));
             let (parts, body) = request.into_parts();
             let (body, _body_memory) = if streamed {
@@ -153,15 +155,6 @@ where
             }
         })
     }
-}
-
-/// The TCP peer of a request, plain or TLS.
-fn peer<B>(request: &http::Request<B>) -> Option<SocketAddr> {
-    let extensions = request.extensions();
-    extensions
-        .get::<TcpConnectInfo>()
-        .or_else(|| extensions.get::<TlsConnectInfo<TcpConnectInfo>>().map(TlsConnectInfo::get_ref))
-        .and_then(TcpConnectInfo::remote_addr)
 }
 
 /// The whole body, at most `max` bytes, each byte counted against `budget` until the request

@@ -106,15 +106,6 @@ impl<K: Hash + Eq + Clone> KeyedLimit<K> {
             limiter.shrink_to_fit();
         }
     }
-
-    /// How many keys are remembered.
-    pub fn len(&self) -> usize {
-        self.limiter.as_ref().map_or(0, |(limiter, _)| limiter.len())
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// Log lines about refused requests, which anyone can cause: at most 20 a second (a burst of

@@ -11,10 +11,10 @@ use axum::{
     response::Response,
     routing::{get, post},
 };
-use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 
 use crate::{
     auth::Authenticator,
+    connections,
     error::OAuthError,
     exchange::{ExchangeRequest, RequestOrigin, TokenExchange},
     health::Health,
@@ -67,12 +67,7 @@ async fn healthz(State(state): State<HttpState>) -> Response {
 
 async fn token(State(state): State<HttpState>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
-    let peer = parts
-        .extensions
-        .get::<TcpConnectInfo>()
-        .or_else(|| parts.extensions.get::<TlsConnectInfo<TcpConnectInfo>>().map(TlsConnectInfo::get_ref))
-        .and_then(TcpConnectInfo::remote_addr)
-        .map(|addr| addr.ip());
+    let peer = connections::peer(&parts.extensions).map(|addr| addr.ip());
     let origin =
         RequestOrigin::new(peer, parts.headers.get_all("x-forwarded-for").iter().map(|value| value.to_str().ok()));
     let form = match read_form(&parts.headers, body).await {
