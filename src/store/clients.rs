@@ -40,6 +40,23 @@ impl Store {
         max_held: Option<u64>,
     ) -> Result<Option<PersonalClient>, Error> {
         let now = round_to_micros(Utc::now());
+        let _turn = self.write_turn().await;
+        if let Some(max_held) = max_held {
+            // Whether a `max_held`-th such row exists: reads one row, whatever the count.
+            let last_allowed = personal_client::Entity::find()
+                .select_only()
+                .column(Column::Id)
+                .filter(Column::UserId.eq(new.user_id.as_str()))
+                .filter(Column::DeletedAt.is_null())
+                .offset(max_held - 1)
+                .limit(1)
+                .into_tuple::<Uuid>()
+                .one(&self.db)
+                .await?;
+            if last_allowed.is_some() {
+                return Ok(None);
+            }
+        }
         for _ in 0..CLIENT_ID_ATTEMPTS {
             let row = personal_client::ActiveModel {
                 id: Set(Uuid::now_v7()),
@@ -57,27 +74,7 @@ impl Store {
                 updated_at: Set(now),
                 deleted_at: Set(None),
             };
-            let inserted = {
-                let _turn = self.write_turn().await;
-                if let Some(max_held) = max_held {
-                    // Whether a `max_held`-th such row exists: reads one row, whatever the count.
-                    let last_allowed = personal_client::Entity::find()
-                        .select_only()
-                        .column(Column::Id)
-                        .filter(Column::UserId.eq(new.user_id.as_str()))
-                        .filter(Column::DeletedAt.is_null())
-                        .offset(max_held - 1)
-                        .limit(1)
-                        .into_tuple::<Uuid>()
-                        .one(&self.db)
-                        .await?;
-                    if last_allowed.is_some() {
-                        return Ok(None);
-                    }
-                }
-                personal_client::Entity::insert(row).exec_with_returning(&self.db).await
-            };
-            match inserted {
+            match personal_client::Entity::insert(row).exec_with_returning(&self.db).await {
                 Ok(row) => return row.try_into().map(Some),
                 Err(err) if matches!(err.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => continue,
                 Err(err) => return Err(err.into()),
