@@ -1,6 +1,7 @@
 //! Who is calling: bearer tokens become a [`Principal`], put into the request's extensions by
 //! [`authenticate`] before any handler runs; and the access tokens this service mints.
 
+mod cache;
 pub mod external;
 pub mod jws;
 mod keys;
@@ -22,6 +23,7 @@ use crate::{
     grpc_methods::GrpcMethods,
     store::Store,
 };
+use cache::{VerifiedClaims, VerifiedTokens};
 use external::ExternalIssuers;
 use jws::UnverifiedJws;
 
@@ -64,11 +66,12 @@ pub struct Authenticator {
     issuer: String,
     store: Store,
     external: ExternalIssuers,
+    verified: VerifiedTokens,
 }
 
 impl Authenticator {
     pub fn new(keys: SigningKeys, issuer: String, store: Store, external: ExternalIssuers) -> Self {
-        Self { keys, issuer, store, external }
+        Self { keys, issuer, store, external, verified: VerifiedTokens::default() }
     }
 
     pub fn keys(&self) -> &SigningKeys {
@@ -94,24 +97,47 @@ impl Authenticator {
 
     /// Turns the `authorization` header value into the caller, or `UNAUTHENTICATED`.
     pub async fn authenticate(&self, authorization: Option<&str>) -> Result<Principal, Error> {
-        let denied = |reason: &str| Error::Unauthenticated(reason.to_owned());
         let header = authorization.ok_or_else(|| denied("no authorization header"))?;
         let token = match header.split_once(' ') {
             Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
             _ => return Err(denied("authorization is not a bearer token")),
         };
-        let claimed_issuer = untrusted_issuer(token).ok_or_else(|| denied("token has no readable issuer"))?;
-        if claimed_issuer != self.issuer {
-            if !self.external.trusts(&claimed_issuer) {
-                return Err(denied("token from an untrusted issuer"));
+        let key = VerifiedTokens::key(token);
+        let claims = match self.verified.get(&key) {
+            Some(claims) => claims,
+            None => {
+                let claimed_issuer = untrusted_issuer(token).ok_or_else(|| denied("token has no readable issuer"))?;
+                if claimed_issuer != self.issuer {
+                    return self.authenticate_external(&claimed_issuer, token).await;
+                }
+                let claims = Arc::new(self.verify_own(token).await?);
+                self.verified.insert(key, claims.clone());
+                claims
             }
-            let claims = self.external.verify(&claimed_issuer, token).await.map_err(|reason| denied(&reason))?;
-            return Ok(Principal {
-                user_id: Principal::external_user_id(&claimed_issuer, &claims.subject),
-                roles: RoleSet::from_claims(&claims.roles),
-                client_id: None,
-            });
+        };
+        let now = Utc::now();
+        if claims.exp <= now.timestamp() {
+            self.verified.remove(&key);
+            return Err(denied("token expired"));
         }
+        // A revoked credential stops working at once, including the tokens it already obtained:
+        // asked of the database on every call, whichever replica revoked it.
+        if let Some(client_id) = &claims.client_id {
+            let client = self.store.find_client(client_id).await?;
+            if !client.is_some_and(|client| client.user_id == claims.sub && client.check_live(now).is_ok()) {
+                return Err(denied("token of a revoked, expired or unknown personal client"));
+            }
+        }
+        Ok(Principal {
+            user_id: claims.sub.clone(),
+            roles: claims.roles.clone(),
+            client_id: claims.client_id.clone().map(ClientId::from_stored),
+        })
+    }
+
+    /// The claims of an access token of this service, from its signature and the rules that
+    /// do not depend on time or on the database.
+    async fn verify_own(&self, token: &str) -> Result<VerifiedClaims, Error> {
         let jws = UnverifiedJws::parse(token).map_err(|e| denied(&e.to_string()))?;
         let kid = jws.header.kid.clone().ok_or_else(|| denied("token has no kid"))?;
         let key = self.keys.verifying_key(&kid).await?.ok_or_else(|| denied("token signed by an unknown key"))?;
@@ -122,25 +148,33 @@ impl Authenticator {
         if !claims.aud.contains(&self.issuer) {
             return Err(denied("token for another audience"));
         }
-        if claims.exp <= Utc::now().timestamp() {
-            return Err(denied("token expired"));
-        }
         if claims.sub.is_empty() {
             return Err(denied("token has no subject"));
         }
-        // A revoked credential stops working at once, including the tokens it already obtained.
-        if let Some(client_id) = &claims.client_id {
-            let client = self.store.find_client(client_id).await?;
-            if !client.is_some_and(|client| client.user_id == claims.sub && client.check_live(Utc::now()).is_ok()) {
-                return Err(denied("token of a revoked, expired or unknown personal client"));
-            }
-        }
-        Ok(Principal {
-            user_id: claims.sub,
+        Ok(VerifiedClaims {
             roles: RoleSet::from_claims(&claims.roles),
-            client_id: claims.client_id.map(ClientId::from_stored),
+            sub: claims.sub,
+            client_id: claims.client_id,
+            exp: claims.exp,
         })
     }
+
+    /// A token of a trusted external issuer, checked against its JWKS.
+    async fn authenticate_external(&self, issuer: &str, token: &str) -> Result<Principal, Error> {
+        if !self.external.trusts(issuer) {
+            return Err(denied("token from an untrusted issuer"));
+        }
+        let claims = self.external.verify(issuer, token).await.map_err(|reason| denied(&reason))?;
+        Ok(Principal {
+            user_id: Principal::external_user_id(issuer, &claims.subject),
+            roles: RoleSet::from_claims(&claims.roles),
+            client_id: None,
+        })
+    }
+}
+
+fn denied(reason: &str) -> Error {
+    Error::Unauthenticated(reason.to_owned())
 }
 
 /// The gate in front of every gRPC service: which methods anyone may call, and who the caller

@@ -22,6 +22,7 @@ pub fn tests() -> Vec<libtest_mimic::Trial> {
         every_protected_method_needs_a_token,
         a_client_token_is_only_good_for_its_own_owner,
         signing_keys_can_be_sealed_at_rest,
+        a_token_accepted_before_is_refused_once_expired,
     )
 }
 
@@ -236,5 +237,23 @@ async fn signing_keys_can_be_sealed_at_rest(db: TestDb) {
     // With it, the service starts again and still accepts what it signed.
     let server = TestServer::start(sealed_config).await;
     server.client().await.list(authed(list(), &after)).await.expect("the same keys after a restart");
+    server.stop().await;
+}
+
+/// A token verified once is remembered, but its expiry is checked on every call: accepted
+/// until its `exp`, refused from then on.
+async fn a_token_accepted_before_is_refused_once_expired(db: TestDb) {
+    let server = TestServer::start(db.config()).await;
+    let key = db.signing_key().await;
+    let mut claims = user_claims("alice");
+    let exp = oauth::now() + 2;
+    claims["exp"] = json!(exp);
+    let token = signed(&key.key, Some(&key.kid), &claims);
+    list_with(&server, &token).await.expect("accepted before its expiry");
+    list_with(&server, &token).await.expect("accepted again, as remembered");
+    while oauth::now() < exp {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_unauthenticated(&server, &token, "expired after it was accepted").await;
     server.stop().await;
 }

@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use crate::common::{TestDb, TestServer, authed, create_request};
+use crate::common::{TestDb, TestServer, authed, create_request, oauth};
 use personal_clients::pb::iam as pb;
 use tonic::Code;
 
@@ -11,6 +11,7 @@ pub fn tests() -> Vec<libtest_mimic::Trial> {
     let mut trials = Vec::new();
     trials.extend(backend_tests!(
         replicas_share_keys_and_revocations,
+        a_revoked_clients_token_is_refused_by_every_replica_at_once,
         concurrent_writes_all_succeed,
         concurrent_updates_stamp_updated_at_in_commit_order,
     ));
@@ -30,6 +31,32 @@ async fn replicas_share_keys_and_revocations(db: TestDb) {
     cb.delete(authed(pb::PersonalClientServiceDeleteRequest { id: pc.id.clone() }, &token)).await.unwrap();
     let gone = ca.get(authed(pb::PersonalClientServiceGetRequest { id: pc.id.clone() }, &token)).await.unwrap_err();
     assert_eq!(gone.code(), Code::NotFound, "a revocation holds on every replica at once");
+    a.stop().await;
+    b.stop().await;
+}
+
+/// Both replicas have accepted (and remembered) a token the client obtained; one revokes the
+/// client, and the very next call with the token is refused by either.
+async fn a_revoked_clients_token_is_refused_by_every_replica_at_once(db: TestDb) {
+    let (a, b) = tokio::join!(TestServer::start(db.config()), TestServer::start(db.config()));
+    let user = a.token("alice", &[]).await;
+    let (mut ca, mut cb) = (a.client().await, b.client().await);
+    let created = ca.create(authed(create_request("shared"), &user)).await.unwrap().into_inner();
+    let pc = created.client.unwrap();
+    let key = oauth::key_from_secret(&created.client_secret);
+    let form = oauth::token_form(&pc.client_id, &oauth::sdk_assertion(&key, &pc.client_id));
+    let issued = oauth::post_token(a.addr, &form, &[]).await;
+    assert_eq!(issued.status, 200, "{}", issued.body);
+    let token = issued.json()["access_token"].as_str().unwrap().to_owned();
+    let get = || authed(pb::PersonalClientServiceGetRequest { id: pc.id.clone() }, &token);
+    for _ in 0..2 {
+        ca.get(get()).await.expect("replica a accepts the client's token");
+        cb.get(get()).await.expect("replica b accepts the client's token");
+    }
+
+    cb.delete(authed(pb::PersonalClientServiceDeleteRequest { id: pc.id.clone() }, &user)).await.unwrap();
+    assert_eq!(ca.get(get()).await.unwrap_err().code(), Code::Unauthenticated, "refused by the other replica");
+    assert_eq!(cb.get(get()).await.unwrap_err().code(), Code::Unauthenticated, "refused by the revoking replica");
     a.stop().await;
     b.stop().await;
 }
