@@ -83,7 +83,7 @@ impl PersonalClients {
             public_key: public_key.to_bytes(),
         };
         let max_held = self.settings.max_clients_per_user;
-        let created = self.store.create_client(&new, &self.settings.public_host, max_held.map(u64::from)).await?;
+        let created = self.store.create_client(new, &self.settings.public_host, max_held.map(u64::from)).await?;
         let client = created.ok_or_else(|| {
             Error::QuotaExceeded(format!(
                 "you hold {} credentials, the most one user may; revoke one you no longer use first",

@@ -2,19 +2,25 @@
 //! Update and Revoke read the row's `updated_at` first, under the write lock; see
 //! [`Store::update_one`]).
 
-use chrono::{TimeDelta, Utc};
+use std::{collections::HashMap, sync::Arc};
+
+use chrono::{DateTime, TimeDelta, Utc};
 use sea_orm::{
     ActiveValue::Set,
-    ColumnTrait, Condition, DbBackend, EntityTrait, ExprTrait, QueryFilter, QueryOrder, QuerySelect, Select, SqlErr,
-    SqliteTransactionMode, TransactionOptions, TransactionTrait, UpdateMany,
-    sea_query::{Expr, Func, LikeExpr, SimpleExpr},
+    ColumnTrait, Condition, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, EntityTrait, ExprTrait,
+    QueryFilter, QueryOrder, QuerySelect, Select, SqliteTransactionMode, TransactionOptions, TransactionTrait,
+    UpdateMany,
+    sea_query::{Expr, Func, LikeExpr, OnConflict, SimpleExpr},
 };
+use tokio::sync::Mutex;
 use tracing::instrument;
 use uuid::Uuid;
 
 use super::{
     Store,
+    batch::Answers,
     entity::personal_client::{self, Column, Networks, RoleNames},
+    write_turn,
 };
 use crate::{
     Error,
@@ -29,80 +35,35 @@ const CLIENT_ID_ATTEMPTS: usize = 8;
 
 impl Store {
     /// Stores a new credential under a fresh random client id, unless its owner already holds
-    /// `max_held` that are not revoked (then `None`). The count and the insert are one step for
-    /// this process's SQLite writers; on PostgreSQL, concurrent Creates of one user may each see
-    /// the count below the bound, so it can be passed by the number of them in flight.
-    #[instrument(skip_all, fields(user_id = %new.user_id))]
+    /// `max_held` that are not revoked (then `None`). Concurrent Creates are written together,
+    /// in one transaction (one fsync), each answered once it is committed. The bound is exact
+    /// for this process (the batch counts what it adds); on PostgreSQL, Creates of one user on
+    /// several replicas at the same moment may each see the count below the bound.
     pub async fn create_client(
         &self,
-        new: &NewPersonalClient,
+        new: NewPersonalClient,
         public_host: &str,
         max_held: Option<u64>,
     ) -> Result<Option<PersonalClient>, Error> {
-        let now = round_to_micros(Utc::now());
-        let _turn = self.write_turn().await;
-        if let Some(max_held) = max_held {
-            // Whether a `max_held`-th such row exists: reads one row, whatever the count.
-            let last_allowed = personal_client::Entity::find()
-                .select_only()
-                .column(Column::Id)
-                .filter(Column::UserId.eq(new.user_id.as_str()))
-                .filter(Column::DeletedAt.is_null())
-                .offset(max_held - 1)
-                .limit(1)
-                .into_tuple::<Uuid>()
-                .one(&self.db)
-                .await?;
-            if last_allowed.is_some() {
-                return Ok(None);
-            }
-        }
-        for _ in 0..CLIENT_ID_ATTEMPTS {
-            let row = personal_client::ActiveModel {
-                id: Set(Uuid::now_v7()),
-                client_id: Set(ClientId::generate(public_host).into_string()),
-                user_id: Set(new.user_id.clone()),
-                display_name: Set(new.display_name.as_str().to_owned()),
-                display_name_folded: Set(SearchFilter::fold_case(new.display_name.as_str())),
-                allow_source_cidr: Set(Networks(new.allow_source_cidr.networks().to_vec())),
-                scoped_roles: Set(RoleNames(new.scoped_roles.to_strings())),
-                owner_roles: Set(RoleNames(new.owner_roles.to_strings())),
-                public_key: Set(new.public_key.to_vec()),
-                expires_at: Set(new.expires_at),
-                last_used_at: Set(None),
-                created_at: Set(now),
-                updated_at: Set(now),
-                deleted_at: Set(None),
-            };
-            match personal_client::Entity::insert(row).exec_with_returning(&self.db).await {
-                Ok(row) => return row.try_into().map(Some),
-                Err(err) if matches!(err.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => continue,
-                Err(err) => return Err(err.into()),
-            }
-        }
-        Err(Error::internal(format!("no free client id after {CLIENT_ID_ATTEMPTS} attempts")))
+        self.batches.create.call(NewRow { new, public_host: public_host.to_owned(), max_held }).await
     }
 
     /// A live (not deleted) client of `owner`.
-    #[instrument(skip_all, fields(%id))]
     pub async fn get_client(&self, id: Uuid, owner: Owner<'_>) -> Result<PersonalClient, Error> {
-        personal_client::Entity::find_by_id(id)
-            .filter(live(owner))
-            .one(&self.db)
-            .await?
-            .ok_or(Error::NotFound)?
-            .try_into()
+        let client = self.batches.by_id.call(id).await?.ok_or(Error::NotFound)?;
+        let owned = match owner {
+            Owner::User(user) => client.user_id == user,
+            Owner::Anyone => true,
+        };
+        if client.deleted_at.is_some() || !owned {
+            return Err(Error::NotFound);
+        }
+        Ok(client)
     }
 
     /// The client with OAuth2 client id `client_id`, deleted or not.
-    #[instrument(skip_all)]
     pub async fn find_client(&self, client_id: &str) -> Result<Option<PersonalClient>, Error> {
-        personal_client::Entity::find()
-            .filter(Column::ClientId.eq(client_id))
-            .one(&self.db)
-            .await?
-            .map(PersonalClient::try_from)
-            .transpose()
+        self.batches.by_client_id.call(client_id.to_owned()).await
     }
 
     /// Up to `limit` live clients of `user` with ids after `after`, oldest first.
@@ -292,4 +253,149 @@ impl TryFrom<personal_client::Model> for PersonalClient {
             deleted_at: row.deleted_at,
         })
     }
+}
+
+/// A Create waiting for its batch.
+#[derive(Debug)]
+pub(super) struct NewRow {
+    new: NewPersonalClient,
+    public_host: String,
+    max_held: Option<u64>,
+}
+
+/// Clients by id, in one query.
+pub(super) async fn clients_by_id(db: DatabaseConnection, ids: Vec<Uuid>) -> Result<Answers<PersonalClient>, DbErr> {
+    let rows = personal_client::Entity::find().filter(Column::Id.is_in(ids.iter().copied())).all(&db).await?;
+    Ok(answer_each(&ids, rows, |row| row.id))
+}
+
+/// Clients by OAuth2 client id, in one query.
+pub(super) async fn clients_by_client_id(
+    db: DatabaseConnection,
+    client_ids: Vec<String>,
+) -> Result<Answers<PersonalClient>, DbErr> {
+    let rows =
+        personal_client::Entity::find().filter(Column::ClientId.is_in(client_ids.iter().cloned())).all(&db).await?;
+    Ok(answer_each(&client_ids, rows, |row| row.client_id.clone()))
+}
+
+/// One answer per key, in the keys' order: the row with that key, if any (a key asked for twice
+/// gets the row twice).
+fn answer_each<K: Eq + std::hash::Hash>(
+    keys: &[K],
+    rows: Vec<personal_client::Model>,
+    key_of: impl Fn(&personal_client::Model) -> K,
+) -> Answers<PersonalClient> {
+    let found: HashMap<K, personal_client::Model> = rows.into_iter().map(|row| (key_of(&row), row)).collect();
+    keys.iter().map(|key| found.get(key).cloned().map(PersonalClient::try_from).transpose()).collect()
+}
+
+/// Writes a batch of Creates in one transaction. Each user's bound is checked against what the
+/// database holds plus what this batch adds before it; a client id already taken is drawn again.
+pub(super) async fn insert_clients(
+    db: DatabaseConnection,
+    writer: Option<Arc<Mutex<()>>>,
+    rows: Vec<NewRow>,
+) -> Result<Answers<PersonalClient>, DbErr> {
+    let now = round_to_micros(Utc::now());
+    let _turn = write_turn(writer.as_ref()).await;
+    let txn = match db.get_database_backend() {
+        DbBackend::Sqlite => {
+            let immediate = TransactionOptions {
+                sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+                ..TransactionOptions::default()
+            };
+            db.begin_with_options(immediate).await?
+        }
+        _ => db.begin().await?,
+    };
+    let held =
+        held_by(&txn, rows.iter().filter(|row| row.max_held.is_some()).map(|row| row.new.user_id.as_str())).await?;
+    let mut added: HashMap<&str, u64> = HashMap::new();
+    let mut answers: Vec<Result<Option<PersonalClient>, Error>> = Vec::with_capacity(rows.len());
+    let mut pending = Vec::new();
+    for (at, row) in rows.iter().enumerate() {
+        let user = row.new.user_id.as_str();
+        let count = held.get(user).copied().unwrap_or(0) + added.get(user).copied().unwrap_or(0);
+        if row.max_held.is_some_and(|max| count >= max) {
+            answers.push(Ok(None));
+            continue;
+        }
+        *added.entry(user).or_default() += 1;
+        answers.push(Err(Error::internal(format!("no free client id after {CLIENT_ID_ATTEMPTS} attempts"))));
+        pending.push(at);
+    }
+    for _ in 0..CLIENT_ID_ATTEMPTS {
+        if pending.is_empty() {
+            break;
+        }
+        let ids: Vec<Uuid> = pending.iter().map(|_| Uuid::now_v7()).collect();
+        let models = pending.iter().zip(&ids).map(|(&at, &id)| new_model(&rows[at], id, now));
+        let inserted = match personal_client::Entity::insert_many(models)
+            .on_conflict(OnConflict::new().do_nothing().to_owned())
+            .exec_with_returning(&txn)
+            .await
+        {
+            Ok(inserted) => inserted,
+            Err(DbErr::RecordNotInserted) => Vec::new(),
+            Err(err) => return Err(err),
+        };
+        // A row that did not come back drew a client id already taken; it draws again.
+        let mut by_id: HashMap<Uuid, personal_client::Model> = inserted.into_iter().map(|row| (row.id, row)).collect();
+        let mut still = Vec::new();
+        for (at, id) in pending.into_iter().zip(ids) {
+            match by_id.remove(&id) {
+                Some(row) => answers[at] = PersonalClient::try_from(row).map(Some),
+                None => still.push(at),
+            }
+        }
+        pending = still;
+    }
+    txn.commit().await?;
+    Ok(answers)
+}
+
+/// The row Create writes for `row`, under id `id` and a freshly drawn client id.
+fn new_model(row: &NewRow, id: Uuid, now: DateTime<Utc>) -> personal_client::ActiveModel {
+    let new = &row.new;
+    personal_client::ActiveModel {
+        id: Set(id),
+        client_id: Set(ClientId::generate(&row.public_host).into_string()),
+        user_id: Set(new.user_id.clone()),
+        display_name: Set(new.display_name.as_str().to_owned()),
+        display_name_folded: Set(SearchFilter::fold_case(new.display_name.as_str())),
+        allow_source_cidr: Set(Networks(new.allow_source_cidr.networks().to_vec())),
+        scoped_roles: Set(RoleNames(new.scoped_roles.to_strings())),
+        owner_roles: Set(RoleNames(new.owner_roles.to_strings())),
+        public_key: Set(new.public_key.to_vec()),
+        expires_at: Set(new.expires_at),
+        last_used_at: Set(None),
+        created_at: Set(now),
+        updated_at: Set(now),
+        deleted_at: Set(None),
+    }
+}
+
+/// How many clients that are not revoked each of `users` holds (users holding none are absent).
+async fn held_by<'a>(
+    txn: &DatabaseTransaction,
+    users: impl Iterator<Item = &'a str>,
+) -> Result<HashMap<String, u64>, DbErr> {
+    let mut users: Vec<&str> = users.collect();
+    if users.is_empty() {
+        return Ok(HashMap::new());
+    }
+    users.sort_unstable();
+    users.dedup();
+    let counts: Vec<(String, i64)> = personal_client::Entity::find()
+        .select_only()
+        .column(Column::UserId)
+        .column_as(Column::Id.count(), "held")
+        .filter(Column::UserId.is_in(users))
+        .filter(Column::DeletedAt.is_null())
+        .group_by(Column::UserId)
+        .into_tuple()
+        .all(txn)
+        .await?;
+    Ok(counts.into_iter().map(|(user, held)| (user, u64::try_from(held).unwrap_or(0))).collect())
 }

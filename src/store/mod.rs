@@ -6,6 +6,7 @@
 //! lock it must later upgrade: a busy SQLite database answers "retry", never a deadlock. Work
 //! that must read first takes the write lock up front ([`Store::exclusive`]).
 
+mod batch;
 mod clients;
 pub mod entity;
 mod keys;
@@ -31,12 +32,15 @@ use sea_orm::{
 use sea_orm_migration::MigratorTrait;
 use tokio::sync::{Mutex, MutexGuard};
 use tracing::instrument;
+use uuid::Uuid;
 
 use crate::{
     Error,
     config::DatabaseUrl,
+    domain::PersonalClient,
     error::{chain, is_sqlite_busy},
 };
+use batch::Batcher;
 use migration::Migrator;
 
 /// Key of the PostgreSQL advisory lock that serialises migrations across replicas.
@@ -69,7 +73,21 @@ pub struct Store {
     /// of polling the database's lock in SQLite's busy handler, whose sleeps grow to 100 ms.
     /// Other processes on the same file still wait in the busy handler.
     sqlite_writer: Option<Arc<Mutex<()>>>,
+    batches: Arc<Batches>,
 }
+
+/// The statements of the hot paths, each run for many concurrent callers at once (see
+/// [`batch`]).
+#[derive(Debug)]
+struct Batches {
+    by_id: Batcher<Uuid, Option<PersonalClient>>,
+    by_client_id: Batcher<String, Option<PersonalClient>>,
+    spend: Batcher<replay::OneTimeValue, bool>,
+    create: Batcher<clients::NewRow, Option<PersonalClient>>,
+}
+
+/// Most calls one batch serves.
+const MAX_BATCH: usize = 64;
 
 impl Store {
     /// Opens `url` (`sqlite://...` or `postgres://...`). SQLite runs in WAL mode with
@@ -80,10 +98,16 @@ impl Store {
         if let Some(path) = url.sqlite_path() {
             protect_sqlite_file(Path::new(path), mode)?;
         }
-        let db = connect(url, mode, 16, SqliteSynchronous::Full, &[]).await?;
-        let relaxed = connect(url, mode, 4, SqliteSynchronous::Normal, &[("synchronous_commit", "off")]).await?;
-        let sqlite_writer = (db.get_database_backend() == DbBackend::Sqlite).then(|| Arc::new(Mutex::new(())));
-        Ok(Self { db, relaxed, sqlite_writer })
+        // SQLite: every statement is work for this process's two cores, and one writer at a
+        // time; connections beyond the batches' slots and a few others only add thread switches.
+        // PostgreSQL: statements wait on the network and the server, so more may be in flight.
+        let (pool, relaxed_pool, read_slots, write_slots) = if url.is_sqlite() { (6, 1, 2, 1) } else { (16, 4, 8, 4) };
+        let db = connect(url, mode, pool, SqliteSynchronous::Full, &[]).await?;
+        let relaxed =
+            connect(url, mode, relaxed_pool, SqliteSynchronous::Normal, &[("synchronous_commit", "off")]).await?;
+        let sqlite_writer = url.is_sqlite().then(|| Arc::new(Mutex::new(())));
+        let batches = Arc::new(Batches::start(&db, &relaxed, sqlite_writer.as_ref(), read_slots, write_slots));
+        Ok(Self { db, relaxed, sqlite_writer, batches })
     }
 
     /// Brings the schema up to date. Replicas starting together take turns (see
@@ -127,10 +151,7 @@ impl Store {
 
     /// Waits for this process's turn to write (SQLite only).
     async fn write_turn(&self) -> Option<MutexGuard<'_, ()>> {
-        match &self.sqlite_writer {
-            Some(writer) => Some(writer.lock().await),
-            None => None,
-        }
+        write_turn(self.sqlite_writer.as_ref()).await
     }
 
     /// Size and idle connections of the durable and the relaxed pool.
@@ -142,6 +163,52 @@ impl Store {
     pub async fn ping(&self) -> Result<(), Error> {
         self.db.ping().await?;
         Ok(())
+    }
+}
+
+/// Waits for this process's turn to write on `writer`'s SQLite file; no wait on PostgreSQL.
+async fn write_turn(writer: Option<&Arc<Mutex<()>>>) -> Option<MutexGuard<'_, ()>> {
+    match writer {
+        Some(writer) => Some(writer.lock().await),
+        None => None,
+    }
+}
+
+impl Batches {
+    /// Starts the batchers: reads with `read_slots` batches at once, writes with `write_slots`.
+    fn start(
+        db: &DatabaseConnection,
+        relaxed: &DatabaseConnection,
+        writer: Option<&Arc<Mutex<()>>>,
+        read_slots: usize,
+        write_slots: usize,
+    ) -> Self {
+        let (reads, writes) = (db.clone(), db.clone());
+        let relaxed = relaxed.clone();
+        let (create_turn, spend_turn) = (writer.cloned(), writer.cloned());
+        let by_client_id_db = db.clone();
+        Self {
+            by_id: Batcher::spawn(
+                MAX_BATCH,
+                read_slots,
+                Arc::new(move |ids| Box::pin(clients::clients_by_id(reads.clone(), ids))),
+            ),
+            by_client_id: Batcher::spawn(
+                MAX_BATCH,
+                read_slots,
+                Arc::new(move |ids| Box::pin(clients::clients_by_client_id(by_client_id_db.clone(), ids))),
+            ),
+            create: Batcher::spawn(
+                MAX_BATCH,
+                write_slots,
+                Arc::new(move |rows| Box::pin(clients::insert_clients(writes.clone(), create_turn.clone(), rows))),
+            ),
+            spend: Batcher::spawn(
+                MAX_BATCH,
+                write_slots,
+                Arc::new(move |values| Box::pin(replay::spend_values(relaxed.clone(), spend_turn.clone(), values))),
+            ),
+        }
     }
 }
 

@@ -1,35 +1,27 @@
 //! Spent one-time values of client assertions (`jti` or header `nonce`): the replay guard that
 //! holds across replicas, through the table's primary key.
 
+use std::{collections::HashSet, sync::Arc};
+
 use chrono::{DateTime, Utc};
-use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, SqlErr};
+use sea_orm::{ActiveValue::Set, ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, TryInsertResult};
+use tokio::sync::Mutex;
 use tracing::instrument;
 use uuid::Uuid;
 
-use super::{Store, entity::assertion_replay};
+use super::{Store, entity::assertion_replay, write_turn};
 use crate::Error;
 
 impl Store {
     /// Marks an assertion's one-time value as used; `false` when it already was, by this
-    /// replica or any other.
-    #[instrument(skip_all, fields(%client_pk))]
+    /// replica or any other. Concurrent exchanges spend theirs in one statement.
     pub async fn spend_one_time_value(
         &self,
         client_pk: Uuid,
         value: &str,
         spent_until: DateTime<Utc>,
     ) -> Result<bool, Error> {
-        let row = assertion_replay::ActiveModel {
-            client_pk: Set(client_pk),
-            one_time_value: Set(value.to_owned()),
-            spent_until: Set(spent_until),
-        };
-        let _turn = self.write_turn().await;
-        match assertion_replay::Entity::insert(row).exec_without_returning(&self.relaxed).await {
-            Ok(_) => Ok(true),
-            Err(err) if matches!(err.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => Ok(false),
-            Err(err) => Err(err.into()),
-        }
+        self.batches.spend.call(OneTimeValue { client_pk, value: value.to_owned(), spent_until }).await
     }
 
     /// Forgets one-time values whose assertions have expired; returns how many.
@@ -42,4 +34,45 @@ impl Store {
             .await?;
         Ok(result.rows_affected)
     }
+}
+
+/// A one-time value to spend.
+#[derive(Debug)]
+pub(super) struct OneTimeValue {
+    client_pk: Uuid,
+    value: String,
+    spent_until: DateTime<Utc>,
+}
+
+/// Inserts a batch of one-time values in one statement that skips those already present and
+/// returns those it inserted: a value is spent by the caller whose row came back. Of two equal
+/// values in one batch, the first is written and the second refused.
+pub(super) async fn spend_values(
+    relaxed: DatabaseConnection,
+    writer: Option<Arc<Mutex<()>>>,
+    values: Vec<OneTimeValue>,
+) -> Result<Vec<Result<bool, Error>>, DbErr> {
+    let mut first_seen = HashSet::new();
+    let fresh: Vec<bool> = values.iter().map(|v| first_seen.insert((v.client_pk, v.value.as_str()))).collect();
+    let rows = values.iter().zip(&fresh).filter(|(_, fresh)| **fresh).map(|(v, _)| assertion_replay::ActiveModel {
+        client_pk: Set(v.client_pk),
+        one_time_value: Set(v.value.clone()),
+        spent_until: Set(v.spent_until),
+    });
+    let _turn = write_turn(writer.as_ref()).await;
+    let inserted = match assertion_replay::Entity::insert_many(rows)
+        .on_conflict_do_nothing()
+        .exec_with_returning_many(&relaxed)
+        .await?
+    {
+        TryInsertResult::Inserted(inserted) => inserted,
+        TryInsertResult::Empty | TryInsertResult::Conflicted => Vec::new(),
+    };
+    let spent: HashSet<(Uuid, &str)> =
+        inserted.iter().map(|row| (row.client_pk, row.one_time_value.as_str())).collect();
+    Ok(values
+        .iter()
+        .zip(fresh)
+        .map(|(v, fresh)| Ok(fresh && spent.contains(&(v.client_pk, v.value.as_str()))))
+        .collect())
 }
