@@ -6,7 +6,10 @@ use std::{collections::HashMap, sync::Mutex};
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use crate::{Error, store::Store};
+use crate::{
+    Error,
+    store::{LAST_USED_CHUNK, Store},
+};
 
 #[derive(Debug, Default)]
 pub struct UsageRecorder {
@@ -21,23 +24,24 @@ impl UsageRecorder {
         *latest = (*latest).max(at);
     }
 
-    /// Writes every pending use; on failure they stay pending for the next flush.
+    /// Writes every pending use, a statement of [`LAST_USED_CHUNK`] at a time, so other
+    /// writers get their turn between statements; what could not be written stays pending for
+    /// the next flush.
     pub async fn flush(&self, store: &Store) -> Result<usize, Error> {
         let batch: Vec<(Uuid, DateTime<Utc>)> = {
             let mut pending = self.pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             pending.drain().collect()
         };
-        if batch.is_empty() {
-            return Ok(0);
-        }
-        match store.record_last_used(&batch).await {
-            Ok(()) => Ok(batch.len()),
-            Err(err) => {
-                for (id, at) in batch {
+        let mut written = 0;
+        for chunk in batch.chunks(LAST_USED_CHUNK) {
+            if let Err(err) = store.record_last_used(chunk).await {
+                for &(id, at) in &batch[written..] {
                     self.record(id, at);
                 }
-                Err(err)
+                return Err(err);
             }
+            written += chunk.len();
         }
+        Ok(written)
     }
 }

@@ -14,6 +14,8 @@ pub mod migration;
 mod replay;
 mod usage;
 
+pub use usage::LAST_USED_CHUNK;
+
 use std::{
     path::Path,
     sync::Arc,

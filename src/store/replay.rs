@@ -4,7 +4,11 @@
 use std::{collections::HashSet, sync::Arc};
 
 use chrono::{DateTime, Utc};
-use sea_orm::{ActiveValue::Set, ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, TryInsertResult};
+use sea_orm::{
+    ActiveValue::Set,
+    ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QuerySelect, QueryTrait, TryInsertResult,
+    sea_query::{Expr, ExprTrait},
+};
 use tokio::sync::Mutex;
 use tracing::instrument;
 use uuid::Uuid;
@@ -24,17 +28,41 @@ impl Store {
         self.batches.spend.call(OneTimeValue { client_pk, value: value.to_owned(), spent_until }).await
     }
 
-    /// Forgets one-time values whose assertions have expired; returns how many.
+    /// Forgets one-time values whose assertions have expired; returns how many. Deletes
+    /// [`PURGE_CHUNK`] at a time through the `spent_until` index, each its own short statement,
+    /// so writers waiting behind the purge wait for one chunk, not for all of it.
     #[instrument(skip_all)]
     pub async fn purge_spent_values(&self, now: DateTime<Utc>) -> Result<u64, Error> {
-        let _turn = self.write_turn().await;
-        let result = assertion_replay::Entity::delete_many()
-            .filter(assertion_replay::Column::SpentUntil.lt(now))
-            .exec(&self.relaxed)
-            .await?;
-        Ok(result.rows_affected)
+        let mut purged = 0;
+        loop {
+            let expired = assertion_replay::Entity::find()
+                .select_only()
+                .column(assertion_replay::Column::ClientPk)
+                .column(assertion_replay::Column::OneTimeValue)
+                .filter(assertion_replay::Column::SpentUntil.lt(now))
+                .limit(PURGE_CHUNK)
+                .into_query();
+            let _turn = self.write_turn().await;
+            let result = assertion_replay::Entity::delete_many()
+                .filter(
+                    Expr::tuple([
+                        Expr::col(assertion_replay::Column::ClientPk),
+                        Expr::col(assertion_replay::Column::OneTimeValue),
+                    ])
+                    .in_subquery(expired),
+                )
+                .exec(&self.relaxed)
+                .await?;
+            purged += result.rows_affected;
+            if result.rows_affected < PURGE_CHUNK {
+                return Ok(purged);
+            }
+        }
     }
 }
+
+/// Rows the purge deletes per statement.
+const PURGE_CHUNK: u64 = 1000;
 
 /// A one-time value to spend.
 #[derive(Debug)]

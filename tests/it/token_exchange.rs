@@ -56,6 +56,8 @@ pub fn tests() -> Vec<libtest_mimic::Trial> {
         wrong_grant_type,
         last_used_at_is_batched_and_flushed_on_shutdown,
         last_used_at_never_moves_backwards,
+        a_flush_of_many_clients_writes_each_ones_last_use,
+        spent_assertion_ids_are_forgotten_once_expired_and_not_before,
     ));
     trials
 }
@@ -645,4 +647,85 @@ async fn last_used_at_never_moves_backwards(db: TestDb) {
     let used = instant(&got.into_inner().client.unwrap().last_used_at.unwrap());
     assert!(used >= between - TimeDelta::microseconds(1), "the later use stands: {used} is before {between}");
     check.stop().await;
+}
+
+/// More clients than one flush statement takes: every one's last use is written, and only its
+/// own.
+async fn a_flush_of_many_clients_writes_each_ones_last_use(db: TestDb) {
+    let mut config = db.config();
+    config.serving.usage_flush_interval = Duration::from_secs(3600);
+    let server = TestServer::start(config.clone()).await;
+    let token = server.token("alice", &[]).await;
+    let count = personal_clients::store::LAST_USED_CHUNK + 7;
+    let api = server.client().await;
+    let creates = (0..count).map(|i| {
+        let (mut api, token) = (api.clone(), token.clone());
+        async move { api.create(authed(create_request(&format!("c{i}")), &token)).await.unwrap().into_inner() }
+    });
+    let created = futures_join_all(creates).await;
+    let unused = created[0].client.clone().unwrap();
+    let mut tokens = TokenServiceClient::connect(format!("http://{}", server.addr)).await.unwrap();
+    let mut used_between = Vec::new();
+    for made in &created[1..] {
+        let client = made.client.as_ref().unwrap();
+        let key = key_from_secret(&made.client_secret);
+        let before = Utc::now();
+        let request = TokenRequest {
+            grant_type: "client_credentials".into(),
+            client_id: client.client_id.clone(),
+            client_assertion_type: "urn:ietf:params:oauth:client-assertion-type:jwt-bearer".into(),
+            client_assertion: sdk_assertion(&key, &client.client_id),
+        };
+        tokens.token(request).await.unwrap();
+        used_between.push((client.id.clone(), before, Utc::now()));
+    }
+    server.stop().await;
+
+    let server = TestServer::start(config).await;
+    let mut api = server.client().await;
+    for (id, before, after) in used_between {
+        let got = api.get(authed(pb::PersonalClientServiceGetRequest { id }, &token)).await.unwrap();
+        let used = instant(&got.into_inner().client.unwrap().last_used_at.expect("written by the flush"));
+        assert!(before - TimeDelta::microseconds(1) <= used && used <= after, "{before} <= {used} <= {after}");
+    }
+    let got = api.get(authed(pb::PersonalClientServiceGetRequest { id: unused.id }, &token)).await.unwrap();
+    assert_eq!(got.into_inner().client.unwrap().last_used_at, None, "a client never used has no last use");
+    server.stop().await;
+}
+
+/// Runs `futures` concurrently and returns their outputs in order.
+async fn futures_join_all<F: Future + Send + 'static>(futures: impl Iterator<Item = F>) -> Vec<F::Output>
+where
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futures.map(tokio::spawn).collect();
+    let mut outputs = Vec::with_capacity(handles.len());
+    for handle in handles {
+        outputs.push(handle.await.unwrap());
+    }
+    outputs
+}
+
+/// The purge forgets every expired one-time value, however many (it deletes in chunks), and
+/// none that could still be replayed.
+async fn spent_assertion_ids_are_forgotten_once_expired_and_not_before(db: TestDb) {
+    use personal_clients::store::{OpenMode, Store};
+    personal_clients::server::migrate(&db.database_url(), &Default::default()).await.unwrap();
+    let store = Store::open(&db.database_url(), OpenMode::MustExist).await.unwrap();
+    let client = uuid::Uuid::now_v7();
+    let now = Utc::now();
+    let (expired, live) = (2_345, 10);
+    for i in 0..expired {
+        assert!(store.spend_one_time_value(client, &format!("old-{i}"), now - TimeDelta::seconds(1)).await.unwrap());
+    }
+    for i in 0..live {
+        assert!(store.spend_one_time_value(client, &format!("new-{i}"), now + TimeDelta::minutes(5)).await.unwrap());
+    }
+    assert_eq!(store.purge_spent_values(now).await.unwrap(), expired);
+    for i in 0..live {
+        let again = store.spend_one_time_value(client, &format!("new-{i}"), now + TimeDelta::minutes(5)).await.unwrap();
+        assert!(!again, "a value that could still be replayed is kept");
+    }
+    assert!(store.spend_one_time_value(client, "old-0", now + TimeDelta::minutes(5)).await.unwrap(), "forgotten");
+    assert_eq!(store.purge_spent_values(now).await.unwrap(), 0);
 }
