@@ -1,6 +1,7 @@
 //! `personal-clients bench`: starts the service in-process on a loopback port over a database of
-//! its own and measures the API as a client sees it (Create, Get, List, and the token exchange),
-//! printing throughput and latency per call.
+//! its own and measures the API as a client sees it (Create, Get, List, Search and the token
+//! exchange, and Get and the exchange again while Searches run), printing throughput and latency
+//! per call.
 
 use std::{
     sync::Arc,
@@ -24,7 +25,10 @@ use crate::{
     exchange::assertion::ClientAssertion,
     pb::{
         auth::{TokenRequest, token_service_client::TokenServiceClient},
-        iam::{self as pb, personal_client_service_client::PersonalClientServiceClient},
+        iam::{
+            self as pb, personal_client_search_service_client::PersonalClientSearchServiceClient,
+            personal_client_service_client::PersonalClientServiceClient,
+        },
     },
     rate::RateLimit,
 };
@@ -36,6 +40,9 @@ pub struct BenchArgs {
     /// Concurrent callers.
     #[arg(long, env = "PC_BENCH_CONCURRENCY", default_value_t = 16)]
     pub concurrency: usize,
+    /// Searches running beside the Get and token phases measured with them.
+    #[arg(long, env = "PC_BENCH_SEARCHERS", default_value_t = 16)]
+    pub searchers: usize,
     /// How long each phase runs.
     #[arg(long, env = "PC_BENCH_DURATION", default_value = "5s", value_parser = humantime::parse_duration)]
     pub duration: Duration,
@@ -110,6 +117,16 @@ async fn measure(config: Config, options: &BenchArgs) -> Result<(), Error> {
         Duration::from_secs(3600),
     )
     .await?;
+    let admin_roles: RoleSet = [config.credentials.admin_role.clone()].into_iter().collect();
+    let admin_token = crate::server::mint_token(
+        database,
+        &config.keys,
+        &config.issuer,
+        "bench-admin",
+        &admin_roles,
+        Duration::from_secs(3600),
+    )
+    .await?;
     let audience = config.issuer.public_host.clone();
     let (stop, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(crate::server::serve(config.clone(), listener, async {
@@ -122,6 +139,8 @@ async fn measure(config: Config, options: &BenchArgs) -> Result<(), Error> {
         .map_err(|e| internal(&e))?;
     let clients = PersonalClientServiceClient::new(channel.clone());
     let bearer: MetadataValue<Ascii> = format!("Bearer {token}").parse().map_err(|e| internal(&e))?;
+    let admin: MetadataValue<Ascii> = format!("Bearer {admin_token}").parse().map_err(|e| internal(&e))?;
+    let search = PersonalClientSearchServiceClient::new(channel.clone());
 
     println!(
         "database {}, {} callers, {:?} per phase, {} cores",
@@ -145,12 +164,26 @@ async fn measure(config: Config, options: &BenchArgs) -> Result<(), Error> {
     .await?;
     let ids: Arc<Vec<String>> =
         Arc::new(created.iter().filter_map(|r| r.client.as_ref().map(|c| c.id.clone())).collect());
-    let (c, a) = (clients.clone(), bearer.clone());
-    phase("Get", options, move |i| {
-        let (mut c, a, id) = (c.clone(), a.clone(), ids[i % ids.len()].clone());
+    let (c, a, get_ids) = (clients.clone(), bearer.clone(), Arc::clone(&ids));
+    let get = move |i: usize| {
+        let (mut c, a, id) = (c.clone(), a.clone(), get_ids[i % get_ids.len()].clone());
         async move { c.get(authed(&a, pb::PersonalClientServiceGetRequest { id })).await.map(drop) }
-    })
-    .await?;
+    };
+    phase("Get", options, get.clone()).await?;
+    // A text query that matches a handful of clients: "bench 1234" is also in "bench 12345".
+    let (s, a) = (search.clone(), admin.clone());
+    let searching = move |i: usize| {
+        let (mut s, a) = (s.clone(), a.clone());
+        let query = format!("bench {}", 1000 + i % 1000);
+        async move {
+            let request = pb::PersonalClientSearchServiceSearchRequest { query, page_size: 50, ..Default::default() };
+            s.search(authed(&a, request)).await.map(drop)
+        }
+    };
+    phase("Search (text)", options, searching.clone()).await?;
+    let background = Background::start(options.searchers, searching.clone());
+    phase(&format!("Get, {} Searching", options.searchers), options, get).await?;
+    background.stop().await;
     let (c, a) = (clients, bearer);
     phase("List (50 per page)", options, move |_| {
         let (mut c, a) = (c.clone(), a.clone());
@@ -170,7 +203,7 @@ async fn measure(config: Config, options: &BenchArgs) -> Result<(), Error> {
             .map_err(|e| Error::internal(format!("the secret Create returned {e}")))?,
     );
     let tokens = TokenServiceClient::new(channel);
-    phase("Token (gRPC)", options, move |_| {
+    let exchange = move |_| {
         let (mut tokens, key, client_id, audience) =
             (tokens.clone(), Arc::clone(&key), client_id.clone(), audience.clone());
         async move {
@@ -183,12 +216,51 @@ async fn measure(config: Config, options: &BenchArgs) -> Result<(), Error> {
             };
             tokens.token(request).await.map(drop)
         }
-    })
-    .await?;
+    };
+    phase("Token (gRPC)", options, exchange.clone()).await?;
+    let background = Background::start(options.searchers, searching);
+    phase(&format!("Token, {} Searching", options.searchers), options, exchange).await?;
+    background.stop().await;
 
     let _ = stop.send(());
     server.await.map_err(|e| internal(&e))??;
     Ok(())
+}
+
+/// Callers that keep calling until stopped, as a load beside a measured phase.
+struct Background {
+    stop: tokio::sync::watch::Sender<bool>,
+    workers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Background {
+    fn start<F, Fut>(callers: usize, call: F) -> Self
+    where
+        F: Fn(usize) -> Fut + Clone + Send + 'static,
+        Fut: Future<Output = Result<(), tonic::Status>> + Send,
+    {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let workers = (0..callers)
+            .map(|worker| {
+                let (call, stopped) = (call.clone(), stopped.clone());
+                tokio::spawn(async move {
+                    let mut i = worker;
+                    while !*stopped.borrow() {
+                        let _ = call(i).await;
+                        i += callers;
+                    }
+                })
+            })
+            .collect();
+        Self { stop, workers }
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        for worker in self.workers {
+            let _ = worker.await;
+        }
+    }
 }
 
 fn authed<T>(bearer: &MetadataValue<Ascii>, message: T) -> Request<T> {

@@ -16,7 +16,7 @@ pub use usage::UsageRecorder;
 use crate::{
     Error,
     auth::Authenticator,
-    domain::{Rejection, SourceAddress, Violations, quote, round_to_micros},
+    domain::{PersonalClient, Rejection, SourceAddress, Violations, quote, round_to_micros},
     error::chain,
     metrics::Metrics,
     rate::{KeyedLimit, RateLimit},
@@ -92,7 +92,12 @@ pub struct TokenExchange {
     per_source: KeyedLimit<IpAddr>,
     /// Checks assertions for client ids that do not exist; it matches no client's key.
     stand_in_key: ed25519_dalek::VerifyingKey,
+    /// Public keys of clients that have exchanged lately, decoded.
+    decoded_keys: quick_cache::sync::Cache<[u8; 32], ed25519_dalek::VerifyingKey>,
 }
+
+/// How many decoded client keys are kept (about 200 bytes each).
+const DECODED_KEYS: usize = 16_384;
 
 impl TokenExchange {
     pub fn new(store: Store, auth: Arc<Authenticator>, settings: ExchangeSettings, metrics: Arc<Metrics>) -> Self {
@@ -117,6 +122,7 @@ impl TokenExchange {
             per_client,
             per_source,
             stand_in_key,
+            decoded_keys: quick_cache::sync::Cache::new(DECODED_KEYS),
         }
     }
 
@@ -201,10 +207,7 @@ impl TokenExchange {
             let _ = assertion.verify(&self.stand_in_key, client_id, &[client_id], now);
             return refuse(Rejection::UnknownClient);
         };
-        let verifying_key = client.verifying_key().map_err(|e| {
-            let message = format!("the stored public key of personal client {} is not an Ed25519 point", client.id);
-            Error::internal_with(message, e)
-        })?;
+        let verifying_key = self.verifying_key(&client)?;
         let now = round_to_micros(Utc::now());
         let audiences: Vec<&str> = self.audiences.iter().map(String::as_str).collect();
         let verified =
@@ -227,6 +230,20 @@ impl TokenExchange {
         self.usage.record(client.id, now);
         tracing::info!(client_id = %client.client_id, user_id = %client.user_id, expires_in, "access token issued");
         Ok(IssuedToken { access_token, expires_in })
+    }
+
+    /// The client's public key as a curve point. A key never changes, but decoding it costs as
+    /// much as a third of a signature check, so decoded keys are kept, by the stored bytes.
+    fn verifying_key(&self, client: &PersonalClient) -> Result<ed25519_dalek::VerifyingKey, Error> {
+        if let Some(key) = self.decoded_keys.get(&client.public_key) {
+            return Ok(key);
+        }
+        let key = client.verifying_key().map_err(|e| {
+            let message = format!("the stored public key of personal client {} is not an Ed25519 point", client.id);
+            Error::internal_with(message, e)
+        })?;
+        self.decoded_keys.insert(client.public_key, key);
+        Ok(key)
     }
 
     /// Writes the batched `last_used_at` values, forgets expired one-time values and the rate

@@ -91,6 +91,10 @@ struct Batches {
 /// Most calls one batch serves.
 const MAX_BATCH: usize = 64;
 
+/// Rows a SQLite connection's thread may hand over before the reader takes them: more than a
+/// batch or the largest page.
+const ROW_CHANNEL: usize = 512;
+
 impl Store {
     /// Opens `url` (`sqlite://...` or `postgres://...`). SQLite runs in WAL mode with
     /// `synchronous=FULL`, so an answered write survives a power loss. The error says which
@@ -295,6 +299,9 @@ async fn connect(
                 .synchronous(sqlite_synchronous)
                 .busy_timeout(Duration::from_secs(5))
                 .foreign_keys(true)
+                // A whole page (or batch) of rows fits, so the connection's thread never stops
+                // mid-query to wait for the reader: one hand-off per query, not one per row.
+                .row_buffer_size(ROW_CHANNEL)
                 .create_if_missing(mode == OpenMode::CreateIfMissing)
         })
         .map_sqlx_postgres_opts(move |opts| opts.options(POSTGRES_LIMITS.iter().chain(postgres_settings).copied()));
