@@ -145,6 +145,9 @@ fn main() -> ExitCode {
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Serve(args) => {
+            // The port opens once the database is ready: whoever finds it open (a readiness
+            // probe, a script running `mint-token`) finds the schema and the keys there.
+            server::migrate(&args.config.database.database_url, &args.config.keys).await?;
             let listener = tokio::net::TcpListener::bind(args.listen)
                 .await
                 .with_context(|| format!("cannot listen on {} (--listen)", args.listen))?;

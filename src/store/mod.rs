@@ -104,10 +104,11 @@ impl Store {
         if let Some(path) = url.sqlite_path() {
             protect_sqlite_file(Path::new(path), mode)?;
         }
-        // SQLite: every statement is work for this process's two cores, and one writer at a
-        // time; connections beyond the batches' slots and a few others only add thread switches.
-        // PostgreSQL: statements wait on the network and the server, so more may be in flight.
-        let (pool, relaxed_pool, read_slots, write_slots) = if url.is_sqlite() { (6, 1, 2, 1) } else { (16, 4, 8, 4) };
+        // SQLite: every statement is work for this process's cores, and one writer at a time;
+        // connections beyond the batches' slots and a few others only add thread switches.
+        // PostgreSQL: two batches in flight keep the server busy while the next ones fill; the
+        // pool's other connections serve List, Update, Delete and the rest.
+        let (pool, relaxed_pool, read_slots, write_slots) = if url.is_sqlite() { (6, 1, 2, 1) } else { (16, 4, 2, 2) };
         let db = connect(url, mode, pool, SqliteSynchronous::Full, &[]).await?;
         let relaxed =
             connect(url, mode, relaxed_pool, SqliteSynchronous::Normal, &[("synchronous_commit", "off")]).await?;
