@@ -2,10 +2,11 @@
 
 use crate::common::{TestDb, TestServer, authed, create_request, violated_fields};
 use personal_clients::{
+    error::chain,
     pb::iam::{self as pb, personal_client_search_service_client::PersonalClientSearchServiceClient},
-    store::migration::Migrator,
+    store::{OpenMode, Store, migration::Migrator},
 };
-use sea_orm::Database;
+use sea_orm::{ConnectionTrait, Database};
 use sea_orm_migration::MigratorTrait;
 use tonic::{Code, transport::Channel};
 
@@ -16,6 +17,7 @@ pub fn tests() -> Vec<libtest_mimic::Trial> {
         search_requires_the_admin_role,
         search_folds_case_in_every_script,
     ));
+    trials.extend(tests_on!(Postgres: a_user_who_may_not_create_pg_trgm_is_told_what_to_run));
     trials
 }
 
@@ -180,4 +182,25 @@ async fn assert_unicode_names_found(client: &mut PersonalClientSearchServiceClie
             assert_eq!(names(client, admin, search(query, &[], false)).await, [name], "{query:?} finds {name:?}");
         }
     }
+}
+
+/// A PostgreSQL user who may not create the pg_trgm extension is told what to run; once an
+/// operator has run it, the same user migrates.
+async fn a_user_who_may_not_create_pg_trgm_is_told_what_to_run(db: TestDb) {
+    let role = format!("pc_test_{}", uuid::Uuid::now_v7().simple());
+    let admin = Database::connect(&db.url).await.unwrap();
+    admin.execute_unprepared(&format!("CREATE ROLE {role} LOGIN; GRANT ALL ON SCHEMA public TO {role}")).await.unwrap();
+    let (scheme, rest) = db.url.split_once("://").unwrap();
+    let host_and_database = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+    let as_role = format!("{scheme}://{role}@{host_and_database}").parse().unwrap();
+
+    let store = Store::open(&as_role, OpenMode::CreateIfMissing).await.unwrap();
+    let refused = chain(&store.migrate().await.unwrap_err());
+    assert!(refused.contains("run `CREATE EXTENSION pg_trgm;` in this database"), "{refused}");
+    admin.execute_unprepared("CREATE EXTENSION pg_trgm").await.unwrap();
+    store.migrate().await.unwrap();
+    drop(store);
+
+    admin.execute_unprepared(&format!("DROP OWNED BY {role}; DROP ROLE {role}")).await.unwrap();
+    admin.close().await.unwrap();
 }
