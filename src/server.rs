@@ -63,7 +63,8 @@ pub async fn serve(
         .map_err(|message| Error::config("--trusted-jwks", message, None))?;
     let database = &config.database.database_url;
     let vault = key_vault(&config.keys)?;
-    let store = Store::open(database, OpenMode::CreateIfMissing).await?;
+    let searches = config.serving.max_concurrent_searches;
+    let store = Store::open_with_searches(database, OpenMode::CreateIfMissing, searches).await?;
     store.migrate().await?;
     SigningKeys::prepare(&store, &vault).await?;
     let keys = SigningKeys::load(store.clone(), vault).await?;

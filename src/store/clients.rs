@@ -5,8 +5,8 @@
 use chrono::{TimeDelta, Utc};
 use sea_orm::{
     ActiveValue::Set,
-    ColumnTrait, Condition, DbBackend, EntityTrait, ExprTrait, QueryFilter, QueryOrder, QuerySelect, Select, SqlErr,
-    SqliteTransactionMode, TransactionOptions, TransactionTrait, UpdateMany,
+    ColumnTrait, Condition, DatabaseConnection, DbBackend, EntityTrait, ExprTrait, QueryFilter, QueryOrder,
+    QuerySelect, Select, SqlErr, SqliteTransactionMode, TransactionOptions, TransactionTrait, UpdateMany,
     sea_query::{Expr, Func, LikeExpr, SimpleExpr},
 };
 use tracing::instrument;
@@ -113,10 +113,12 @@ impl Store {
         after: Option<Uuid>,
         limit: u64,
     ) -> Result<Vec<PersonalClient>, Error> {
-        self.page_after(personal_client::Entity::find().filter(live(Owner::User(user))), after, limit).await
+        page_after(&self.db, personal_client::Entity::find().filter(live(Owner::User(user))), after, limit).await
     }
 
-    /// Up to `limit` clients matching `filter` with ids after `after`, oldest first.
+    /// Up to `limit` clients matching `filter` with ids after `after`, oldest first, on the
+    /// search pool: at most as many at once as it has connections; the others wait their turn,
+    /// as long as their request may run.
     #[instrument(skip_all)]
     pub async fn search_clients(
         &self,
@@ -124,6 +126,7 @@ impl Store {
         after: Option<Uuid>,
         limit: u64,
     ) -> Result<Vec<PersonalClient>, Error> {
+        let (_turn, db) = self.search_turn().await?;
         let mut query = personal_client::Entity::find();
         if !filter.include_deleted {
             query = query.filter(Column::DeletedAt.is_null());
@@ -143,21 +146,7 @@ impl Store {
                     .add(client_id.like(LikeExpr::new(format!("{escaped}%")).escape('\\'))),
             );
         }
-        self.page_after(query, after, limit).await
-    }
-
-    /// Keyset paging: up to `limit` rows of `query` with ids after `after`, in id (creation)
-    /// order.
-    async fn page_after(
-        &self,
-        mut query: Select<personal_client::Entity>,
-        after: Option<Uuid>,
-        limit: u64,
-    ) -> Result<Vec<PersonalClient>, Error> {
-        if let Some(after) = after {
-            query = query.filter(Column::Id.gt(after));
-        }
-        query.order_by_asc(Column::Id).limit(limit).all(&self.db).await?.into_iter().map(TryInto::try_into).collect()
+        page_after(db, query, after, limit).await
     }
 
     /// Applies `changes` to a live client of `owner`.
@@ -245,6 +234,19 @@ impl Store {
         };
         rows.into_iter().next().ok_or(Error::NotFound)?.try_into()
     }
+}
+
+/// Keyset paging: up to `limit` rows of `query` with ids after `after`, in id (creation) order.
+pub(super) async fn page_after(
+    db: &DatabaseConnection,
+    mut query: Select<personal_client::Entity>,
+    after: Option<Uuid>,
+    limit: u64,
+) -> Result<Vec<PersonalClient>, Error> {
+    if let Some(after) = after {
+        query = query.filter(Column::Id.gt(after));
+    }
+    query.order_by_asc(Column::Id).limit(limit).all(db).await?.into_iter().map(TryInto::try_into).collect()
 }
 
 /// Not deleted, and belonging to `owner`.

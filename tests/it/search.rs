@@ -1,6 +1,9 @@
 //! Admins search personal clients across users; nobody else may.
 
-use crate::common::{TestDb, TestServer, authed, create_request, violated_fields};
+use crate::{
+    common::{TestDb, TestServer, authed, create_request, sample, violated_fields},
+    search_scale::insert_synthetic_clients,
+};
 use personal_clients::{
     error::chain,
     pb::iam::{self as pb, personal_client_search_service_client::PersonalClientSearchServiceClient},
@@ -16,6 +19,7 @@ pub fn tests() -> Vec<libtest_mimic::Trial> {
         search_filters_and_pages_across_users,
         search_requires_the_admin_role,
         search_folds_case_in_every_script,
+        searches_beyond_the_limit_wait_their_turn,
     ));
     trials.extend(tests_on!(Postgres: a_user_who_may_not_create_pg_trgm_is_told_what_to_run));
     trials
@@ -182,6 +186,40 @@ async fn assert_unicode_names_found(client: &mut PersonalClientSearchServiceClie
             assert_eq!(names(client, admin, search(query, &[], false)).await, [name], "{query:?} finds {name:?}");
         }
     }
+}
+
+/// At most `--max-concurrent-searches` Searches hold a database connection at once; the others
+/// wait their turn, and are answered.
+async fn searches_beyond_the_limit_wait_their_turn(db: TestDb) {
+    // Enough clients that a Search reading them all takes a while.
+    let database = Database::connect(&db.url).await.unwrap();
+    Migrator::up(&database, None).await.unwrap();
+    insert_synthetic_clients(&database, 20_000).await;
+    database.close().await.unwrap();
+    let mut config = db.config();
+    config.serving.max_concurrent_searches = Some(2);
+    let server = TestServer::start(config).await;
+    let admin = server.token("root", &["admin"]).await;
+    let channel = server.channel().await;
+    let mut searches = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let mut api = PersonalClientSearchServiceClient::new(channel.clone());
+        let admin = admin.clone();
+        // Two characters that no name holds: each Search reads every row.
+        searches.spawn(async move { api.search(authed(search("qz", &[], true), &admin)).await });
+    }
+    while let Some(answer) = searches.join_next().await {
+        assert!(answer.unwrap().unwrap().into_inner().list.is_empty());
+    }
+    let metrics = server.metrics().await;
+    let held: f64 = ["idle", "in_use"]
+        .iter()
+        .filter_map(|state| {
+            sample(&metrics, &format!("personal_clients_db_pool_connections{{pool=\"search\",state=\"{state}\"}}"))
+        })
+        .sum();
+    assert!((1.0..=2.0).contains(&held), "the search pool held {held} connections");
+    server.stop().await;
 }
 
 /// A PostgreSQL user who may not create the pg_trgm extension is told what to run; once an
