@@ -1,13 +1,13 @@
 //! Personal clients: create, read, page, update and revoke, each one statement (on SQLite,
 //! Update and Revoke read the row's `updated_at` first, under the write lock; see
-//! [`Store::update_one`]).
+//! [`Store::update_one`]). Search across users is in `search`.
 
 use chrono::{TimeDelta, Utc};
 use sea_orm::{
     ActiveValue::Set,
     ColumnTrait, Condition, DatabaseConnection, DbBackend, EntityTrait, ExprTrait, QueryFilter, QueryOrder,
     QuerySelect, Select, SqlErr, SqliteTransactionMode, TransactionOptions, TransactionTrait, UpdateMany,
-    sea_query::{Expr, Func, LikeExpr, SimpleExpr},
+    sea_query::{Expr, Func, SimpleExpr},
 };
 use tracing::instrument;
 use uuid::Uuid;
@@ -114,39 +114,6 @@ impl Store {
         limit: u64,
     ) -> Result<Vec<PersonalClient>, Error> {
         page_after(&self.db, personal_client::Entity::find().filter(live(Owner::User(user))), after, limit).await
-    }
-
-    /// Up to `limit` clients matching `filter` with ids after `after`, oldest first, on the
-    /// search pool: at most as many at once as it has connections; the others wait their turn,
-    /// as long as their request may run.
-    #[instrument(skip_all)]
-    pub async fn search_clients(
-        &self,
-        filter: &SearchFilter,
-        after: Option<Uuid>,
-        limit: u64,
-    ) -> Result<Vec<PersonalClient>, Error> {
-        let (_turn, db) = self.search_turn().await?;
-        let mut query = personal_client::Entity::find();
-        if !filter.include_deleted {
-            query = query.filter(Column::DeletedAt.is_null());
-        }
-        if !filter.users.is_empty() {
-            query = query.filter(Column::UserId.is_in(filter.users.iter().cloned()));
-        }
-        if let Some(text) = filter.folded_text() {
-            // Display names are compared in the form Rust folded them to, stored beside them, since
-            // neither database's LOWER folds beyond ASCII alike. Client ids are ASCII (words, digits
-            // and the public host), which LOWER folds the same on both.
-            let escaped = escape_like(&text);
-            let client_id = Expr::expr(Func::lower(Expr::col(Column::ClientId)));
-            query = query.filter(
-                Condition::any()
-                    .add(Column::DisplayNameFolded.like(LikeExpr::new(format!("%{escaped}%")).escape('\\')))
-                    .add(client_id.like(LikeExpr::new(format!("{escaped}%")).escape('\\'))),
-            );
-        }
-        page_after(db, query, after, limit).await
     }
 
     /// Applies `changes` to a live client of `owner`.
@@ -256,18 +223,6 @@ fn live(owner: Owner<'_>) -> Condition {
         Owner::User(user) => not_deleted.add(Column::UserId.eq(user)),
         Owner::Anyone => not_deleted,
     }
-}
-
-/// `text` as a literal inside a LIKE pattern with `\` as the escape character.
-fn escape_like(text: &str) -> String {
-    let mut escaped = String::with_capacity(text.len());
-    for c in text.chars() {
-        if matches!(c, '%' | '_' | '\\') {
-            escaped.push('\\');
-        }
-        escaped.push(c);
-    }
-    escaped
 }
 
 impl TryFrom<personal_client::Model> for PersonalClient {

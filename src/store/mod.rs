@@ -1,6 +1,6 @@
 //! Storage with SeaORM, the same code on SQLite and PostgreSQL: the connection and the work
-//! replicas must do one at a time here, one file per aggregate beside it (`clients`, `replay`,
-//! `keys`, `usage`), each returning domain types.
+//! replicas must do one at a time here, one file per aggregate beside it (`clients`, with its
+//! `search`; `replay`, `keys`, `usage`), each returning domain types.
 //!
 //! Writes are single statements wherever they can be, so no write reads first and holds a read
 //! lock it must later upgrade: a busy SQLite database answers "retry", never a deadlock. Work
@@ -11,6 +11,7 @@ pub mod entity;
 mod keys;
 pub mod migration;
 mod replay;
+mod search;
 mod usage;
 
 use std::{
