@@ -7,13 +7,14 @@
 //!   match, a read of the whole table when none do;
 //! - the trigram index of the names and the index of `lower(client_id)`, their rows then sorted
 //!   by id: quick when few rows match, however large the table;
-//! - the `(user_id, id)` indexes, when the Search names its users.
+//! - the `(user_id, id)` indexes, when the Search names its users: a user holds few clients, and
+//!   the text is checked on theirs only.
 //!
 //! PostgreSQL's planner chooses from its statistics, each Search planned for its own values (see
 //! [`Store::open_with_searches`]). SQLite's planner knows nothing of how many rows an FTS5 match
-//! yields, so the store counts them, up to [`SQLITE_INDEX_CANDIDATES`], and takes the index when
-//! there are no more. Either way a text that many clients hold is read in id order, which is slow
-//! only if those clients were all created long after the page's start.
+//! yields, so the store counts them first (see [`SqliteCandidates::worth_reading`]). Either way a
+//! text that many clients hold is read in id order, which is slow only if those clients were all
+//! created together, long after the page's start.
 //!
 //! A trigram index cannot serve a text of one or two characters: such a Search reads in id order
 //! until its page is full, as every Search with text did before the indexes.
@@ -21,7 +22,7 @@
 use sea_orm::{
     ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, ExprTrait, QueryFilter,
     Statement, Value,
-    sea_query::{Expr, Func, LikeExpr, SimpleExpr},
+    sea_query::{Expr, Func, LikeExpr, SimpleExpr, extension::postgres::PgExpr},
 };
 use tracing::instrument;
 use uuid::Uuid;
@@ -36,10 +37,10 @@ use crate::{
     domain::{PersonalClient, SearchFilter},
 };
 
-/// On SQLite, a Search with text goes through the trigram index when it has at most this many
-/// candidates, and through the table in id order when it has more. Reading and sorting 10,000
-/// candidates takes about 15 ms at a million clients; a text held by more than 1% of them fills a
-/// page of 50 within a few thousand rows read in id order, if its holders are spread over time.
+/// On SQLite, the most candidates a Search with text reads through the trigram index; with more
+/// it reads the table in id order. Reading and sorting 10,000 candidates takes about 15 ms at a
+/// million clients; a text held by more than 1% of them fills a page of 50 within a few thousand
+/// rows read in id order, if its holders are spread over time.
 const SQLITE_INDEX_CANDIDATES: u64 = 10_000;
 
 impl Store {
@@ -65,12 +66,13 @@ impl Store {
         if let Some(text) = filter.folded_text() {
             let text = SearchText(text);
             let backend = db.get_database_backend();
-            query = query.filter(text.matches(backend));
             // With users named, their index is the short way: a user holds few clients.
+            let by_name_index = filter.users.is_empty();
+            query = query.filter(text.matches(backend, by_name_index));
             if backend == DbBackend::Sqlite
-                && filter.users.is_empty()
+                && by_name_index
                 && text.has_trigrams()
-                && text.count_sqlite_candidates(db, SQLITE_INDEX_CANDIDATES).await? <= SQLITE_INDEX_CANDIDATES
+                && text.count_sqlite_candidates(db).await?.worth_reading(limit)
             {
                 query = query.filter(text.sqlite_candidates());
             }
@@ -81,6 +83,25 @@ impl Store {
 
 /// The text of a Search, folded as the names it is compared with are.
 struct SearchText(String);
+
+/// SQLite: how many rows the indexes offer a Search's text, and how many the table has.
+#[derive(Debug, Clone, Copy)]
+struct SqliteCandidates {
+    /// Counted up to one past [`SQLITE_INDEX_CANDIDATES`].
+    offered: u64,
+    /// The largest rowid: the table's rows, or a few more.
+    table_rows: u64,
+}
+
+impl SqliteCandidates {
+    /// Whether to read the candidates rather than the table in id order, for a page of `limit`
+    /// rows: when they are at most [`SQLITE_INDEX_CANDIDATES`], unless they are more than four
+    /// pages and an eighth of the table, whose page then fills within some `8 * limit` rows
+    /// read in id order.
+    fn worth_reading(self, limit: u64) -> bool {
+        self.offered <= SQLITE_INDEX_CANDIDATES && (self.offered <= 4 * limit || self.offered <= self.table_rows / 8)
+    }
+}
 
 /// The rows of the FTS5 table of folded names that hold a phrase.
 const SQLITE_NAME_CANDIDATES: &str = "SELECT rowid FROM personal_clients_fts WHERE personal_clients_fts MATCH ?";
@@ -95,15 +116,20 @@ impl SearchText {
     /// literal), or the client id in lower case starts with it. Names are compared in the form
     /// Rust folded them to, since neither database's `lower` folds beyond ASCII alike; client ids
     /// are ASCII, which `lower` folds the same on both.
-    fn matches(&self, backend: DbBackend) -> Condition {
+    ///
+    /// On PostgreSQL the trigram index is offered the name's `LIKE` only if `by_name_index` and
+    /// pg_trgm draws a trigram from the text; otherwise the `LIKE` is on `display_name_folded ||
+    /// ''`, the same text, which no index holds. A `LIKE` without trigrams makes the index return
+    /// every row to be checked again, slower than reading the table; and with users named, the
+    /// planner would join the index to theirs, underestimating what a common trigram costs to
+    /// read. It foresees neither.
+    fn matches(&self, backend: DbBackend, by_name_index: bool) -> Condition {
         let escaped = escape_like(&self.0);
-        let name = if backend == DbBackend::Postgres && !pg_trgm_extracts_trigrams(&self.0) {
-            // A LIKE from which pg_trgm draws no trigram would make its index return every row
-            // to be checked again: slower than reading the table, and the planner does not
-            // foresee it. `strpos` is the same test, and no index serves it.
-            Expr::expr(Func::cust("strpos").arg(Expr::col(Column::DisplayNameFolded)).arg(self.0.as_str())).gt(0)
+        let pattern = LikeExpr::new(format!("%{escaped}%")).escape('\\');
+        let name = if backend == DbBackend::Postgres && !(by_name_index && pg_trgm_extracts_trigrams(&self.0)) {
+            Expr::col(Column::DisplayNameFolded).concat("").like(pattern)
         } else {
-            Column::DisplayNameFolded.like(LikeExpr::new(format!("%{escaped}%")).escape('\\'))
+            Column::DisplayNameFolded.like(pattern)
         };
         let client_id = Expr::expr(Func::lower(Expr::col(Column::ClientId)));
         Condition::any().add(name).add(client_id.like(LikeExpr::new(format!("{escaped}%")).escape('\\')))
@@ -120,21 +146,23 @@ impl SearchText {
         )
     }
 
-    /// SQLite: how many candidates [`SearchText::sqlite_candidates`] offers, counted up to
-    /// `limit + 1`, whether they match the rest of the Search or not.
-    async fn count_sqlite_candidates(&self, db: &DatabaseConnection, limit: u64) -> Result<u64, Error> {
+    /// SQLite: how many candidates [`SearchText::sqlite_candidates`] offers, whether they match
+    /// the rest of the Search or not, and how many rows the table has, in one statement.
+    async fn count_sqlite_candidates(&self, db: &DatabaseConnection) -> Result<SqliteCandidates, Error> {
         let (client_ids, bounds) = self.sqlite_client_id_candidates();
         let sql = format!(
             "SELECT (SELECT count(*) FROM ({SQLITE_NAME_CANDIDATES} LIMIT ?)) \
-                  + (SELECT count(*) FROM ({client_ids} LIMIT ?))"
+                  + (SELECT count(*) FROM ({client_ids} LIMIT ?)), \
+                  (SELECT coalesce(max(rowid), 0) FROM personal_clients)"
         );
-        let mut values = vec![self.fts5_phrase(), Value::from(limit + 1)];
+        let enough = Value::from(SQLITE_INDEX_CANDIDATES + 1);
+        let mut values = vec![self.fts5_phrase(), enough.clone()];
         values.extend(bounds);
-        values.push(Value::from(limit + 1));
+        values.push(enough);
         let row = db.query_one_raw(Statement::from_sql_and_values(DbBackend::Sqlite, sql, values)).await?;
-        let count: i64 =
-            row.ok_or_else(|| Error::internal("counting search candidates returned no row"))?.try_get_by_index(0)?;
-        Ok(u64::try_from(count).unwrap_or_default())
+        let row = row.ok_or_else(|| Error::internal("counting search candidates returned no row"))?;
+        let count = |column| row.try_get_by_index::<i64>(column).map(|n| u64::try_from(n).unwrap_or_default());
+        Ok(SqliteCandidates { offered: count(0)?, table_rows: count(1)? })
     }
 
     /// The text as an FTS5 phrase. With the trigram tokenizer a phrase is the sequence of its
@@ -234,6 +262,18 @@ mod tests {
         for text in ["a", "ab", "a-", "a%", "%%%", "---", "οδοσ", "éab", "abé", "éa", "-é-"] {
             assert!(!pg_trgm_extracts_trigrams(text), "{text:?}");
         }
+    }
+
+    #[test]
+    fn sqlite_reads_candidates_unless_they_are_too_many_or_the_table_is_full_of_them() {
+        let candidates = |offered, table_rows| SqliteCandidates { offered, table_rows };
+        assert!(candidates(10, 1_000_000).worth_reading(51));
+        assert!(candidates(10_000, 1_000_000).worth_reading(51));
+        assert!(!candidates(10_001, 1_000_000).worth_reading(51), "too many to read and sort");
+        assert!(!candidates(1_000, 1_000).worth_reading(51), "every row holds the text");
+        assert!(!candidates(300, 1_000).worth_reading(51));
+        assert!(candidates(300, 10_000).worth_reading(51));
+        assert!(candidates(200, 200).worth_reading(51), "no more than four pages");
     }
 
     #[test]
