@@ -148,6 +148,11 @@ pub struct ServingArgs {
     #[arg(long, env = "PC_MAX_CONCURRENT_REQUESTS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_concurrent_requests: u32,
 
+    /// Most Searches running at once in this process, each on a database connection of its own;
+    /// more wait their turn within the request timeout [default: 2 on SQLite, 4 on PostgreSQL].
+    #[arg(long, env = "PC_MAX_CONCURRENT_SEARCHES", value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub max_concurrent_searches: Option<u32>,
+
     /// Time for a request to arrive whole, body included, and be answered; a caller's shorter
     /// `grpc-timeout` wins.
     #[arg(long, env = "PC_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_positive_duration)]

@@ -145,13 +145,7 @@ fn main() -> ExitCode {
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Serve(args) => {
-            // The port opens once the database is ready: whoever finds it open (a readiness
-            // probe, a script running `mint-token`) finds the schema and the keys there.
-            server::migrate(&args.config.database.database_url, &args.config.keys).await?;
-            let listener = tokio::net::TcpListener::bind(args.listen)
-                .await
-                .with_context(|| format!("cannot listen on {} (--listen)", args.listen))?;
-            Ok(server::serve(args.config, listener, shutdown_signal()).await?)
+            Ok(server::serve(args.config, server::Listen::At(args.listen), shutdown_signal()).await?)
         }
         Command::Migrate(args) => Ok(server::migrate(&args.database.database_url, &args.keys).await?),
         Command::MintToken(args) => {

@@ -42,11 +42,35 @@ pub fn health_names() -> Vec<&'static str> {
     [""].into_iter().chain(api::PROTECTED_SERVICES).chain(api::PUBLIC_SERVICES).collect()
 }
 
-/// Serves gRPC and HTTP/1.1 on `listener` until `shutdown` resolves, then lets in-flight calls
+/// Where [`serve`] listens: a socket bound already, or an address it binds once it is ready.
+#[derive(Debug)]
+pub enum Listen {
+    Bound(TcpListener),
+    At(std::net::SocketAddr),
+}
+
+impl From<TcpListener> for Listen {
+    fn from(listener: TcpListener) -> Self {
+        Self::Bound(listener)
+    }
+}
+
+impl Listen {
+    async fn bind(self) -> Result<TcpListener, Error> {
+        match self {
+            Self::Bound(listener) => Ok(listener),
+            Self::At(address) => TcpListener::bind(address)
+                .await
+                .map_err(|e| Error::internal_with(format!("cannot listen on {address} (--listen)"), e)),
+        }
+    }
+}
+
+/// Serves gRPC and HTTP/1.1 on `listen` until `shutdown` resolves, then lets in-flight calls
 /// finish for at most `--shutdown-grace` and writes what is still batched in memory.
 pub async fn serve(
     config: Config,
-    listener: TcpListener,
+    listen: impl Into<Listen>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     // Files first: a mistake in them should stop the start before the database is touched.
@@ -63,11 +87,15 @@ pub async fn serve(
         .map_err(|message| Error::config("--trusted-jwks", message, None))?;
     let database = &config.database.database_url;
     let vault = key_vault(&config.keys)?;
-    let store = Store::open(database, OpenMode::CreateIfMissing).await?;
+    let searches = config.serving.max_concurrent_searches;
+    let store = Store::open_with_searches(database, OpenMode::CreateIfMissing, searches).await?;
     store.migrate().await?;
     SigningKeys::prepare(&store, &vault).await?;
     let keys = SigningKeys::load(store.clone(), vault).await?;
     let auth = Arc::new(Authenticator::new(keys, issuer.clone(), store.clone(), external));
+    // The port opens once the database is ready: whoever finds it open (a readiness probe, a
+    // script running `mint-token`) finds the schema and the keys there.
+    let listener = listen.into().bind().await?;
     let address = listener.local_addr().map_err(|e| Error::internal_with("cannot read the listening address", e))?;
 
     let names = health_names();

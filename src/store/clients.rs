@@ -1,6 +1,6 @@
 //! Personal clients: create, read, page, update and revoke, each one statement (on SQLite,
 //! Update and Revoke read the row's `updated_at` first, under the write lock; see
-//! [`Store::update_one`]).
+//! [`Store::update_one`]). Search across users is in `search`.
 
 use std::{collections::HashMap, sync::Arc};
 
@@ -10,7 +10,7 @@ use sea_orm::{
     ColumnTrait, Condition, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, EntityTrait, ExprTrait,
     QueryFilter, QueryOrder, QuerySelect, Select, SqliteTransactionMode, TransactionOptions, TransactionTrait,
     UpdateMany,
-    sea_query::{Expr, Func, LikeExpr, OnConflict, SimpleExpr},
+    sea_query::{Expr, Func, OnConflict, SimpleExpr},
 };
 use tokio::sync::Mutex;
 use tracing::instrument;
@@ -74,51 +74,7 @@ impl Store {
         after: Option<Uuid>,
         limit: u64,
     ) -> Result<Vec<PersonalClient>, Error> {
-        self.page_after(personal_client::Entity::find().filter(live(Owner::User(user))), after, limit).await
-    }
-
-    /// Up to `limit` clients matching `filter` with ids after `after`, oldest first.
-    #[instrument(skip_all)]
-    pub async fn search_clients(
-        &self,
-        filter: &SearchFilter,
-        after: Option<Uuid>,
-        limit: u64,
-    ) -> Result<Vec<PersonalClient>, Error> {
-        let mut query = personal_client::Entity::find();
-        if !filter.include_deleted {
-            query = query.filter(Column::DeletedAt.is_null());
-        }
-        if !filter.users.is_empty() {
-            query = query.filter(Column::UserId.is_in(filter.users.iter().cloned()));
-        }
-        if let Some(text) = filter.folded_text() {
-            // Display names are compared in the form Rust folded them to, stored beside them, since
-            // neither database's LOWER folds beyond ASCII alike. Client ids are ASCII (words, digits
-            // and the public host), which LOWER folds the same on both.
-            let escaped = escape_like(&text);
-            let client_id = Expr::expr(Func::lower(Expr::col(Column::ClientId)));
-            query = query.filter(
-                Condition::any()
-                    .add(Column::DisplayNameFolded.like(LikeExpr::new(format!("%{escaped}%")).escape('\\')))
-                    .add(client_id.like(LikeExpr::new(format!("{escaped}%")).escape('\\'))),
-            );
-        }
-        self.page_after(query, after, limit).await
-    }
-
-    /// Keyset paging: up to `limit` rows of `query` with ids after `after`, in id (creation)
-    /// order.
-    async fn page_after(
-        &self,
-        mut query: Select<personal_client::Entity>,
-        after: Option<Uuid>,
-        limit: u64,
-    ) -> Result<Vec<PersonalClient>, Error> {
-        if let Some(after) = after {
-            query = query.filter(Column::Id.gt(after));
-        }
-        query.order_by_asc(Column::Id).limit(limit).all(&self.db).await?.into_iter().map(TryInto::try_into).collect()
+        page_after(&self.db, personal_client::Entity::find().filter(live(Owner::User(user))), after, limit).await
     }
 
     /// Applies `changes` to a live client of `owner`.
@@ -208,6 +164,19 @@ impl Store {
     }
 }
 
+/// Keyset paging: up to `limit` rows of `query` with ids after `after`, in id (creation) order.
+pub(super) async fn page_after(
+    db: &DatabaseConnection,
+    mut query: Select<personal_client::Entity>,
+    after: Option<Uuid>,
+    limit: u64,
+) -> Result<Vec<PersonalClient>, Error> {
+    if let Some(after) = after {
+        query = query.filter(Column::Id.gt(after));
+    }
+    query.order_by_asc(Column::Id).limit(limit).all(db).await?.into_iter().map(TryInto::try_into).collect()
+}
+
 /// Not deleted, and belonging to `owner`.
 fn live(owner: Owner<'_>) -> Condition {
     let not_deleted = Condition::all().add(Column::DeletedAt.is_null());
@@ -215,18 +184,6 @@ fn live(owner: Owner<'_>) -> Condition {
         Owner::User(user) => not_deleted.add(Column::UserId.eq(user)),
         Owner::Anyone => not_deleted,
     }
-}
-
-/// `text` as a literal inside a LIKE pattern with `\` as the escape character.
-fn escape_like(text: &str) -> String {
-    let mut escaped = String::with_capacity(text.len());
-    for c in text.chars() {
-        if matches!(c, '%' | '_' | '\\') {
-            escaped.push('\\');
-        }
-        escaped.push(c);
-    }
-    escaped
 }
 
 impl TryFrom<personal_client::Model> for PersonalClient {

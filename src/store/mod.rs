@@ -1,6 +1,6 @@
 //! Storage with SeaORM, the same code on SQLite and PostgreSQL: the connection and the work
-//! replicas must do one at a time here, one file per aggregate beside it (`clients`, `replay`,
-//! `keys`, `usage`), each returning domain types.
+//! replicas must do one at a time here, one file per aggregate beside it (`clients`, with its
+//! `search`; `replay`, `keys`, `usage`), each returning domain types.
 //!
 //! Writes are single statements wherever they can be, so no write reads first and holds a read
 //! lock it must later upgrade: a busy SQLite database answers "retry", never a deadlock. Work
@@ -12,6 +12,7 @@ pub mod entity;
 mod keys;
 pub mod migration;
 mod replay;
+mod search;
 mod usage;
 
 pub use usage::LAST_USED_CHUNK;
@@ -32,7 +33,7 @@ use sea_orm::{
     },
 };
 use sea_orm_migration::MigratorTrait;
-use tokio::sync::{Mutex, MutexGuard};
+use tokio::sync::{Mutex, MutexGuard, Semaphore, SemaphorePermit};
 use tracing::instrument;
 use uuid::Uuid;
 
@@ -51,6 +52,12 @@ const MIGRATION_LOCK: i64 = 0x7063_6d69_6772; // "pcmigr"
 /// How long opening the database may keep retrying a busy SQLite file (another process
 /// switching a new file to WAL mode holds a lock that SQLite's busy handler does not wait on).
 const OPEN_RETRY_FOR: Duration = Duration::from_secs(10);
+
+/// Searches that may run at once on SQLite unless `--max-concurrent-searches` says otherwise:
+/// they run on this process's cores, beside every other call.
+const DEFAULT_SQLITE_SEARCHES: u32 = 2;
+/// The same on PostgreSQL, where Searches run on the server's cores.
+const DEFAULT_POSTGRES_SEARCHES: u32 = 4;
 
 /// Whether opening may create the database.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,6 +83,17 @@ pub struct Store {
     /// Other processes on the same file still wait in the busy handler.
     sqlite_writer: Option<Arc<Mutex<()>>>,
     batches: Arc<Batches>,
+    /// Search, which may read many rows, has a pool of its own, so the admins who search cannot
+    /// hold the connections every other call needs.
+    searches: Searches,
+}
+
+/// Search's connections, and turns to use them: one turn per connection, so a Search waits
+/// here, for as long as its request may run, and never in the pool (which gives up after 5 s).
+#[derive(Debug, Clone)]
+struct Searches {
+    db: DatabaseConnection,
+    turns: Arc<Semaphore>,
 }
 
 /// The statements of the hot paths, each run for many concurrent callers at once (see
@@ -99,8 +117,18 @@ impl Store {
     /// Opens `url` (`sqlite://...` or `postgres://...`). SQLite runs in WAL mode with
     /// `synchronous=FULL`, so an answered write survives a power loss. The error says which
     /// database could not be opened, why, and what to check.
-    #[instrument(skip_all)]
     pub async fn open(url: &DatabaseUrl, mode: OpenMode) -> Result<Self, Error> {
+        Self::open_with_searches(url, mode, None).await
+    }
+
+    /// [`Store::open`], with at most `max_concurrent_searches` Searches running at once (by
+    /// default 2 on SQLite, 4 on PostgreSQL).
+    #[instrument(skip_all)]
+    pub async fn open_with_searches(
+        url: &DatabaseUrl,
+        mode: OpenMode,
+        max_concurrent_searches: Option<u32>,
+    ) -> Result<Self, Error> {
         if let Some(path) = url.sqlite_path() {
             protect_sqlite_file(Path::new(path), mode)?;
         }
@@ -112,9 +140,24 @@ impl Store {
         let db = connect(url, mode, pool, SqliteSynchronous::Full, &[]).await?;
         let relaxed =
             connect(url, mode, relaxed_pool, SqliteSynchronous::Normal, &[("synchronous_commit", "off")]).await?;
-        let sqlite_writer = url.is_sqlite().then(|| Arc::new(Mutex::new(())));
+        let backend = db.get_database_backend();
+        let sqlite_writer = (backend == DbBackend::Sqlite).then(|| Arc::new(Mutex::new(())));
+        let concurrent_searches = max_concurrent_searches
+            .unwrap_or(match backend {
+                DbBackend::Sqlite => DEFAULT_SQLITE_SEARCHES,
+                _ => DEFAULT_POSTGRES_SEARCHES,
+            })
+            .max(1);
+        // PostgreSQL plans each Search for its own text and page: a prepared statement's generic
+        // plan, which it would switch to after five runs, cannot tell a name held by three clients
+        // from one held by a million, and would read the table in id order for both.
+        let custom_plans = &[("plan_cache_mode", "force_custom_plan")];
+        let searches = Searches {
+            db: connect(url, mode, concurrent_searches, SqliteSynchronous::Full, custom_plans).await?,
+            turns: Arc::new(Semaphore::new(concurrent_searches as usize)),
+        };
         let batches = Arc::new(Batches::start(&db, &relaxed, sqlite_writer.as_ref(), read_slots, write_slots));
-        Ok(Self { db, relaxed, sqlite_writer, batches })
+        Ok(Self { db, relaxed, sqlite_writer, batches, searches })
     }
 
     /// Brings the schema up to date. Replicas starting together take turns (see
@@ -161,9 +204,19 @@ impl Store {
         write_turn(self.sqlite_writer.as_ref()).await
     }
 
-    /// Size and idle connections of the durable and the relaxed pool.
-    pub fn pool_stats(&self) -> [(&'static str, PoolStats); 2] {
-        [("durable", pool_stats(&self.db)), ("relaxed", pool_stats(&self.relaxed))]
+    /// Waits for a turn to search, and gives the connection to search on.
+    async fn search_turn(&self) -> Result<(SemaphorePermit<'_>, &DatabaseConnection), Error> {
+        let turn = self.searches.turns.acquire().await.map_err(|_| Error::internal("the search turns are closed"))?;
+        Ok((turn, &self.searches.db))
+    }
+
+    /// Size and idle connections of the durable, relaxed and search pools.
+    pub fn pool_stats(&self) -> [(&'static str, PoolStats); 3] {
+        [
+            ("durable", pool_stats(&self.db)),
+            ("relaxed", pool_stats(&self.relaxed)),
+            ("search", pool_stats(&self.searches.db)),
+        ]
     }
 
     /// Answers when the database answers.

@@ -18,6 +18,7 @@ mod ownership;
 mod properties;
 mod replicas;
 mod search;
+mod search_scale;
 mod token_exchange;
 mod transport;
 mod unavailable;
@@ -44,6 +45,7 @@ fn main() -> ExitCode {
         properties::tests(),
         replicas::tests(),
         search::tests(),
+        search_scale::tests(),
         token_exchange::tests(),
         transport::tests(),
         unavailable::tests(),

@@ -1,11 +1,20 @@
 //! Admins search personal clients across users; nobody else may.
 
-use crate::common::{TestDb, TestServer, authed, create_request, violated_fields};
-use personal_clients::{
-    pb::iam::{self as pb, personal_client_search_service_client::PersonalClientSearchServiceClient},
-    store::migration::Migrator,
+use crate::{
+    common::{TestDb, TestServer, authed, create_request, sample, violated_fields},
+    search_scale::{insert_synthetic_clients, synthetic_user},
 };
-use sea_orm::Database;
+use personal_clients::{
+    domain::SearchFilter,
+    error::chain,
+    pb::iam::{self as pb, personal_client_search_service_client::PersonalClientSearchServiceClient},
+    store::{
+        OpenMode, Store,
+        entity::personal_client::{self, Column},
+        migration::Migrator,
+    },
+};
+use sea_orm::{ConnectionTrait, Database, DbBackend, EntityTrait, QueryOrder, Statement};
 use sea_orm_migration::MigratorTrait;
 use tonic::{Code, transport::Channel};
 
@@ -15,7 +24,12 @@ pub fn tests() -> Vec<libtest_mimic::Trial> {
         search_filters_and_pages_across_users,
         search_requires_the_admin_role,
         search_folds_case_in_every_script,
+        text_of_any_length_is_matched_literally,
+        the_name_index_follows_renames_and_revocations,
+        search_agrees_with_a_scan_of_every_row,
+        searches_beyond_the_limit_wait_their_turn,
     ));
+    trials.extend(tests_on!(Postgres: a_user_who_may_not_create_pg_trgm_is_told_what_to_run));
     trials
 }
 
@@ -180,4 +194,224 @@ async fn assert_unicode_names_found(client: &mut PersonalClientSearchServiceClie
             assert_eq!(names(client, admin, search(query, &[], false)).await, [name], "{query:?} finds {name:?}");
         }
     }
+}
+
+/// Whether `client` matches `text` as Search defines it: a substring of the name, or a prefix of
+/// the client id, ignoring case (the texts of these tests are ASCII).
+fn matches_text(name: &str, client_id: &str, text: &str) -> bool {
+    let text = text.to_lowercase();
+    name.to_lowercase().contains(&text) || client_id.to_lowercase().starts_with(&text)
+}
+
+/// The trigram indexes serve three characters or more; text of one or two characters, and
+/// LIKE's wildcards and escape character, are matched all the same.
+async fn text_of_any_length_is_matched_literally(db: TestDb) {
+    let server = TestServer::start(db.config()).await;
+    let (alice, admin) = (server.token("alice", &[]).await, server.token("root", &["admin"]).await);
+    let mut api = server.client().await;
+    let mut clients = Vec::new();
+    for name in ["Payments Gateway", "ab", "50% off_sale", "snake_case", "back\\slash", "x", "PAY later", "a%b"] {
+        clients.push(api.create(authed(create_request(name), &alice)).await.unwrap().into_inner().client.unwrap());
+    }
+    let mut search_api = PersonalClientSearchServiceClient::new(server.channel().await);
+    let queries = [
+        "a",
+        "x",
+        "%",
+        "_",
+        "\\",
+        "ab",
+        "0%",
+        "_s",
+        "k\\",
+        "pay",
+        "PAYMENTS GATEWAY",
+        "% off_",
+        "e_c",
+        "k\\s",
+        "a%b",
+        "ff_sale",
+        "zzz",
+        "a_b",
+        "50_",
+    ];
+    for query in queries {
+        let expected: Vec<&str> = clients
+            .iter()
+            .filter(|c| matches_text(&c.display_name, &c.client_id, query))
+            .map(|c| c.display_name.as_str())
+            .collect();
+        assert_eq!(names(&mut search_api, &admin, search(query, &[], false)).await, expected, "{query:?}");
+    }
+    server.stop().await;
+}
+
+async fn the_name_index_follows_renames_and_revocations(db: TestDb) {
+    let server = TestServer::start(db.config()).await;
+    let (alice, admin) = (server.token("alice", &[]).await, server.token("root", &["admin"]).await);
+    let mut api = server.client().await;
+    let report = api.create(authed(create_request("Quarterly Report"), &alice)).await.unwrap().into_inner();
+    let budget = api.create(authed(create_request("Quarterly Budget"), &alice)).await.unwrap().into_inner();
+    let mut search_api = PersonalClientSearchServiceClient::new(server.channel().await);
+    assert_eq!(
+        names(&mut search_api, &admin, search("quarterly", &[], false)).await,
+        ["Quarterly Report", "Quarterly Budget"]
+    );
+
+    let rename = pb::PersonalClientServiceUpdateRequest {
+        client: Some(pb::PersonalClient {
+            id: report.client.unwrap().id,
+            display_name: "Annual Summary".into(),
+            ..Default::default()
+        }),
+        update_mask: None,
+    };
+    api.update(authed(rename, &alice)).await.unwrap();
+    assert!(names(&mut search_api, &admin, search("report", &[], true)).await.is_empty(), "the old name is gone");
+    assert_eq!(names(&mut search_api, &admin, search("annual", &[], false)).await, ["Annual Summary"]);
+    assert_eq!(names(&mut search_api, &admin, search("quarterly", &[], false)).await, ["Quarterly Budget"]);
+
+    let revoke = pb::PersonalClientServiceDeleteRequest { id: budget.client.unwrap().id };
+    api.delete(authed(revoke, &alice)).await.unwrap();
+    assert!(names(&mut search_api, &admin, search("budget", &[], false)).await.is_empty());
+    assert_eq!(names(&mut search_api, &admin, search("budget", &[], true)).await, ["Quarterly Budget"]);
+    assert_eq!(names(&mut search_api, &admin, search("ly bud", &["alice"], true)).await, ["Quarterly Budget"]);
+    server.stop().await;
+
+    // SQLite's FTS5 table agrees with the table it indexes, after a row is removed by hand too.
+    if db.url.starts_with("sqlite") {
+        let database = Database::connect(&db.url).await.unwrap();
+        database
+            .execute_unprepared("DELETE FROM personal_clients WHERE display_name = 'Annual Summary'")
+            .await
+            .unwrap();
+        let check = "INSERT INTO personal_clients_fts (personal_clients_fts, rank) VALUES ('integrity-check', 1)";
+        database.execute_unprepared(check).await.unwrap();
+        database.close().await.unwrap();
+    }
+}
+
+/// Over more clients than SQLite takes its trigram index for, every way a Search can go (the
+/// trigram and client id indexes, the table in id order, the owners' indexes) gives what a scan
+/// of every row gives, page after page.
+async fn search_agrees_with_a_scan_of_every_row(db: TestDb) {
+    let database = Database::connect(&db.url).await.unwrap();
+    Migrator::up(&database, None).await.unwrap();
+    let ids = insert_synthetic_clients(&database, 10_500).await;
+    // Names holding LIKE's wildcards and escape character, renamed in place.
+    for (i, name) in [(17, "50% Off"), (4711, "snake_case_9"), (9000, "Back\\Slash 100%")] {
+        let rename = Statement::from_sql_and_values(
+            database.get_database_backend(),
+            match database.get_database_backend() {
+                DbBackend::Postgres => {
+                    "UPDATE personal_clients SET display_name = $1, display_name_folded = $2 WHERE id = $3"
+                }
+                _ => "UPDATE personal_clients SET display_name = ?, display_name_folded = ? WHERE id = ?",
+            },
+            [name.into(), SearchFilter::fold_case(name).into(), ids[i].into()],
+        );
+        database.execute_raw(rename).await.unwrap();
+    }
+    let rows = personal_client::Entity::find().order_by_asc(Column::Id).all(&database).await.unwrap();
+    database.close().await.unwrap();
+
+    let store = Store::open(&db.database_url(), OpenMode::MustExist).await.unwrap();
+    let some_client_id = &rows[100].client_id[..9];
+    let texts = [
+        None,
+        Some("zebra"),
+        Some("load"),
+        Some("LOAD-0001"),
+        Some("lo"),
+        Some("z"),
+        Some("%"),
+        Some("0% o"),
+        Some("e_c"),
+        Some("\\s"),
+        Some(some_client_id),
+        Some("qz"),
+    ];
+    for text in texts {
+        for users in [vec![], vec![synthetic_user(1), synthetic_user(2)]] {
+            for include_deleted in [false, true] {
+                let filter = SearchFilter { text: text.map(str::to_owned), users: users.clone(), include_deleted };
+                let expected: Vec<_> = rows
+                    .iter()
+                    .filter(|row| include_deleted || row.deleted_at.is_none())
+                    .filter(|row| users.is_empty() || users.contains(&row.user_id))
+                    .filter(|row| text.is_none_or(|text| matches_text(&row.display_name, &row.client_id, text)))
+                    .map(|row| row.id)
+                    .collect();
+                let mut found = Vec::new();
+                let mut after = None;
+                loop {
+                    let mut page = store.search_clients(&filter, after, 501).await.unwrap();
+                    let more = page.len() > 500;
+                    page.truncate(500);
+                    after = page.last().map(|client| client.id);
+                    found.extend(page.into_iter().map(|client| client.id));
+                    if !more {
+                        break;
+                    }
+                }
+                assert_eq!(found.len(), expected.len(), "{filter:?}");
+                assert!(found == expected, "{filter:?}: the same clients in the same order");
+            }
+        }
+    }
+}
+
+/// At most `--max-concurrent-searches` Searches hold a database connection at once; the others
+/// wait their turn, and are answered.
+async fn searches_beyond_the_limit_wait_their_turn(db: TestDb) {
+    // Enough clients that a Search reading them all takes a while.
+    let database = Database::connect(&db.url).await.unwrap();
+    Migrator::up(&database, None).await.unwrap();
+    insert_synthetic_clients(&database, 20_000).await;
+    database.close().await.unwrap();
+    let mut config = db.config();
+    config.serving.max_concurrent_searches = Some(2);
+    let server = TestServer::start(config).await;
+    let admin = server.token("root", &["admin"]).await;
+    let channel = server.channel().await;
+    let mut searches = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let mut api = PersonalClientSearchServiceClient::new(channel.clone());
+        let admin = admin.clone();
+        // Two characters that no name holds: each Search reads every row.
+        searches.spawn(async move { api.search(authed(search("qz", &[], true), &admin)).await });
+    }
+    while let Some(answer) = searches.join_next().await {
+        assert!(answer.unwrap().unwrap().into_inner().list.is_empty());
+    }
+    let metrics = server.metrics().await;
+    let held: f64 = ["idle", "in_use"]
+        .iter()
+        .filter_map(|state| {
+            sample(&metrics, &format!("personal_clients_db_pool_connections{{pool=\"search\",state=\"{state}\"}}"))
+        })
+        .sum();
+    assert!((1.0..=2.0).contains(&held), "the search pool held {held} connections");
+    server.stop().await;
+}
+
+/// A PostgreSQL user who may not create the pg_trgm extension is told what to run; once an
+/// operator has run it, the same user migrates.
+async fn a_user_who_may_not_create_pg_trgm_is_told_what_to_run(db: TestDb) {
+    let role = format!("pc_test_{}", uuid::Uuid::now_v7().simple());
+    let admin = Database::connect(&db.url).await.unwrap();
+    admin.execute_unprepared(&format!("CREATE ROLE {role} LOGIN; GRANT ALL ON SCHEMA public TO {role}")).await.unwrap();
+    let (scheme, rest) = db.url.split_once("://").unwrap();
+    let host_and_database = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+    let as_role = format!("{scheme}://{role}@{host_and_database}").parse().unwrap();
+
+    let store = Store::open(&as_role, OpenMode::CreateIfMissing).await.unwrap();
+    let refused = chain(&store.migrate().await.unwrap_err());
+    assert!(refused.contains("run `CREATE EXTENSION pg_trgm;` in this database"), "{refused}");
+    admin.execute_unprepared("CREATE EXTENSION pg_trgm").await.unwrap();
+    store.migrate().await.unwrap();
+    drop(store);
+
+    admin.execute_unprepared(&format!("DROP OWNED BY {role}; DROP ROLE {role}")).await.unwrap();
+    admin.close().await.unwrap();
 }

@@ -1,4 +1,6 @@
-//! Schema migrations, written with the schema builder so one set runs on SQLite and PostgreSQL.
+//! Schema migrations, written with the schema builder so one set runs on SQLite and PostgreSQL
+//! (raw SQL per database only for what the builder cannot say: partial indexes, column types
+//! that need `USING`, extensions, operator classes and FTS5).
 //! A migration that has been released is never edited; changes come as new migrations.
 
 use sea_orm_migration::prelude::*;
@@ -7,6 +9,7 @@ mod m20261128_000001_create_tables;
 mod m20261128_000002_assertion_replays;
 mod m20261128_000003_json_columns;
 mod m20261128_000004_folded_display_names;
+mod m20261128_000005_search_indexes;
 
 #[derive(Debug)]
 pub struct Migrator;
@@ -19,6 +22,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261128_000002_assertion_replays::Migration),
             Box::new(m20261128_000003_json_columns::Migration),
             Box::new(m20261128_000004_folded_display_names::Migration),
+            Box::new(m20261128_000005_search_indexes::Migration),
         ]
     }
 }
