@@ -67,11 +67,12 @@ impl Store {
             let text = SearchText(text);
             let backend = db.get_database_backend();
             // With users named, their index is the short way: a user holds few clients.
-            let by_name_index = filter.users.is_empty();
-            query = query.filter(text.matches(backend, by_name_index));
-            if backend == DbBackend::Sqlite
-                && by_name_index
+            let name_index = filter.users.is_empty()
                 && text.has_trigrams()
+                && (backend != DbBackend::Postgres || text.pg_trgm_draws_trigrams(db).await?);
+            query = query.filter(text.matches(backend, name_index));
+            if backend == DbBackend::Sqlite
+                && name_index
                 && text.count_sqlite_candidates(db).await?.worth_reading(limit)
             {
                 query = query.filter(text.sqlite_candidates());
@@ -117,22 +118,42 @@ impl SearchText {
     /// Rust folded them to, since neither database's `lower` folds beyond ASCII alike; client ids
     /// are ASCII, which `lower` folds the same on both.
     ///
-    /// On PostgreSQL the trigram index is offered the name's `LIKE` only if `by_name_index` and
-    /// pg_trgm draws a trigram from the text; otherwise the `LIKE` is on `display_name_folded ||
-    /// ''`, the same text, which no index holds. A `LIKE` without trigrams makes the index return
-    /// every row to be checked again, slower than reading the table; and with users named, the
-    /// planner would join the index to theirs, underestimating what a common trigram costs to
-    /// read. It foresees neither.
-    fn matches(&self, backend: DbBackend, by_name_index: bool) -> Condition {
+    /// On PostgreSQL the trigram index is offered the name's `LIKE` only with `name_index`;
+    /// otherwise the `LIKE` is on `display_name_folded || ''`, the same text, which no index
+    /// holds. A `LIKE` without trigrams makes the index return every row to be checked again,
+    /// slower than reading the table; and with users named, the planner would join the index to
+    /// theirs, underestimating what a common trigram costs to read. It foresees neither.
+    fn matches(&self, backend: DbBackend, name_index: bool) -> Condition {
         let escaped = escape_like(&self.0);
         let pattern = LikeExpr::new(format!("%{escaped}%")).escape('\\');
-        let name = if backend == DbBackend::Postgres && !(by_name_index && pg_trgm_extracts_trigrams(&self.0)) {
+        let name = if backend == DbBackend::Postgres && !name_index {
             Expr::col(Column::DisplayNameFolded).concat("").like(pattern)
         } else {
             Column::DisplayNameFolded.like(pattern)
         };
         let client_id = Expr::expr(Func::lower(Expr::col(Column::ClientId)));
         Condition::any().add(name).add(client_id.like(LikeExpr::new(format!("{escaped}%")).escape('\\')))
+    }
+
+    /// PostgreSQL: whether pg_trgm draws a trigram from the text's `LIKE` pattern. Which
+    /// characters beyond ASCII are letters or digits is the database's locale's to say: a text
+    /// with such characters asks it, in one statement.
+    async fn pg_trgm_draws_trigrams(&self, db: &DatabaseConnection) -> Result<bool, Error> {
+        let letters_and_digits: Option<Vec<bool>> = if self.0.is_ascii() {
+            None
+        } else {
+            // PostgreSQL's regular expressions class characters as pg_trgm does, by the locale.
+            let sql = "SELECT string_agg(CASE WHEN c ~ '^[[:alnum:]]$' THEN 'w' ELSE '-' END, '' ORDER BY n) \
+                       FROM unnest(string_to_array($1, NULL)) WITH ORDINALITY AS t (c, n)";
+            let statement = Statement::from_sql_and_values(DbBackend::Postgres, sql, [Value::from(self.0.clone())]);
+            let row = db.query_one_raw(statement).await?;
+            let classes: String =
+                row.ok_or_else(|| Error::internal("classing characters returned no row"))?.try_get_by_index(0)?;
+            Some(classes.chars().map(|class| class == 'w').collect())
+        };
+        Ok(pg_trgm_extracts_trigrams(&self.0, |i, c| {
+            if c.is_ascii() { Some(c.is_ascii_alphanumeric()) } else { letters_and_digits.as_ref()?.get(i).copied() }
+        }))
     }
 
     /// SQLite: only rows the trigram index or the client id index offer. [`SearchText::matches`]
@@ -197,27 +218,26 @@ fn prefix_successor(prefix: &str) -> Option<String> {
     None
 }
 
-/// Whether pg_trgm draws a trigram from `LIKE '%text%'`, whatever the database's locale.
+/// Whether pg_trgm draws a trigram from `LIKE '%text%'`, given which of its characters (by
+/// position) are letters or digits: `word` says yes, no, or `None` for not known.
 ///
-/// It splits the pattern into words of letters and digits, and pads a word with blanks where
-/// it meets a character that is not a letter or digit (two before, one after), but not where it
-/// meets the pattern's `%`. A word yields trigrams when, padded, it is three characters long.
-/// Only ASCII letters and digits are surely word characters here, and only other ASCII
-/// characters surely not: the locale decides for the rest, so a word next to one of them is
-/// counted without padding on that side. That may say no where pg_trgm would find a trigram;
-/// never the other way round.
-fn pg_trgm_extracts_trigrams(text: &str) -> bool {
-    let chars: Vec<char> = text.chars().collect();
-    let separator = |c: Option<&char>| c.is_some_and(|c| c.is_ascii() && !c.is_ascii_alphanumeric());
+/// pg_trgm splits the pattern into words of letters and digits, and pads a word with blanks where
+/// it meets another character (two before, one after), but not where it meets the pattern's `%`.
+/// A word yields trigrams when, padded, it is three characters long. A word next to a character
+/// not known to be a letter or digit or not is counted without padding on that side: this may
+/// say no where pg_trgm finds a trigram, never the other way round.
+fn pg_trgm_extracts_trigrams(text: &str, word: impl Fn(usize, char) -> Option<bool>) -> bool {
+    let words: Vec<Option<bool>> = text.chars().enumerate().map(|(i, c)| word(i, c)).collect();
+    let separator = |i: usize| words.get(i).copied().flatten() == Some(false);
     let mut start = 0;
-    while start < chars.len() {
-        if !chars[start].is_ascii_alphanumeric() {
+    while start < words.len() {
+        if words[start] != Some(true) {
             start += 1;
             continue;
         }
-        let end = (start..chars.len()).find(|&i| !chars[i].is_ascii_alphanumeric()).unwrap_or(chars.len());
-        let before = if start > 0 && separator(chars.get(start - 1)) { 2 } else { 0 };
-        let after = if separator(chars.get(end)) { 1 } else { 0 };
+        let end = (start..words.len()).find(|&i| words[i] != Some(true)).unwrap_or(words.len());
+        let before = if start > 0 && separator(start - 1) { 2 } else { 0 };
+        let after = if separator(end) { 1 } else { 0 };
         if end - start + before + after >= 3 {
             return true;
         }
@@ -254,14 +274,21 @@ mod tests {
 
     #[test]
     fn pg_trgm_trigrams_are_foreseen_only_where_surely_drawn() {
+        // ASCII letters and digits are known; other characters are not, unless the locale says.
+        let ascii = |_, c: char| c.is_ascii().then(|| c.is_ascii_alphanumeric());
         for text in ["zebra", "abc", "a b", "ab-", "ab ", "x-y", "-a", "a_b", "a\\%b", "é-a", "é-ab", "οδοσ abc"]
         {
-            assert!(pg_trgm_extracts_trigrams(text), "{text:?}");
+            assert!(pg_trgm_extracts_trigrams(text, ascii), "{text:?}");
         }
         // One or two letters at the pattern's edges, or next to characters the locale classes.
-        for text in ["a", "ab", "a-", "a%", "%%%", "---", "οδοσ", "éab", "abé", "éa", "-é-"] {
-            assert!(!pg_trgm_extracts_trigrams(text), "{text:?}");
+        for text in ["a", "ab", "a-", "a%", "%%%", "---", "a..", "οδοσ", "éab", "abé", "éa", "-é-"] {
+            assert!(!pg_trgm_extracts_trigrams(text, ascii), "{text:?}");
         }
+        let greek_letters = |_, c: char| Some(c.is_alphanumeric());
+        assert!(pg_trgm_extracts_trigrams("οδοσ", greek_letters));
+        assert!(pg_trgm_extracts_trigrams("éab", greek_letters));
+        assert!(!pg_trgm_extracts_trigrams("οδ", greek_letters));
+        assert!(!pg_trgm_extracts_trigrams("-·-", greek_letters));
     }
 
     #[test]

@@ -144,6 +144,7 @@ async fn search_at_scale(db: TestDb) {
     println!("{backend}, {rows} clients: filled in {filled:.1?}, later migrations took {:.1?}", started.elapsed());
 
     let one_user = vec![synthetic_user(42)];
+    let three_users: Vec<_> = (42..45).map(synthetic_user).collect();
     // Names are `load-` and six digits: a prefix of the digits that leaves the last ones free
     // matches a hundredth of them.
     let free_digits = (rows / 100).max(1).ilog10();
@@ -154,7 +155,8 @@ async fn search_at_scale(db: TestDb) {
         ("text, few matches, revoked too", filter(Some(RARE_TEXT), &[], true)),
         ("users + include_deleted", filter(None, &one_user, true)),
         ("users, live only", filter(None, &one_user, false)),
-        ("text + users", filter(Some("load-0"), &one_user, true)),
+        ("common text + 1 user", filter(Some("load-0"), &one_user, true)),
+        ("rare text + 3 users", filter(Some(RARE_TEXT), &three_users, false)),
         ("text, many matches", filter(Some(COMMON_TEXT), &[], false)),
         ("text, ~1% matches", filter(Some(one_percent), &[], false)),
         ("2 characters, many matches", filter(Some("lo"), &[], false)),
