@@ -149,7 +149,7 @@ pub struct ServingArgs {
     pub max_concurrent_requests: u32,
 
     /// Most Searches running at once in this process, each on a database connection of its own;
-    /// more wait their turn within the request timeout [default: 2 on SQLite, 4 on PostgreSQL].
+    /// more wait their turn within the request timeout [default: half the cores, at least 1].
     #[arg(long, env = "PC_MAX_CONCURRENT_SEARCHES", value_parser = clap::value_parser!(u32).range(1..=64))]
     pub max_concurrent_searches: Option<u32>,
 

@@ -53,11 +53,14 @@ const MIGRATION_LOCK: i64 = 0x7063_6d69_6772; // "pcmigr"
 /// switching a new file to WAL mode holds a lock that SQLite's busy handler does not wait on).
 const OPEN_RETRY_FOR: Duration = Duration::from_secs(10);
 
-/// Searches that may run at once on SQLite unless `--max-concurrent-searches` says otherwise:
-/// they run on this process's cores, beside every other call.
-const DEFAULT_SQLITE_SEARCHES: u32 = 2;
-/// The same on PostgreSQL, where Searches run on the server's cores.
-const DEFAULT_POSTGRES_SEARCHES: u32 = 4;
+/// Searches that may run at once unless `--max-concurrent-searches` says otherwise: half the
+/// cores, at least one. A Search of a text many names share keeps a core busy for milliseconds;
+/// with more of them at once, Get and the token exchange lost over half their throughput in
+/// `bench` at a million clients, with one at a time about a quarter.
+fn default_concurrent_searches() -> u32 {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    u32::try_from(cores / 2).unwrap_or(u32::MAX).max(1)
+}
 
 /// Whether opening may create the database.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,7 +125,7 @@ impl Store {
     }
 
     /// [`Store::open`], with at most `max_concurrent_searches` Searches running at once (by
-    /// default 2 on SQLite, 4 on PostgreSQL).
+    /// default: half the cores, at least one).
     #[instrument(skip_all)]
     pub async fn open_with_searches(
         url: &DatabaseUrl,
@@ -142,12 +145,7 @@ impl Store {
             connect(url, mode, relaxed_pool, SqliteSynchronous::Normal, &[("synchronous_commit", "off")]).await?;
         let backend = db.get_database_backend();
         let sqlite_writer = (backend == DbBackend::Sqlite).then(|| Arc::new(Mutex::new(())));
-        let concurrent_searches = max_concurrent_searches
-            .unwrap_or(match backend {
-                DbBackend::Sqlite => DEFAULT_SQLITE_SEARCHES,
-                _ => DEFAULT_POSTGRES_SEARCHES,
-            })
-            .max(1);
+        let concurrent_searches = max_concurrent_searches.unwrap_or_else(default_concurrent_searches).max(1);
         // PostgreSQL plans each Search for its own text and page: a prepared statement's generic
         // plan, which it would switch to after five runs, cannot tell a name held by three clients
         // from one held by a million, and would read the table in id order for both.
