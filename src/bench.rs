@@ -107,26 +107,13 @@ async fn measure(config: Config, options: &BenchArgs) -> Result<(), Error> {
     let address = listener.local_addr().map_err(|e| internal(&e))?;
     let database = &config.database.database_url;
     crate::server::migrate(database, &config.keys).await?;
-    let roles: RoleSet = [Role::parse("bench").map_err(Error::internal)?].into_iter().collect();
-    let token = crate::server::mint_token(
-        database,
-        &config.keys,
-        &config.issuer,
-        "bench-user",
-        &roles,
-        Duration::from_secs(3600),
-    )
-    .await?;
-    let admin_roles: RoleSet = [config.credentials.admin_role.clone()].into_iter().collect();
-    let admin_token = crate::server::mint_token(
-        database,
-        &config.keys,
-        &config.issuer,
-        "bench-admin",
-        &admin_roles,
-        Duration::from_secs(3600),
-    )
-    .await?;
+    let (keys, issuer) = (&config.keys, &config.issuer);
+    let mint = |user: &'static str, role: Role| async move {
+        let roles: RoleSet = [role].into_iter().collect();
+        crate::server::mint_token(database, keys, issuer, user, &roles, Duration::from_secs(3600)).await
+    };
+    let token = mint("bench-user", Role::parse("bench").map_err(Error::internal)?).await?;
+    let admin_token = mint("bench-admin", config.credentials.admin_role.clone()).await?;
     let audience = config.issuer.public_host.clone();
     let (stop, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(crate::server::serve(config.clone(), listener, async {

@@ -8,8 +8,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use sea_orm::{
     ActiveValue::Set,
     ColumnTrait, Condition, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, EntityTrait, ExprTrait,
-    QueryFilter, QueryOrder, QuerySelect, Select, SqliteTransactionMode, TransactionOptions, TransactionTrait,
-    UpdateMany,
+    QueryFilter, QueryOrder, QuerySelect, Select, UpdateMany,
     sea_query::{Expr, Func, OnConflict, SimpleExpr},
 };
 use tokio::sync::Mutex;
@@ -19,6 +18,7 @@ use uuid::Uuid;
 use super::{
     Store,
     batch::Answers,
+    begin_immediate,
     entity::personal_client::{self, Column, Networks, RoleNames},
     write_turn,
 };
@@ -142,11 +142,7 @@ impl Store {
             // SQLite keeps timestamps as text, to which SQL cannot add a microsecond. The write
             // lock, taken up front, makes reading the current value and writing the next one a
             // single step for every process on the file, with nothing to upgrade or deadlock on.
-            let immediate = TransactionOptions {
-                sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
-                ..TransactionOptions::default()
-            };
-            let txn = self.db.begin_with_options(immediate).await?;
+            let txn = begin_immediate(&self.db).await?;
             let current = personal_client::Entity::find_by_id(id)
                 .filter(live(owner))
                 .select_only()
@@ -256,16 +252,7 @@ pub(super) async fn insert_clients(
 ) -> Result<Answers<PersonalClient>, DbErr> {
     let now = round_to_micros(Utc::now());
     let _turn = write_turn(writer.as_ref()).await;
-    let txn = match db.get_database_backend() {
-        DbBackend::Sqlite => {
-            let immediate = TransactionOptions {
-                sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
-                ..TransactionOptions::default()
-            };
-            db.begin_with_options(immediate).await?
-        }
-        _ => db.begin().await?,
-    };
+    let txn = begin_immediate(&db).await?;
     let held =
         held_by(&txn, rows.iter().filter(|row| row.max_held.is_some()).map(|row| row.new.user_id.as_str())).await?;
     let mut added: HashMap<&str, u64> = HashMap::new();

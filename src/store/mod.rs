@@ -187,13 +187,7 @@ impl Store {
                 txn.execute_unprepared(&format!("SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")).await?;
                 Ok(txn)
             }
-            _ => {
-                let immediate = TransactionOptions {
-                    sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
-                    ..TransactionOptions::default()
-                };
-                Ok(self.db.begin_with_options(immediate).await?)
-            }
+            _ => Ok(begin_immediate(&self.db).await?),
         }
     }
 
@@ -224,6 +218,17 @@ impl Store {
     }
 }
 
+/// A transaction that on SQLite holds the write lock from its first statement (`BEGIN
+/// IMMEDIATE`, waiting in the busy handler), so nothing it reads must later be upgraded to a
+/// write; on PostgreSQL, whose writes lock rows, a plain transaction.
+async fn begin_immediate(db: &DatabaseConnection) -> Result<DatabaseTransaction, DbErr> {
+    let immediate = TransactionOptions {
+        sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+        ..TransactionOptions::default()
+    };
+    db.begin_with_options(immediate).await
+}
+
 /// Waits for this process's turn to write on `writer`'s SQLite file; no wait on PostgreSQL.
 async fn write_turn(writer: Option<&Arc<Mutex<()>>>) -> Option<MutexGuard<'_, ()>> {
     match writer {
@@ -241,32 +246,30 @@ impl Batches {
         read_slots: usize,
         write_slots: usize,
     ) -> Self {
-        let (reads, writes) = (db.clone(), db.clone());
-        let relaxed = relaxed.clone();
-        let (create_turn, spend_turn) = (writer.cloned(), writer.cloned());
-        let by_client_id_db = db.clone();
-        Self {
-            by_id: Batcher::spawn(
+        let by_id = {
+            let db = db.clone();
+            Batcher::spawn(
                 MAX_BATCH,
                 read_slots,
-                Arc::new(move |ids| Box::pin(clients::clients_by_id(reads.clone(), ids))),
-            ),
-            by_client_id: Batcher::spawn(
-                MAX_BATCH,
-                read_slots,
-                Arc::new(move |ids| Box::pin(clients::clients_by_client_id(by_client_id_db.clone(), ids))),
-            ),
-            create: Batcher::spawn(
-                MAX_BATCH,
-                write_slots,
-                Arc::new(move |rows| Box::pin(clients::insert_clients(writes.clone(), create_turn.clone(), rows))),
-            ),
-            spend: Batcher::spawn(
-                MAX_BATCH,
-                write_slots,
-                Arc::new(move |values| Box::pin(replay::spend_values(relaxed.clone(), spend_turn.clone(), values))),
-            ),
-        }
+                Arc::new(move |ids| Box::pin(clients::clients_by_id(db.clone(), ids))),
+            )
+        };
+        let by_client_id = {
+            let db = db.clone();
+            let run = move |ids| Box::pin(clients::clients_by_client_id(db.clone(), ids)) as _;
+            Batcher::spawn(MAX_BATCH, read_slots, Arc::new(run))
+        };
+        let create = {
+            let (db, writer) = (db.clone(), writer.cloned());
+            let run = move |rows| Box::pin(clients::insert_clients(db.clone(), writer.clone(), rows)) as _;
+            Batcher::spawn(MAX_BATCH, write_slots, Arc::new(run))
+        };
+        let spend = {
+            let (relaxed, writer) = (relaxed.clone(), writer.cloned());
+            let run = move |values| Box::pin(replay::spend_values(relaxed.clone(), writer.clone(), values)) as _;
+            Batcher::spawn(MAX_BATCH, write_slots, Arc::new(run))
+        };
+        Self { by_id, by_client_id, spend, create }
     }
 }
 
@@ -352,7 +355,7 @@ async fn connect(
                 .busy_timeout(Duration::from_secs(5))
                 .foreign_keys(true)
                 // A whole page (or batch) of rows fits, so the connection's thread never stops
-                // mid-query to wait for the reader: one hand-off per query, not one per row.
+                // mid-query to wait for the reader to take rows.
                 .row_buffer_size(ROW_CHANNEL)
                 .create_if_missing(mode == OpenMode::CreateIfMissing)
         })
