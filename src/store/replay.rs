@@ -104,3 +104,25 @@ pub(super) async fn spend_values(
         .map(|(v, fresh)| Ok(fresh && spent.contains(&(v.client_pk, v.value.as_str()))))
         .collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::OpenMode;
+
+    /// Equal values in one batch are one statement's duplicate rows: the first is spent, the
+    /// others are refused, even though the row the statement returns matches them all.
+    #[tokio::test]
+    async fn equal_values_in_one_batch_are_spent_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/replay.db?mode=rwc", dir.path().display()).parse().unwrap();
+        let store = Store::open(&url, OpenMode::CreateIfMissing).await.unwrap();
+        store.migrate().await.unwrap();
+        let (client_pk, spent_until) = (Uuid::now_v7(), Utc::now() + chrono::TimeDelta::minutes(5));
+        let value = |value: &str| OneTimeValue { client_pk, value: value.to_owned(), spent_until };
+        let batch = vec![value("a"), value("a"), value("b"), value("a")];
+        let spent: Vec<bool> =
+            spend_values(store.relaxed.clone(), None, batch).await.unwrap().into_iter().map(Result::unwrap).collect();
+        assert_eq!(spent, [true, false, true, false]);
+    }
+}
