@@ -39,4 +39,8 @@ pub mod pb {
     pub mod auth {
         tonic::include_proto!("c1.api.auth.v1");
     }
+    /// `google.api.HttpRule`: the HTTP routes of the contract's methods.
+    pub mod google_api {
+        tonic::include_proto!("google.api");
+    }
 }

@@ -29,7 +29,7 @@ use tonic::Status;
 
 use crate::{
     Error,
-    api::http::oauth_error,
+    api::{http::oauth_error, json},
     connections::{Connections, peer},
     error::OAuthError,
     metrics::is_grpc,
@@ -113,9 +113,12 @@ where
             let limits = layer.limits;
             let deadline = Instant::now() + limits.request_timeout;
             let grpc = is_grpc(request.headers());
+            let json_api = request.uri().path().starts_with(json::PATH_PREFIX);
             let refuse = |err: Error| {
                 Ok(if grpc {
                     Status::from(err).into_http()
+                } else if json_api {
+                    json::refusal(err).map(tonic::body::Body::new)
                 } else {
                     oauth_error(OAuthError::from(err)).map(tonic::body::Body::new)
                 })

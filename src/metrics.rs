@@ -1,6 +1,6 @@
-//! Prometheus metrics, served in the Prometheus text format (0.0.4) at `GET /metrics`: gRPC
-//! calls by method and status code with latency histograms, token exchange outcomes by reason,
-//! and the database pools.
+//! Prometheus metrics, served in the Prometheus text format (0.0.4) at `GET /metrics`: calls of
+//! gRPC methods (over gRPC, or as JSON over HTTP) by method, status code and protocol, with
+//! latency histograms; token exchange outcomes by reason; and the database pools.
 
 use std::{
     future::Future,
@@ -40,15 +40,16 @@ impl Metrics {
     pub fn new(store: Store, methods: GrpcMethods) -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
         let requests = IntCounterVec::new(
-            Opts::new("grpc_requests_total", "gRPC calls by method and status code").namespace(NAMESPACE),
-            &["method", "code"],
+            Opts::new("grpc_requests_total", "Calls of gRPC methods by method, status code and protocol")
+                .namespace(NAMESPACE),
+            &["method", "code", "protocol"],
         )?;
         // 0.25 ms to about 4 s.
         let latency = HistogramVec::new(
-            HistogramOpts::new("grpc_request_duration_seconds", "gRPC call latency by method")
+            HistogramOpts::new("grpc_request_duration_seconds", "Latency of gRPC method calls by method and protocol")
                 .namespace(NAMESPACE)
                 .buckets(prometheus::exponential_buckets(0.000_25, 2.0, 15)?),
-            &["method"],
+            &["method", "protocol"],
         )?;
         let exchanges = IntCounterVec::new(
             Opts::new("token_exchanges_total", "Token exchanges by outcome: issued, or the reason for refusing")
@@ -71,9 +72,22 @@ impl Metrics {
         self.exchanges.with_label_values(&[outcome]).inc();
     }
 
-    fn rpc(&self, method: &str, code: Code, seconds: f64) {
-        self.requests.with_label_values(&[method, &code_name(code)]).inc();
-        self.latency.with_label_values(&[method]).observe(seconds);
+    fn rpc(&self, method: &str, protocol: Protocol, code: Code, seconds: f64) {
+        self.requests.with_label_values(&[method, &code_name(code), protocol.label()]).inc();
+        self.latency.with_label_values(&[method, protocol.label()]).observe(seconds);
+    }
+
+    /// Starts the record of a call of `method` (`/package.Service/Method`, one served here) made
+    /// over `protocol`; it is counted when finished, or as `CANCELLED` if dropped first.
+    pub fn start_call(self: &Arc<Self>, method: &str, protocol: Protocol) -> CallRecord {
+        CallRecord {
+            metrics: Arc::clone(self),
+            method: method.to_owned(),
+            protocol,
+            started: Instant::now(),
+            deadline: None,
+            recorded: false,
+        }
     }
 
     /// Every metric in the Prometheus text format ([`CONTENT_TYPE`]), pool gauges read now.
@@ -132,19 +146,37 @@ pub struct RecordRpc<S> {
     metrics: Arc<Metrics>,
 }
 
-/// One gRPC call being served. Recorded when it ends; if its future is dropped first (the
-/// server's timeout for the caller's deadline, or the caller going away), recorded then.
-struct CallRecord {
+/// How a call of a gRPC method arrived: over gRPC, or as JSON over HTTP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Grpc,
+    Http,
+}
+
+impl Protocol {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Grpc => "grpc",
+            Self::Http => "http",
+        }
+    }
+}
+
+/// One call being served. Recorded when it ends; if its future is dropped first (the server's
+/// timeout for the caller's deadline, or the caller going away), recorded then.
+#[derive(Debug)]
+pub struct CallRecord {
     metrics: Arc<Metrics>,
     method: String,
+    protocol: Protocol,
     started: Instant,
     deadline: Option<Duration>,
     recorded: bool,
 }
 
 impl CallRecord {
-    fn finish(mut self, code: Code) {
-        self.metrics.rpc(&self.method, code, self.started.elapsed().as_secs_f64());
+    pub fn finish(mut self, code: Code) {
+        self.metrics.rpc(&self.method, self.protocol, code, self.started.elapsed().as_secs_f64());
         self.recorded = true;
     }
 }
@@ -158,7 +190,7 @@ impl Drop for CallRecord {
                 Some(deadline) if elapsed + Duration::from_millis(5) >= deadline => Code::DeadlineExceeded,
                 _ => Code::Cancelled,
             };
-            self.metrics.rpc(&self.method, code, elapsed.as_secs_f64());
+            self.metrics.rpc(&self.method, self.protocol, code, elapsed.as_secs_f64());
         }
     }
 }
@@ -221,6 +253,7 @@ where
         let record = self.metrics.method_label(&request).map(|method| CallRecord {
             metrics: Arc::clone(&self.metrics),
             method,
+            protocol: Protocol::Grpc,
             started: Instant::now(),
             deadline: grpc_timeout(request.headers()),
             recorded: false,

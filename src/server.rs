@@ -158,8 +158,10 @@ pub async fn serve(
         Gate::new(Arc::clone(&auth), methods, &public),
         auth::require_bearer,
     ));
+    let json = api::json::routes(grpc.clone(), Arc::clone(&metrics))?;
     let health = Health::default();
     let routes = grpc
+        .merge(json)
         .merge(api::http::routes(Arc::clone(&exchange), Arc::clone(&auth), health.clone(), Arc::clone(&metrics)))
         .fallback(api::http::not_found);
     tracing::info!(%address, database = %database, %issuer, "serving");

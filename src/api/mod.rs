@@ -5,6 +5,8 @@
 pub mod codec;
 pub mod convert;
 pub mod http;
+pub mod json;
+pub mod openapi;
 mod personal_client;
 mod search;
 mod token;
