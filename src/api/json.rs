@@ -279,7 +279,8 @@ pub fn routes(grpc: Router, metrics: Arc<Metrics>) -> Result<Router, Error> {
     }
     let mut router = Router::new();
     for (path, routes) in by_path {
-        let allowed: Vec<Method> = routes.iter().map(|route| route.verb.clone()).collect();
+        let mut allowed: Vec<Method> = routes.iter().map(|route| route.verb.clone()).collect();
+        allowed.sort_by(|a, b| a.as_str().cmp(b.as_str()));
         let mut methods = MethodRouter::new();
         for route in routes {
             let filter = MethodFilter::try_from(route.verb.clone())
@@ -472,7 +473,8 @@ fn parse_json(message: MessageDescriptor, headers: &HeaderMap, bytes: &[u8]) -> 
     .and_then(|parsed| json.end().map(|()| parsed));
     parsed.map_err(|err| {
         let path = track.path().to_string();
-        let path = (path != ".").then_some(path);
+        // `?` stands where the input stopped being JSON at all: that is the body's fault.
+        let path = (path != "." && !path.contains('?') && !err.is_syntax() && !err.is_eof()).then_some(path);
         let mut description = err.to_string();
         // The path ends at the object that holds the unknown name: name the field itself, and
         // what that object may hold.
@@ -560,12 +562,13 @@ fn bound_fields(
     params: Result<RawPathParams, RawPathParamsRejection>,
     query: Option<&str>,
 ) -> Result<DynamicMessage, Error> {
-    let mut values: Vec<(FieldPath, serde_json::Value)> = Vec::new();
+    // Each value with the name the caller gave it, to name it if the mapping refuses it.
+    let mut values: Vec<(String, FieldPath, serde_json::Value)> = Vec::new();
     let params = params.map_err(|e| Error::invalid("path", e.body_text()))?;
     for (name, value) in &params {
         let index: usize = name.strip_prefix('v').and_then(|i| i.parse().ok()).unwrap_or(usize::MAX);
         let path = route.variables.get(index).ok_or_else(|| Error::internal("a path variable has no field"))?;
-        values.push((path.clone(), scalar_json(path, value)));
+        values.push((path.proto_name(), path.clone(), scalar_json(path, value)));
     }
     let allowed = route.query_fields();
     let mut given: BTreeMap<String, FieldPath> = BTreeMap::new();
@@ -591,15 +594,21 @@ fn bound_fields(
         if given.insert(path.json_name(), path.clone()).is_some() && !repeated {
             return Err(Error::invalid(&name, "is given more than once"));
         }
-        values.push((path.clone(), scalar_json(path, &value)));
-    }
-    let mut tree = serde_json::Map::new();
-    for (path, value) in values {
-        insert_json(&mut tree, &path.0, value);
+        values.push((name.into_owned(), path.clone(), scalar_json(path, &value)));
     }
     let input = route.method.input();
+    let mut tree = serde_json::Map::new();
+    for (name, path, value) in values {
+        let mut one = serde_json::Map::new();
+        insert_json(&mut one, &path.0, value.clone());
+        if let Err(err) = DynamicMessage::deserialize(input.clone(), serde_json::Value::Object(one)) {
+            let kind = path.last().map_or_else(String::new, |field| format!(" {:?}", field.kind()).to_lowercase());
+            return Err(Error::invalid(&name, format!("{value} is not a valid{kind}: {err}")));
+        }
+        insert_json(&mut tree, &path.0, value);
+    }
     DynamicMessage::deserialize(input, serde_json::Value::Object(tree))
-        .map_err(|err| Error::invalid("query", format!("{err}")))
+        .map_err(|err| Error::invalid("query", err.to_string()))
 }
 
 /// A path or query value as the JSON value the mapping expects for the field: booleans are

@@ -18,7 +18,7 @@ pub fn document(pool: &DescriptorPool, routes: &[HttpRoute]) -> Value {
     let mut paths: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
     for route in routes {
         paths
-            .entry(route.template.clone())
+            .entry(openapi_path(route))
             .or_default()
             .insert(route.verb.as_str().to_lowercase(), operation(route, &mut schemas));
     }
@@ -49,14 +49,46 @@ pub fn document(pool: &DescriptorPool, routes: &[HttpRoute]) -> Value {
     })
 }
 
+/// The names of the path's variables in the document: each field's own name (`id` for
+/// `{client.id}`), unless two variables would share it. OpenAPI takes paths that differ only in
+/// a variable's name for the same path, so Update's `{client.id}` and Get's `{id}` are one path.
+fn parameter_names(route: &HttpRoute) -> Vec<String> {
+    let leaf = |path: &super::json::FieldPath| path.0.last().map(|f| f.name().to_owned()).unwrap_or_default();
+    route
+        .variables
+        .iter()
+        .map(|variable| {
+            let shared = route.variables.iter().filter(|other| leaf(other) == leaf(variable)).count() > 1;
+            if shared { variable.proto_name() } else { leaf(variable) }
+        })
+        .collect()
+}
+
+/// The route's template with its variables named as [`parameter_names`] names them.
+fn openapi_path(route: &HttpRoute) -> String {
+    let mut names = parameter_names(route).into_iter();
+    route
+        .template
+        .split('/')
+        .map(|segment| {
+            if segment.starts_with('{') {
+                format!("{{{}}}", names.next().unwrap_or_default())
+            } else {
+                segment.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
 fn operation(route: &HttpRoute, schemas: &mut Schemas) -> Value {
     let method = &route.method;
     let service = method.parent_service();
     let mut parameters = Vec::new();
-    for variable in &route.variables {
+    for (variable, name) in route.variables.iter().zip(parameter_names(route)) {
         let field = variable.0.last();
         parameters.push(json!({
-            "name": variable.proto_name(),
+            "name": name,
             "in": "path",
             "required": true,
             "description": field.and_then(field_comment).unwrap_or_default(),
