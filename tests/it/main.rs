@@ -12,6 +12,7 @@ mod authentication;
 mod cli;
 mod external_issuer;
 mod hostile_traffic;
+mod json_api;
 mod lifecycle;
 mod operations;
 mod ownership;
@@ -39,6 +40,7 @@ fn main() -> ExitCode {
         cli::tests(),
         external_issuer::tests(),
         hostile_traffic::tests(),
+        json_api::tests(),
         lifecycle::tests(),
         operations::tests(),
         ownership::tests(),

@@ -41,7 +41,7 @@ async fn metrics_count_calls_and_exchange_outcomes(db: TestDb) {
     assert!(page.body.contains("# TYPE personal_clients_grpc_request_duration_seconds histogram\n"));
     assert!(!page.body.contains("# EOF"), "{}", page.body);
     let text = page.body;
-    let list = r#"method="/c1.api.iam.v1.PersonalClientService/List""#;
+    let list = r#"method="/c1.api.iam.v1.PersonalClientService/List",protocol="grpc""#;
     assert_eq!(
         sample(&text, &format!("personal_clients_grpc_requests_total{{code=\"OK\",{list}}}")),
         Some(1.0),
@@ -97,7 +97,7 @@ async fn metrics_labels_only_methods_served_here(db: TestDb) {
         let _ = raw_call(&server, &format!("{invented}/Method{i}{}", "x".repeat(200)), None).await;
     }
     let page = server.metrics().await;
-    let unknown = r#"personal_clients_grpc_requests_total{code="UNIMPLEMENTED",method="unknown"}"#;
+    let unknown = r#"personal_clients_grpc_requests_total{code="UNIMPLEMENTED",method="unknown",protocol="grpc"}"#;
     assert_eq!(sample(&page, unknown), Some(40.0), "{page}");
     assert!(!page.contains("Method1"), "no invented method becomes a label: {page}");
     server.stop().await;

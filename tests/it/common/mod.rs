@@ -334,11 +334,16 @@ impl TestServer {
         sample(&page, &format!("personal_clients_token_exchanges_total{{outcome=\"{outcome}\"}}")).unwrap_or(0.0)
     }
 
-    /// How many calls of gRPC `method` (`Create`, `List`, ...) of `PersonalClientService` ended
+    /// How many gRPC calls of `method` (`Create`, `List`, ...) of `PersonalClientService` ended
     /// with `code` (`OK`, `DEADLINE_EXCEEDED`, ...), as the metrics say.
     pub async fn calls(&self, method: &str, code: &str) -> f64 {
+        self.calls_over(method, code, "grpc").await
+    }
+
+    /// [`Self::calls`] made over `protocol`: `grpc`, or `http` for JSON.
+    pub async fn calls_over(&self, method: &str, code: &str, protocol: &str) -> f64 {
         let name = format!(
-            "personal_clients_grpc_requests_total{{code=\"{code}\",method=\"/c1.api.iam.v1.PersonalClientService/{method}\"}}"
+            "personal_clients_grpc_requests_total{{code=\"{code}\",method=\"/c1.api.iam.v1.PersonalClientService/{method}\",protocol=\"{protocol}\"}}"
         );
         sample(&self.metrics().await, &name).unwrap_or(0.0)
     }
