@@ -691,15 +691,22 @@ pub fn refusal(err: Error) -> Response {
 /// `{"code", "message", "details"}`, always all three; the details' own fields as the mapping
 /// writes them, those at their defaults left out.
 fn status_json(status: &Status) -> Vec<u8> {
-    let details = POOL
+    let decoded = POOL
         .as_ref()
         .ok()
         .and_then(|pool| pool.get_message_by_name("google.rpc.Status"))
-        .and_then(|descriptor| DynamicMessage::decode(descriptor, status.details()).ok())
-        .and_then(|decoded| serde_json::to_value(&decoded).ok())
-        .and_then(|mut decoded| decoded.get_mut("details").map(serde_json::Value::take))
-        // A detail of a type not in the pool cannot be written as JSON: the status goes without it.
-        .unwrap_or_else(|| serde_json::Value::Array(Vec::new()));
+        .and_then(|descriptor| DynamicMessage::decode(descriptor, status.details()).ok());
+    // Each detail written by itself, in its fields' order. A detail of a type not in the pool
+    // cannot be written as JSON: the status goes without it.
+    let details: Vec<String> = decoded
+        .as_ref()
+        .and_then(|decoded| decoded.get_field_by_name("details"))
+        .and_then(|details| details.as_list().map(<[prost_reflect::Value]>::to_vec))
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|detail| detail.as_message().and_then(|any| serde_json::to_string(any).ok()))
+        .collect();
+    let details = format!("[{}]", details.join(","));
     let message = serde_json::Value::from(status.message());
     format!(r#"{{"code":{},"message":{message},"details":{details}}}"#, status.code() as i32).into_bytes()
 }

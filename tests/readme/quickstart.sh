@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs the README's quick start exactly as written there (the sh block between its markers),
-# from the repository's root, with grpcurl from PyPI, and checks what it printed.
+# Runs the README's quick start and its HTTP/JSON walk-through exactly as written there (the sh
+# blocks between their markers), from the repository's root, with grpcurl from PyPI, and checks
+# what each printed.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -19,7 +20,7 @@ for tool in curl jq; do
 done
 
 # The quick start writes ./personal-clients.db and ./laptop.json: keep a developer's own aside.
-made=(personal-clients.db personal-clients.db-wal personal-clients.db-shm laptop.json)
+made=(personal-clients.db personal-clients.db-wal personal-clients.db-shm laptop.json bot.json)
 for file in "${made[@]}"; do [[ -e "$file" ]] && mv "$file" "$file.quickstart-saved"; done
 restore() {
     for file in "${made[@]}"; do
@@ -30,26 +31,46 @@ restore() {
 }
 trap restore EXIT
 
-script="$(mktemp)"
-awk '/<!-- quick start: begin -->/ { on = 1; next } /<!-- quick start: end -->/ { on = 0 } on && !/^```/' \
-    README.md > "$script"
-[[ -s "$script" ]] || { echo "quick start: no block between the markers in README.md" >&2; exit 1; }
-output="$(mktemp)"
-# Every command must succeed, as a reader would expect. The block runs in a process group of
-# its own, so a server it started is stopped even when a later command fails.
-set -m
-env -u PC_DATABASE_URL bash -euo pipefail "$script" > "$output" &
-block=$!
-set +m
-status=0
-wait "$block" || status=$?
-kill -- "-$block" 2>/dev/null || true
-if [[ $status -ne 0 ]]; then
-    echo "quick start: a command failed (exit $status); what it printed:" >&2
-    cat "$output" >&2
-    exit 1
-fi
+# Runs the block between `<!-- NAME: begin -->` and `<!-- NAME: end -->`; prints its output's path.
+run_block() {
+    local name="$1" script output block status=0
+    script="$(mktemp)"
+    awk -v begin="<!-- $name: begin -->" -v end="<!-- $name: end -->" \
+        '$0 == begin { on = 1; next } $0 == end { on = 0 } on && !/^```/' README.md > "$script"
+    [[ -s "$script" ]] || { echo "$name: no block between the markers in README.md" >&2; exit 1; }
+    output="$(mktemp)"
+    # Every command must succeed, as a reader would expect. The block runs in a process group
+    # of its own, so a server it started is stopped even when a later command fails.
+    set -m
+    env -u PC_DATABASE_URL bash -euo pipefail "$script" > "$output" &
+    block=$!
+    set +m
+    wait "$block" || status=$?
+    kill -- "-$block" 2>/dev/null || true
+    if [[ $status -ne 0 ]]; then
+        echo "$name: a command failed (exit $status); what it printed:" >&2
+        cat "$output" >&2
+        exit 1
+    fi
+    echo "$output"
+}
 
-grep -q '"access_token"' "$output" || { echo "quick start: no access token over HTTP" >&2; cat "$output" >&2; exit 1; }
-grep -q '"displayName": "old laptop"' "$output" || { echo "quick start: the update did not show" >&2; cat "$output" >&2; exit 1; }
-echo "quickstart: 1 passed, 0 failed"
+expect() {
+    local name="$1" output="$2" pattern="$3" what="$4"
+    grep -qF -- "$pattern" "$output" || { echo "$name: $what" >&2; cat "$output" >&2; exit 1; }
+}
+
+output="$(run_block "quick start")"
+expect "quick start" "$output" '"access_token"' "no access token over HTTP"
+expect "quick start" "$output" '"displayName": "old laptop"' "the update did not show"
+
+# The quick start's server was told to stop; the next block starts its own on the same port.
+for _ in $(seq 1 100); do curl -s -o /dev/null http://127.0.0.1:50051/healthz || break; sleep 0.1; done
+output="$(run_block "http api")"
+expect "http api" "$output" '"displayName": "build bot"' "the created client was not read back"
+expect "http api" "$output" '"nightly build bot"' "the update did not show"
+expect "http api" "$output" '"userId": "alice"' "the search did not find the client"
+expect "http api" "$output" '"code":5' "a revoked client was still found"
+expect "http api" "$output" 'HTTP 404' "a revoked client was not a 404"
+expect "http api" "$output" 'POST /api/v1/search/iam/personal_clients' "the OpenAPI document lacks a route"
+echo "readme: 2 passed, 0 failed"
