@@ -113,7 +113,7 @@ where
             let limits = layer.limits;
             let deadline = Instant::now() + limits.request_timeout;
             let grpc = is_grpc(request.headers());
-            let json_api = request.uri().path().starts_with(json::PATH_PREFIX);
+            let json_api = json::is_json_path(request.uri().path());
             let refuse = |err: Error| {
                 Ok(if grpc {
                     Status::from(err).into_http()

@@ -29,6 +29,8 @@ pub struct Metrics {
     store: Store,
     /// The methods served here: only they get a label of their own.
     methods: GrpcMethods,
+    /// The JSON routes, each to the method it calls.
+    json: JsonRoutes,
 }
 
 /// The content type of [`Metrics::render`]'s output.
@@ -37,7 +39,7 @@ pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 const NAMESPACE: &str = "personal_clients";
 
 impl Metrics {
-    pub fn new(store: Store, methods: GrpcMethods) -> Result<Self, prometheus::Error> {
+    pub fn new(store: Store, methods: GrpcMethods, json: JsonRoutes) -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
         let requests = IntCounterVec::new(
             Opts::new("grpc_requests_total", "Calls of gRPC methods by method, status code and protocol")
@@ -64,7 +66,7 @@ impl Metrics {
         registry.register(Box::new(latency.clone()))?;
         registry.register(Box::new(exchanges.clone()))?;
         registry.register(Box::new(pool_connections.clone()))?;
-        Ok(Self { registry, requests, latency, exchanges, pool_connections, store, methods })
+        Ok(Self { registry, requests, latency, exchanges, pool_connections, store, methods, json })
     }
 
     /// Counts one token exchange: `issued`, or why it was refused.
@@ -75,19 +77,6 @@ impl Metrics {
     fn rpc(&self, method: &str, protocol: Protocol, code: Code, seconds: f64) {
         self.requests.with_label_values(&[method, &code_name(code), protocol.label()]).inc();
         self.latency.with_label_values(&[method, protocol.label()]).observe(seconds);
-    }
-
-    /// Starts the record of a call of `method` (`/package.Service/Method`, one served here) made
-    /// over `protocol`; it is counted when finished, or as `CANCELLED` if dropped first.
-    pub fn start_call(self: &Arc<Self>, method: &str, protocol: Protocol) -> CallRecord {
-        CallRecord {
-            metrics: Arc::clone(self),
-            method: method.to_owned(),
-            protocol,
-            started: Instant::now(),
-            deadline: None,
-            recorded: false,
-        }
     }
 
     /// Every metric in the Prometheus text format ([`CONTENT_TYPE`]), pool gauges read now.
@@ -162,10 +151,45 @@ impl Protocol {
     }
 }
 
+/// The JSON routes (`POST /api/v1/iam/personal_clients`) and the gRPC method each one calls.
+#[derive(Debug, Clone, Default)]
+pub struct JsonRoutes(Arc<[JsonRoute]>);
+
+#[derive(Debug, Clone)]
+pub struct JsonRoute {
+    pub verb: http::Method,
+    /// The path template, `{...}` standing for one segment.
+    pub template: String,
+    /// `/package.Service/Method`.
+    pub method: String,
+}
+
+impl JsonRoutes {
+    pub fn new(routes: Vec<JsonRoute>) -> Self {
+        Self(routes.into())
+    }
+
+    /// The method `verb path` calls (HEAD as GET), if any.
+    fn method(&self, verb: &http::Method, path: &str) -> Option<&str> {
+        let verb = if verb == http::Method::HEAD { &http::Method::GET } else { verb };
+        let matches = |template: &str| {
+            let (mut want, mut got) = (template.split('/'), path.split('/'));
+            loop {
+                match (want.next(), got.next()) {
+                    (None, None) => return true,
+                    (Some(w), Some(g)) if w.starts_with('{') && !g.is_empty() => {}
+                    (Some(w), Some(g)) if w == g => {}
+                    _ => return false,
+                }
+            }
+        };
+        self.0.iter().find(|route| route.verb == verb && matches(&route.template)).map(|route| route.method.as_str())
+    }
+}
+
 /// One call being served. Recorded when it ends; if its future is dropped first (the server's
 /// timeout for the caller's deadline, or the caller going away), recorded then.
-#[derive(Debug)]
-pub struct CallRecord {
+struct CallRecord {
     metrics: Arc<Metrics>,
     method: String,
     protocol: Protocol,
@@ -175,7 +199,7 @@ pub struct CallRecord {
 }
 
 impl CallRecord {
-    pub fn finish(mut self, code: Code) {
+    fn finish(mut self, code: Code) {
         self.metrics.rpc(&self.method, self.protocol, code, self.started.elapsed().as_secs_f64());
         self.recorded = true;
     }
@@ -225,14 +249,20 @@ pub fn is_grpc(headers: &http::HeaderMap) -> bool {
 }
 
 impl Metrics {
-    /// The method label of a gRPC request: `/package.Service/Method`. Paths no method served
-    /// here answers share one label, so no caller can grow the label set.
-    fn method_label(&self, request: &http::Request<impl Sized>) -> Option<String> {
-        if !is_grpc(request.headers()) {
-            return None;
-        }
+    /// The method label of a call and how it came: a gRPC request (`/package.Service/Method`),
+    /// or a request on the JSON routes (the method the route calls). Paths no method or route
+    /// answers share one label, so no caller can grow the label set.
+    fn method_label(&self, request: &http::Request<impl Sized>) -> Option<(String, Protocol)> {
         let path = request.uri().path();
-        Some(if self.methods.contains(path) { path.to_owned() } else { "unknown".to_owned() })
+        if is_grpc(request.headers()) {
+            let method = if self.methods.contains(path) { path } else { "unknown" };
+            return Some((method.to_owned(), Protocol::Grpc));
+        }
+        if crate::api::json::is_json_path(path) {
+            let method = self.json.method(request.method(), path).unwrap_or("unknown");
+            return Some((method.to_owned(), Protocol::Http));
+        }
+        None
     }
 }
 
@@ -250,10 +280,10 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let record = self.metrics.method_label(&request).map(|method| CallRecord {
+        let record = self.metrics.method_label(&request).map(|(method, protocol)| CallRecord {
             metrics: Arc::clone(&self.metrics),
             method,
-            protocol: Protocol::Grpc,
+            protocol,
             started: Instant::now(),
             deadline: grpc_timeout(request.headers()),
             recorded: false,
@@ -262,15 +292,17 @@ where
         Box::pin(async move {
             let response = response.await;
             if let Some(record) = record {
-                // Unary errors come as "trailers-only" responses with the status in the headers;
-                // a response without one in its headers ends with OK in its trailers.
-                let code = response.as_ref().map_or(Code::Internal, |response| {
-                    response
+                let code = response.as_ref().map_or(Code::Internal, |response| match record.protocol {
+                    // Unary errors come as "trailers-only" responses with the status in the
+                    // headers; a response without one in its headers ends with OK in its trailers.
+                    Protocol::Grpc => response
                         .headers()
                         .get("grpc-status")
                         .and_then(|v| v.to_str().ok())
                         .and_then(|v| v.parse::<i32>().ok())
-                        .map_or(Code::Ok, Code::from_i32)
+                        .map_or(Code::Ok, Code::from_i32),
+                    // Every JSON answer, and every refusal of a JSON request, says its code.
+                    Protocol::Http => response.extensions().get::<Code>().copied().unwrap_or(Code::Unknown),
                 });
                 record.finish(code);
             }

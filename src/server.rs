@@ -18,7 +18,7 @@ use crate::{
     grpc_methods::GrpcMethods,
     health::Health,
     limits::{AdmissionLayer, AdmissionLimits},
-    metrics::{Metrics, RecordRpcLayer},
+    metrics::{JsonRoute, JsonRoutes, Metrics, RecordRpcLayer},
     pb::{
         auth::token_service_server::TokenServiceServer,
         iam::{
@@ -106,8 +106,17 @@ pub async fn serve(
         tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
     ])
     .map_err(|e| Error::internal_with("cannot read the served descriptors", e))?;
+    let json_routes = api::json::contract_routes()?;
+    let json_targets = json_routes
+        .iter()
+        .map(|route| JsonRoute {
+            verb: route.verb.clone(),
+            template: route.template.clone(),
+            method: route.grpc_path.clone(),
+        })
+        .collect();
     let metrics = Arc::new(
-        Metrics::new(store.clone(), methods.clone())
+        Metrics::new(store.clone(), methods.clone(), JsonRoutes::new(json_targets))
             .map_err(|e| Error::internal_with("cannot set up the metrics", e))?,
     );
     let exchange = Arc::new(TokenExchange::new(
@@ -142,6 +151,7 @@ pub async fn serve(
     };
     let reflection_error = |e: tonic_reflection::server::Error| Error::internal_with("cannot build reflection", e);
     let public: Vec<&'static str> = api::PUBLIC_SERVICES.into_iter().chain(OPERATIONS_SERVICES).collect();
+    let gate = Gate::new(Arc::clone(&auth), methods, &public);
     let grpc = Routes::new(PersonalClientServiceServer::new(PersonalClientApi::new(
         clients.clone(),
         config.credentials.max_lifetime,
@@ -154,11 +164,8 @@ pub async fn serve(
     .into_axum_router()
     // Every gRPC service but the public ones requires a bearer token, checked before any
     // handler runs. Paths no service serves fall through to `not_found`.
-    .route_layer(axum::middleware::from_fn_with_state(
-        Gate::new(Arc::clone(&auth), methods, &public),
-        auth::require_bearer,
-    ));
-    let json = api::json::routes(grpc.clone(), Arc::clone(&metrics))?;
+    .route_layer(axum::middleware::from_fn_with_state(gate.clone(), auth::require_bearer));
+    let json = api::json::routes(json_routes, grpc.clone(), gate)?;
     let health = Health::default();
     let routes = grpc
         .merge(json)

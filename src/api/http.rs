@@ -46,7 +46,7 @@ pub async fn not_found(request: Request) -> Response {
     if is_grpc(request.headers()) {
         return tonic::Status::unimplemented(format!("no method {}", request.uri().path())).into_http();
     }
-    if request.uri().path().starts_with(super::json::PATH_PREFIX) {
+    if super::json::is_json_path(request.uri().path()) {
         return super::json::not_found(request.method(), request.uri().path());
     }
     json(StatusCode::NOT_FOUND, &serde_json::json!({ "error": "not_found" }))

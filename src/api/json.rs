@@ -31,14 +31,11 @@ use tower::ServiceExt;
 
 use crate::{
     Error, FILE_DESCRIPTOR_SET,
+    auth::Gate,
     domain::{FieldViolation, quote},
-    metrics::{Metrics, Protocol},
+    metrics::is_grpc,
     pb::google_api::{HttpRule, http_rule::Pattern},
 };
-
-/// What a request body may hold. The admission layer has bounded it already; this only keeps a
-/// route that is reached some other way from reading without end.
-const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 
 /// Request headers a JSON call passes on to the gRPC call as metadata: the caller's credential
 /// and the proxies it came through.
@@ -265,14 +262,22 @@ fn is_well_known(message: &MessageDescriptor) -> bool {
     message.package_name() == "google.protobuf"
 }
 
-/// The JSON routes of every annotated method and `GET /openapi.json`, each JSON call served by
-/// `grpc` (the gRPC services behind their authentication gate) and counted in `metrics`.
-pub fn routes(grpc: Router, metrics: Arc<Metrics>) -> Result<Router, Error> {
-    let pool = pool()?;
-    let http_routes =
-        http_routes(pool).map_err(|e| Error::internal(format!("cannot read the HTTP routes of the contract: {e}")))?;
-    let document = Bytes::from(super::openapi::document(pool, &http_routes).to_string());
-    let gateway = Arc::new(Gateway { grpc, metrics });
+/// The HTTP routes of the served contract.
+pub fn contract_routes() -> Result<Vec<HttpRoute>, Error> {
+    http_routes(pool()?).map_err(|e| Error::internal(format!("cannot read the HTTP routes of the contract: {e}")))
+}
+
+/// Whether `path` is where the JSON routes live: a request there that no route takes is still
+/// answered, and counted, as a JSON call.
+pub fn is_json_path(path: &str) -> bool {
+    path == "/api" || path.starts_with("/api/")
+}
+
+/// The router of `http_routes` and `GET /openapi.json`, each JSON call served by `grpc` (the
+/// gRPC services behind `gate`, their authentication gate).
+pub fn routes(http_routes: Vec<HttpRoute>, grpc: Router, gate: Gate) -> Result<Router, Error> {
+    let document = Bytes::from(super::openapi::document(pool()?, &http_routes).to_string());
+    let gateway = Arc::new(Gateway { grpc, gate });
     let mut by_path: BTreeMap<String, Vec<HttpRoute>> = BTreeMap::new();
     for route in http_routes {
         by_path.entry(route.axum_path()).or_default().push(route);
@@ -280,6 +285,10 @@ pub fn routes(grpc: Router, metrics: Arc<Metrics>) -> Result<Router, Error> {
     let mut router = Router::new();
     for (path, routes) in by_path {
         let mut allowed: Vec<Method> = routes.iter().map(|route| route.verb.clone()).collect();
+        // axum answers HEAD with the GET route's headers.
+        if allowed.contains(&Method::GET) {
+            allowed.push(Method::HEAD);
+        }
         allowed.sort_by(|a, b| a.as_str().cmp(b.as_str()));
         let mut methods = MethodRouter::new();
         for route in routes {
@@ -294,7 +303,12 @@ pub fn routes(grpc: Router, metrics: Arc<Metrics>) -> Result<Router, Error> {
         }
         methods = methods.fallback(move |request: Request| {
             let allowed = allowed.clone();
-            async move { method_not_allowed(request.method(), &allowed) }
+            async move {
+                if is_grpc(request.headers()) {
+                    return grpc_unimplemented(request.uri().path());
+                }
+                method_not_allowed(request.method(), &allowed)
+            }
         });
         router = router.route(&path, methods);
     }
@@ -314,7 +328,7 @@ pub fn routes(grpc: Router, metrics: Arc<Metrics>) -> Result<Router, Error> {
 #[derive(Debug)]
 struct Gateway {
     grpc: Router,
-    metrics: Arc<Metrics>,
+    gate: Gate,
 }
 
 impl Gateway {
@@ -324,20 +338,28 @@ impl Gateway {
         params: Result<RawPathParams, RawPathParamsRejection>,
         request: Request,
     ) -> Response {
-        let call = self.metrics.start_call(&route.grpc_path, Protocol::Http);
+        // A gRPC client that asks for a JSON path is told as gRPC tells of any unknown method.
+        if is_grpc(request.headers()) {
+            return grpc_unimplemented(request.uri().path());
+        }
         let (parts, body) = request.into_parts();
         let presented_token = parts.headers.contains_key(header::AUTHORIZATION);
         let answer = match request_message(route, params, &parts.headers, parts.uri.query(), body).await {
             Ok(message) => self.call(route, parts, message).await,
-            Err(err) => Err(Status::from(err)),
+            // As over gRPC, where the gate runs before the request is decoded, a caller without
+            // a valid token learns that and nothing about what was wrong with the request.
+            Err(err) => match self.gate.check(&route.grpc_path, &parts.headers).await {
+                Ok(_) => Err(Status::from(err)),
+                Err(unauthenticated) => Err(Status::from(unauthenticated)),
+            },
         };
         match answer {
             Ok(message) => {
-                call.finish(Code::Ok);
-                json_response(StatusCode::OK, to_json(&message))
+                let mut response = json_response(StatusCode::OK, to_json(&message));
+                response.extensions_mut().insert(Code::Ok);
+                response
             }
             Err(status) => {
-                call.finish(status.code());
                 let mut response = status_response(&status);
                 if status.code() == Code::Unauthenticated {
                     let challenge = if presented_token { r#"Bearer error="invalid_token""# } else { "Bearer" };
@@ -357,7 +379,7 @@ impl Gateway {
         message: DynamicMessage,
     ) -> Result<DynamicMessage, Status> {
         let encoded = message.encode_to_vec();
-        let length = u32::try_from(encoded.len()).map_err(|_| Status::from(Error::TooLarge(MAX_BODY_BYTES)))?;
+        let length = u32::try_from(encoded.len()).map_err(|_| Status::from(Error::TooLarge(u32::MAX as usize)))?;
         let mut frame = BytesMut::with_capacity(5 + encoded.len());
         frame.put_u8(0);
         frame.put_u32(length);
@@ -405,7 +427,8 @@ async fn request_message(
     query: Option<&str>,
     body: Body,
 ) -> Result<DynamicMessage, Error> {
-    let bytes = to_bytes(body, MAX_BODY_BYTES).await.map_err(|_| Error::TooLarge(MAX_BODY_BYTES))?;
+    // The admission layer has received the body whole, within --max-request-bytes.
+    let bytes = to_bytes(body, usize::MAX).await.map_err(|_| Error::invalid("body", "could not be read to its end"))?;
     let input = route.method.input();
     let mut message = match &route.body {
         RouteBody::None if !bytes.iter().all(u8::is_ascii_whitespace) => {
@@ -564,7 +587,10 @@ fn bound_fields(
 ) -> Result<DynamicMessage, Error> {
     // Each value with the name the caller gave it, to name it if the mapping refuses it.
     let mut values: Vec<(String, FieldPath, serde_json::Value)> = Vec::new();
-    let params = params.map_err(|e| Error::invalid("path", e.body_text()))?;
+    let params = params.map_err(|_| {
+        let names: Vec<String> = route.variables.iter().map(FieldPath::proto_name).collect();
+        Error::invalid(&names.join(","), "is not valid UTF-8 once percent-decoded")
+    })?;
     for (name, value) in &params {
         let index: usize = name.strip_prefix('v').and_then(|i| i.parse().ok()).unwrap_or(usize::MAX);
         let path = route.variables.get(index).ok_or_else(|| Error::internal("a path variable has no field"))?;
@@ -573,6 +599,11 @@ fn bound_fields(
     let allowed = route.query_fields();
     let mut given: BTreeMap<String, FieldPath> = BTreeMap::new();
     for (name, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        // The decoder puts U+FFFD where the bytes were not UTF-8; a path value that is not is
+        // refused, and so is a query value.
+        if name.contains('\u{FFFD}') || value.contains('\u{FFFD}') {
+            return Err(Error::invalid(&name, "is not valid UTF-8 once percent-decoded"));
+        }
         let path =
             allowed.iter().find(|path| path.json_name() == name || path.proto_name() == name).ok_or_else(|| {
                 let names: Vec<String> = allowed.iter().map(FieldPath::json_name).collect();
@@ -663,6 +694,8 @@ pub fn to_json(message: &DynamicMessage) -> Vec<u8> {
 /// each detail, under the HTTP status of its gRPC code; `Retry-After` when it says when to retry.
 pub fn status_response(status: &Status) -> Response {
     let mut response = json_response(http_status(status.code()), status_json(status));
+    // For the metrics: the code of a JSON answer, as `grpc-status` is for gRPC.
+    response.extensions_mut().insert(status.code());
     if let Some(delay) = status.get_details_retry_info().and_then(|info| info.retry_delay) {
         let seconds = (delay.as_secs() + u64::from(delay.subsec_nanos() > 0)).max(1);
         response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
@@ -670,15 +703,15 @@ pub fn status_response(status: &Status) -> Response {
     response
 }
 
-/// Where the JSON routes live: a refusal before routing answers there in their error format.
-pub const PATH_PREFIX: &str = "/api/";
-
 /// A request refused before it reached a route: [`status_response`], except that a body too
-/// large or too slow to arrive gets the HTTP status that says so (413, 408).
+/// large or too slow to arrive gets the HTTP status that says so (413, 408), and a server with
+/// all its places taken says it is unavailable for a moment (503), not that the caller sent
+/// too much.
 pub fn refusal(err: Error) -> Response {
     let http = match &err {
         Error::TooLarge(_) => Some(StatusCode::PAYLOAD_TOO_LARGE),
         Error::SlowRequest(_) => Some(StatusCode::REQUEST_TIMEOUT),
+        Error::Overloaded { .. } => Some(StatusCode::SERVICE_UNAVAILABLE),
         _ => None,
     };
     let mut response = status_response(&Status::from(err));
@@ -750,6 +783,11 @@ fn method_not_allowed(method: &Method, allowed: &[Method]) -> Response {
         response.headers_mut().insert(header::ALLOW, allow);
     }
     response
+}
+
+/// The answer a gRPC client gets for a path no gRPC method has.
+fn grpc_unimplemented(path: &str) -> Response {
+    Status::unimplemented(format!("no method {path}")).into_http::<Body>()
 }
 
 /// A path under `/api/` that no route serves.

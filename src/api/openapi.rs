@@ -219,7 +219,8 @@ impl Schemas {
             for field in message.fields() {
                 properties.insert(field.json_name().to_owned(), self.field(&field));
             }
-            let mut schema = json!({ "type": "object", "properties": properties, "additionalProperties": false });
+            // No `additionalProperties: false`: the proto names (`display_name`) are taken too.
+            let mut schema = json!({ "type": "object", "properties": properties });
             if let (Some(text), Value::Object(map)) =
                 (comment(message.parent_file().file_descriptor_proto(), message.path()), &mut schema)
             {

@@ -27,6 +27,10 @@ use cache::{VerifiedClaims, VerifiedTokens};
 use external::ExternalIssuers;
 use jws::UnverifiedJws;
 
+/// The longest bearer token looked at: far above any this service or an identity provider
+/// issues (a few hundred bytes; a few KiB with many group claims).
+const MAX_TOKEN_BYTES: usize = 16 * 1024;
+
 /// Claims of the access tokens this service issues.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AccessTokenClaims {
@@ -102,6 +106,11 @@ impl Authenticator {
             Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
             _ => return Err(denied("authorization is not a bearer token")),
         };
+        // Bounded before anything in it is decoded: over HTTP/1.1 a header is not held to
+        // --max-header-bytes as HTTP/2 holds it.
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(denied(&format!("token longer than {MAX_TOKEN_BYTES} bytes")));
+        }
         let key = VerifiedTokens::key(token);
         let claims = match self.verified.get(&key) {
             Some(claims) => claims,
@@ -193,6 +202,16 @@ impl Gate {
         Self { auth, methods, public_services: public_services.into() }
     }
 
+    /// The caller of a call of `path` with `headers`: `None` for a method anyone may call, or
+    /// `UNAUTHENTICATED`.
+    pub async fn check(&self, path: &str, headers: &http::HeaderMap) -> Result<Option<Principal>, Error> {
+        if !self.requires_token(path) {
+            return Ok(None);
+        }
+        let header = headers.get(http::header::AUTHORIZATION).and_then(|value| value.to_str().ok());
+        self.auth.authenticate(header).await.map(Some)
+    }
+
     /// Whether a call of `path` needs a bearer token: a method served here, of a service that is
     /// not public. A path no method answers goes on without one, to be told UNIMPLEMENTED.
     fn requires_token(&self, path: &str) -> bool {
@@ -210,12 +229,9 @@ pub async fn require_bearer(
     mut request: Request,
     next: Next,
 ) -> Response {
-    if !gate.requires_token(request.uri().path()) {
-        return next.run(request).await;
-    }
-    let header = request.headers().get(http::header::AUTHORIZATION).and_then(|value| value.to_str().ok());
-    match gate.auth.authenticate(header).await {
-        Ok(principal) => {
+    match gate.check(request.uri().path(), request.headers()).await {
+        Ok(None) => next.run(request).await,
+        Ok(Some(principal)) => {
             request.extensions_mut().insert(principal);
             next.run(request).await
         }

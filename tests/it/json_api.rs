@@ -263,9 +263,20 @@ async fn errors_are_statuses_under_the_http_status_of_their_code(db: TestDb) {
 
     let wrong_verb = call(&server, "PUT", CLIENTS, Some(&alice), "{}").await;
     status(&wrong_verb, 405, 12);
-    assert_eq!(wrong_verb.header("allow"), Some("GET, POST"));
+    assert_eq!(wrong_verb.header("allow"), Some("GET, HEAD, POST"));
     let body = status(&call(&server, "GET", "/api/v1/iam/personal_client", Some(&alice), "").await, 404, 5);
     assert!(body["message"].as_str().unwrap().contains("/openapi.json"), "{body}");
+
+    // As over gRPC, a caller without a valid token learns only that, whatever else is wrong.
+    let body = status(&call(&server, "POST", CLIENTS, None, r#"{"nope": 1}"#).await, 401, 16);
+    assert!(!body["message"].as_str().unwrap().contains("nope"), "{body}");
+    status(&call(&server, "GET", &format!("{CLIENTS}?limit=1"), Some("e30.e30.c2ln"), "").await, 401, 16);
+
+    // Percent-decoded values must be UTF-8, in the path as in the query.
+    let body = status(&call(&server, "GET", &format!("{CLIENTS}/%C3"), Some(&alice), "").await, 400, 3);
+    assert_eq!(violations(&body)[0].0, "id");
+    let body = status(&call(&server, "GET", &format!("{CLIENTS}?pageToken=%FF"), Some(&alice), "").await, 400, 3);
+    assert_eq!(violations(&body)[0].0, "pageToken");
 
     // A body where none is taken is a mistake, not something to ignore.
     let body = status(&call(&server, "GET", &mine, Some(&alice), r#"{"id": "x"}"#).await, 400, 3);
@@ -433,6 +444,7 @@ async fn bodies_beyond_the_limit_are_refused_as_statuses(db: TestDb) {
     let refused = call(&server, "POST", CLIENTS, Some(&alice), &big).await;
     let body = status(&refused, 413, 8);
     assert!(body["message"].as_str().unwrap().contains("1024 bytes"), "{body}");
+    assert_eq!(server.calls_over("Create", "RESOURCE_EXHAUSTED", "http").await, 1.0, "refusals are counted too");
     let listed = ok(&call(&server, "GET", CLIENTS, Some(&alice), "").await);
     assert_eq!(listed["list"], json!([]), "nothing written");
     server.stop().await;
@@ -449,6 +461,21 @@ async fn json_calls_are_counted_by_method_code_and_protocol(db: TestDb) {
     assert_eq!(server.calls_over("List", "UNAUTHENTICATED", "http").await, 1.0);
     assert_eq!(server.calls_over("Create", "INVALID_ARGUMENT", "http").await, 1.0);
     assert_eq!(server.calls_over("List", "OK", "grpc").await, 0.0, "a JSON call is not also a gRPC call");
+
+    // A gRPC client on a JSON path is told UNIMPLEMENTED, as for any path no method has, and
+    // counted once, as gRPC.
+    let mut grpc = tonic::client::Grpc::new(server.channel().await);
+    grpc.ready().await.unwrap();
+    let codec =
+        tonic_prost::ProstCodec::<pb::PersonalClientServiceListRequest, pb::PersonalClientServiceListResponse>::default(
+        );
+    let path = http::uri::PathAndQuery::from_static("/api/v1/iam/personal_clients");
+    let answer = grpc.unary(authed(pb::PersonalClientServiceListRequest::default(), &alice), path, codec).await;
+    assert_eq!(answer.unwrap_err().code(), tonic::Code::Unimplemented);
+    let page = server.metrics().await;
+    let unknown = r#"personal_clients_grpc_requests_total{code="UNIMPLEMENTED",method="unknown",protocol="grpc"}"#;
+    assert_eq!(crate::common::sample(&page, unknown), Some(1.0), "{page}");
+    assert_eq!(server.calls_over("List", "OK", "http").await, 2.0);
     let page = server.metrics().await;
     let timed = r#"personal_clients_grpc_request_duration_seconds_count{method="/c1.api.iam.v1.PersonalClientService/List",protocol="http"}"#;
     assert_eq!(crate::common::sample(&page, timed), Some(3.0), "{page}");
