@@ -691,13 +691,19 @@ pub fn to_json(message: &DynamicMessage) -> Vec<u8> {
 }
 
 /// An error as `google.rpc.Status` in JSON, `{"code", "message", "details"}` with `@type` on
-/// each detail, under the HTTP status of its gRPC code; `Retry-After` when it says when to retry.
+/// each detail, under the HTTP status of its gRPC code; `Retry-After` when it says when to retry
+/// or is `UNAVAILABLE`.
 pub fn status_response(status: &Status) -> Response {
     let mut response = json_response(http_status(status.code()), status_json(status));
     // For the metrics: the code of a JSON answer, as `grpc-status` is for gRPC.
     response.extensions_mut().insert(status.code());
-    if let Some(delay) = status.get_details_retry_info().and_then(|info| info.retry_delay) {
-        let seconds = (delay.as_secs() + u64::from(delay.subsec_nanos() > 0)).max(1);
+    let retry_after = match status.get_details_retry_info().and_then(|info| info.retry_delay) {
+        Some(delay) => Some((delay.as_secs() + u64::from(delay.subsec_nanos() > 0)).max(1)),
+        // A database away or busy: worth another try in a moment, as the token endpoint says.
+        None if status.code() == Code::Unavailable => Some(1),
+        None => None,
+    };
+    if let Some(seconds) = retry_after {
         response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
     }
     response

@@ -249,6 +249,12 @@ async fn errors_are_statuses_under_the_http_status_of_their_code(db: TestDb) {
     status(&forged, 401, 16);
     assert_eq!(forged.header("www-authenticate"), Some(r#"Bearer error="invalid_token""#));
 
+    let body = status(
+        &call(&server, "POST", CLIENTS, Some(&alice), r#"{"displayName": "x", "scopedRoles": ["admin"]}"#).await,
+        403,
+        7,
+    );
+    assert!(body["message"].as_str().unwrap().contains("you do not hold: admin"), "{body}");
     let body = status(&call(&server, "POST", SEARCH, Some(&alice), "{}").await, 403, 7);
     assert!(body["message"].as_str().unwrap().contains("admin"), "{body}");
     status(&call(&server, "GET", &mine, Some(&bob), "").await, 404, 5);
@@ -294,7 +300,11 @@ async fn a_revoked_credentials_token_is_refused_over_json_at_once(db: TestDb) {
     let token = issued.json()["access_token"].as_str().unwrap().to_owned();
     ok(&call(&server, "GET", CLIENTS, Some(&token), "").await);
 
+    // Such a token reads; it may not create, change or revoke.
     let path = format!("{CLIENTS}/{}", created["client"]["id"].as_str().unwrap());
+    status(&call(&server, "POST", CLIENTS, Some(&token), r#"{"displayName": "spawned"}"#).await, 403, 7);
+    status(&call(&server, "DELETE", &path, Some(&token), "").await, 403, 7);
+
     ok(&call(&server, "DELETE", &path, Some(&alice), "").await);
     status(&call(&server, "GET", CLIENTS, Some(&token), "").await, 401, 16);
     server.stop().await;
