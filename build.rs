@@ -4,14 +4,27 @@
 use std::{env, error::Error, fs, path::PathBuf};
 
 /// The contract: Rust code is generated for these.
-const CONTRACT: &[&str] = &["c1/api/iam/v1/personal_client.proto", "c1/api/auth/v1/token.proto"];
+const CONTRACT: &[&str] = &[
+    "c1/api/iam/v1/personal_client.proto",
+    "c1/api/auth/v1/token.proto",
+    "c1/api/auth/v1/introspection.proto",
+    "envoy/service/auth/v3/external_auth.proto",
+];
 /// The error details the service sends (`google.rpc.BadRequest` in `grpc-status-details-bin`):
 /// served by reflection so dynamic clients can decode them; their Rust types come from
 /// `tonic-types`.
 const ERROR_MODEL: &[&str] = &["google/rpc/status.proto", "google/rpc/error_details.proto"];
 
 fn main() -> Result<(), Box<dyn Error>> {
-    for dir in ["proto/c1/api/iam/v1", "proto/c1/api/auth/v1", "proto/google/api", "proto/google/rpc"] {
+    for dir in [
+        "proto/c1/api/iam/v1",
+        "proto/c1/api/auth/v1",
+        "proto/google/api",
+        "proto/google/rpc",
+        "proto/envoy/service/auth/v3",
+        "proto/envoy/config/core/v3",
+        "proto/envoy/type/v3",
+    ] {
         println!("cargo:rerun-if-changed={dir}");
     }
     // Encoded by the compiler itself: a FileDescriptorSet decoded into Rust types would lose

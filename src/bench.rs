@@ -18,8 +18,8 @@ use tonic::{
 use crate::{
     Error,
     config::{
-        Config, CountLimit, CredentialArgs, DatabaseArgs, DatabaseUrl, IssuerArgs, KeyArgs, ServingArgs, TrustArgs,
-        parse_listen,
+        Config, CountLimit, CredentialArgs, DatabaseArgs, DatabaseUrl, IssuerArgs, KeyArgs, MeshArgs, ServingArgs,
+        TrustArgs, parse_listen,
     },
     domain::{ClientSecret, Role, RoleSet},
     exchange::assertion::ClientAssertion,
@@ -62,6 +62,8 @@ pub struct BenchArgs {
     #[command(flatten)]
     pub trust: TrustArgs,
     #[command(flatten)]
+    pub mesh: MeshArgs,
+    #[command(flatten)]
     pub serving: ServingArgs,
 }
 
@@ -90,6 +92,7 @@ pub async fn run(args: BenchArgs) -> Result<(), Error> {
         keys: args.keys.clone(),
         credentials,
         trust: args.trust.clone(),
+        mesh: args.mesh.clone(),
         serving: args.serving.clone(),
     };
     let result = measure(config, &args).await;

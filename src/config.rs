@@ -109,6 +109,30 @@ pub struct TrustArgs {
     pub trusted_proxies: Vec<IpNet>,
 }
 
+/// What the services behind this one may ask: token introspection and the mesh's check.
+#[derive(Debug, Clone, Args)]
+pub struct MeshArgs {
+    /// Role a caller of token introspection (`POST /auth/v1/introspect`, `IntrospectionService`)
+    /// must hold: the resource servers' role.
+    #[arg(long, env = "PC_INTROSPECTION_ROLE", default_value = "resource-server", value_parser = Role::parse)]
+    pub introspection_role: Role,
+
+    /// Request header that carries the caller's user id upstream when an ext_authz Check allows
+    /// a request; a copy the caller sent is removed.
+    #[arg(long, env = "PC_IDENTITY_USER_HEADER", default_value = "x-user-id", value_parser = parse_header_name)]
+    pub identity_user_header: String,
+
+    /// Request header that carries the personal client's id upstream (none for a user's own
+    /// token); a copy the caller sent is removed.
+    #[arg(long, env = "PC_IDENTITY_CLIENT_HEADER", default_value = "x-client-id", value_parser = parse_header_name)]
+    pub identity_client_header: String,
+
+    /// Request header that carries the token's roles upstream, comma-separated; a copy the
+    /// caller sent is removed.
+    #[arg(long, env = "PC_IDENTITY_ROLES_HEADER", default_value = "x-user-roles", value_parser = parse_header_name)]
+    pub identity_roles_header: String,
+}
+
 /// How the service serves: transport, limits and background work.
 #[derive(Debug, Clone, Args)]
 pub struct ServingArgs {
@@ -186,6 +210,8 @@ pub struct Config {
     #[command(flatten)]
     pub trust: TrustArgs,
     #[command(flatten)]
+    pub mesh: MeshArgs,
+    #[command(flatten)]
     pub serving: ServingArgs,
 }
 
@@ -210,6 +236,19 @@ fn parse_public_host(value: &str) -> Result<String, String> {
         return Err("must be a host name with an optional port (pc.example.com, localhost:50051)".into());
     }
     Ok(value.to_owned())
+}
+
+/// An HTTP header name, lower-cased as HTTP/2 and Envoy write them; not one of the pseudo or
+/// hop-by-hop headers, nor `authorization`.
+fn parse_header_name(value: &str) -> Result<String, String> {
+    let name = http::HeaderName::from_bytes(value.as_bytes())
+        .map_err(|_| format!("{value:?} is not an HTTP header name"))?
+        .as_str()
+        .to_owned();
+    if ["authorization", "host", "connection", "te", "transfer-encoding", "content-length"].contains(&name.as_str()) {
+        return Err(format!("{name} is a header with a meaning of its own; choose another name, like x-user-id"));
+    }
+    Ok(name)
 }
 
 fn parse_namespace(value: &str) -> Result<String, String> {

@@ -43,4 +43,33 @@ pub mod pb {
     pub mod google_api {
         tonic::include_proto!("google.api");
     }
+    /// Envoy's external authorization service; nested as its packages are, which the generated
+    /// code refers to.
+    pub mod envoy {
+        pub mod service {
+            pub mod auth {
+                pub mod v3 {
+                    tonic::include_proto!("envoy.service.auth.v3");
+                }
+            }
+        }
+        pub mod config {
+            pub mod core {
+                pub mod v3 {
+                    tonic::include_proto!("envoy.config.core.v3");
+                }
+            }
+        }
+        pub mod r#type {
+            pub mod v3 {
+                tonic::include_proto!("envoy.r#type.v3");
+            }
+        }
+    }
+    /// `google.rpc.Status`, as the external authorization service answers with it.
+    pub mod google {
+        pub mod rpc {
+            tonic::include_proto!("google.rpc");
+        }
+    }
 }

@@ -8,10 +8,10 @@ use tonic::{service::Routes, transport::Server};
 
 use crate::{
     Error, FILE_DESCRIPTOR_SET,
-    api::{self, PersonalClientApi, SearchApi, TokenApi},
-    auth::{self, Authenticator, Gate, KeyVault, SigningKeys, external::ExternalIssuers},
+    api::{self, ExtAuthzApi, IdentityHeaders, IntrospectionApi, PersonalClientApi, SearchApi, TokenApi},
+    auth::{self, Authenticator, Gate, Introspection, KeyVault, SigningKeys, external::ExternalIssuers},
     clients::{ClientSettings, PersonalClients},
-    config::{Config, DatabaseUrl, IssuerArgs, KeyArgs},
+    config::{Config, DatabaseUrl, IssuerArgs, KeyArgs, MeshArgs},
     connections::{self, ConnectionLimits, Connections},
     domain::RoleSet,
     exchange::{ExchangeSettings, TokenExchange},
@@ -20,7 +20,8 @@ use crate::{
     limits::{AdmissionLayer, AdmissionLimits},
     metrics::{JsonRoute, JsonRoutes, Metrics, RecordRpcLayer},
     pb::{
-        auth::token_service_server::TokenServiceServer,
+        auth::{introspection_service_server::IntrospectionServiceServer, token_service_server::TokenServiceServer},
+        envoy::service::auth::v3::authorization_server::AuthorizationServer,
         iam::{
             personal_client_search_service_server::PersonalClientSearchServiceServer,
             personal_client_service_server::PersonalClientServiceServer,
@@ -143,6 +144,8 @@ pub async fn serve(
         },
     );
 
+    let introspection = Introspection::new(Arc::clone(&auth), config.mesh.introspection_role.clone());
+
     let (reporter, health_service) = tonic_health::server::health_reporter();
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -158,6 +161,8 @@ pub async fn serve(
     )))
     .add_service(PersonalClientSearchServiceServer::new(SearchApi::new(clients.clone())))
     .add_service(TokenServiceServer::new(TokenApi::new(Arc::clone(&exchange))))
+    .add_service(IntrospectionServiceServer::new(IntrospectionApi::new(introspection.clone())))
+    .add_service(AuthorizationServer::new(ExtAuthzApi::new(Arc::clone(&auth), identity_headers(&config.mesh))))
     .add_service(health_service)
     .add_service(reflection().build_v1().map_err(reflection_error)?)
     .add_service(reflection().build_v1alpha().map_err(reflection_error)?)
@@ -169,7 +174,13 @@ pub async fn serve(
     let health = Health::default();
     let routes = grpc
         .merge(json)
-        .merge(api::http::routes(Arc::clone(&exchange), Arc::clone(&auth), health.clone(), Arc::clone(&metrics)))
+        .merge(api::http::routes(
+            Arc::clone(&exchange),
+            Arc::clone(&auth),
+            introspection,
+            health.clone(),
+            Arc::clone(&metrics),
+        ))
         .fallback(api::http::not_found);
     tracing::info!(%address, database = %database, %issuer, "serving");
 
@@ -279,6 +290,14 @@ fn connection_slots(wanted: usize) -> usize {
         return fits;
     }
     wanted
+}
+
+fn identity_headers(mesh: &MeshArgs) -> IdentityHeaders {
+    IdentityHeaders {
+        user: mesh.identity_user_header.clone(),
+        client: mesh.identity_client_header.clone(),
+        roles: mesh.identity_roles_header.clone(),
+    }
 }
 
 /// The signing keys' protection at rest, read before the database is touched.

@@ -1,5 +1,6 @@
 //! Plain HTTP/1.1 on the gRPC port: `POST /auth/v1/token` (RFC 6749 §4.4 with RFC 7523 client
-//! assertions, form-encoded), `GET /.well-known/jwks.json`, `GET /healthz` and `GET /metrics`.
+//! assertions, form-encoded), `POST /auth/v1/introspect` (RFC 7662), `GET /.well-known/jwks.json`,
+//! `GET /healthz` and `GET /metrics`.
 
 use std::{collections::HashMap, sync::Arc};
 
@@ -13,7 +14,8 @@ use axum::{
 };
 
 use crate::{
-    auth::Authenticator,
+    Error,
+    auth::{Authenticator, Introspection},
     connections,
     error::OAuthError,
     exchange::{ExchangeRequest, RequestOrigin, TokenExchange},
@@ -28,17 +30,25 @@ const MAX_FORM_BYTES: usize = 16 * 1024;
 struct HttpState {
     exchange: Arc<TokenExchange>,
     auth: Arc<Authenticator>,
+    introspection: Introspection,
     health: Health,
     metrics: Arc<Metrics>,
 }
 
-pub fn routes(exchange: Arc<TokenExchange>, auth: Arc<Authenticator>, health: Health, metrics: Arc<Metrics>) -> Router {
+pub fn routes(
+    exchange: Arc<TokenExchange>,
+    auth: Arc<Authenticator>,
+    introspection: Introspection,
+    health: Health,
+    metrics: Arc<Metrics>,
+) -> Router {
     Router::new()
         .route("/auth/v1/token", post(token))
+        .route("/auth/v1/introspect", post(introspect))
         .route("/.well-known/jwks.json", get(jwks))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_text))
-        .with_state(HttpState { exchange, auth, health, metrics })
+        .with_state(HttpState { exchange, auth, introspection, health, metrics })
 }
 
 /// What no route matched: gRPC callers get `UNIMPLEMENTED` as gRPC expects, anyone else a 404.
@@ -92,6 +102,44 @@ async fn token(State(state): State<HttpState>, request: Request) -> Response {
                 "token_type": "Bearer",
                 "expires_in": issued.expires_in,
             }),
+        ),
+        Err(err) => oauth_error(OAuthError::from(err)),
+    }
+}
+
+/// Token introspection (RFC 7662 §2): the caller, a resource server, authenticates with its own
+/// bearer token and names the token to look at in the form's `token`.
+async fn introspect(State(state): State<HttpState>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let authorization = parts.headers.get(header::AUTHORIZATION).and_then(|value| value.to_str().ok());
+    let caller = match state.auth.authenticate(authorization).await {
+        Ok(caller) => caller,
+        Err(err) => {
+            let presented = authorization.is_some();
+            let mut response = oauth_error(OAuthError::from(err));
+            if response.status() == StatusCode::UNAUTHORIZED {
+                *response.body_mut() = Body::from(r#"{"error":"invalid_token"}"#);
+                let challenge = if presented { r#"Bearer error="invalid_token""# } else { "Bearer" };
+                response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+            }
+            return response;
+        }
+    };
+    let form = match read_form(&parts.headers, body).await {
+        Ok(form) => form,
+        Err(description) => return oauth_error(OAuthError::new(400, "invalid_request", description)),
+    };
+    let Some(token) = form.get("token").filter(|token| !token.is_empty()) else {
+        return oauth_error(OAuthError::new(400, "invalid_request", "the token parameter is missing"));
+    };
+    match state.introspection.introspect(&caller, token).await {
+        Ok(live) => {
+            let answer = super::introspection::response(live.as_deref(), state.introspection.issuer());
+            json(StatusCode::OK, &super::introspection::response_json(&answer))
+        }
+        Err(Error::PermissionDenied(message)) => json(
+            StatusCode::FORBIDDEN,
+            &serde_json::json!({ "error": "insufficient_scope", "error_description": message }),
         ),
         Err(err) => oauth_error(OAuthError::from(err)),
     }

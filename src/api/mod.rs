@@ -4,7 +4,9 @@
 
 pub mod codec;
 pub mod convert;
+mod ext_authz;
 pub mod http;
+pub mod introspection;
 pub mod json;
 pub mod openapi;
 mod personal_client;
@@ -13,6 +15,8 @@ mod token;
 
 use tonic::{Request, Status};
 
+pub use ext_authz::{ExtAuthzApi, IdentityHeaders};
+pub use introspection::IntrospectionApi;
 pub use personal_client::PersonalClientApi;
 pub use search::SearchApi;
 pub use token::TokenApi;
@@ -21,18 +25,23 @@ use crate::{
     Error,
     domain::Principal,
     pb::{
-        auth::token_service_server,
+        auth::{introspection_service_server, token_service_server},
+        envoy::service::auth::v3::authorization_server,
         iam::{personal_client_search_service_server, personal_client_service_server},
     },
 };
 
 /// The contract's services for which callers need a bearer token. The gate in front of the gRPC
 /// services protects every service that is not public; these are named for health and metrics.
-pub const PROTECTED_SERVICES: [&str; 2] =
-    [personal_client_service_server::SERVICE_NAME, personal_client_search_service_server::SERVICE_NAME];
+pub const PROTECTED_SERVICES: [&str; 3] = [
+    personal_client_service_server::SERVICE_NAME,
+    personal_client_search_service_server::SERVICE_NAME,
+    introspection_service_server::SERVICE_NAME,
+];
 
-/// The contract's services that anyone may call.
-pub const PUBLIC_SERVICES: [&str; 1] = [token_service_server::SERVICE_NAME];
+/// The contract's services that anyone may call: the token exchange, and the mesh's check,
+/// whose callers are proxies asking about a request's token, not holding one of their own.
+pub const PUBLIC_SERVICES: [&str; 2] = [token_service_server::SERVICE_NAME, authorization_server::SERVICE_NAME];
 
 /// The caller, as the authentication layer put it into the request.
 fn caller<T>(request: &Request<T>) -> Result<&Principal, Status> {

@@ -25,6 +25,9 @@ pub struct VerifiedClaims {
     pub roles: RoleSet,
     pub client_id: Option<String>,
     pub exp: i64,
+    pub iat: i64,
+    pub jti: String,
+    pub aud: Vec<String>,
 }
 
 /// Verified tokens by their SHA-256.

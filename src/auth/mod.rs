@@ -3,6 +3,7 @@
 
 mod cache;
 pub mod external;
+mod introspection;
 pub mod jws;
 mod keys;
 pub mod vault;
@@ -14,6 +15,8 @@ use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+pub use cache::VerifiedClaims;
+pub use introspection::{Introspection, live};
 pub use keys::SigningKeys;
 pub use vault::KeyVault;
 
@@ -23,7 +26,7 @@ use crate::{
     grpc_methods::GrpcMethods,
     store::Store,
 };
-use cache::{VerifiedClaims, VerifiedTokens};
+use cache::VerifiedTokens;
 use external::ExternalIssuers;
 use jws::UnverifiedJws;
 
@@ -61,6 +64,21 @@ impl Audience {
             Self::Many(auds) => auds.iter().any(|aud| aud == value),
         }
     }
+
+    fn to_vec(&self) -> Vec<String> {
+        match self {
+            Self::One(aud) => vec![aud.clone()],
+            Self::Many(auds) => auds.clone(),
+        }
+    }
+}
+
+/// What a bearer token turned out to be.
+enum Checked {
+    /// A live access token of this service.
+    Own(Arc<VerifiedClaims>),
+    /// A token that names another issuer; nothing about it is checked yet.
+    Foreign(String),
 }
 
 /// Verifies bearer tokens and mints access tokens with the service's keys.
@@ -101,11 +119,28 @@ impl Authenticator {
 
     /// Turns the `authorization` header value into the caller, or `UNAUTHENTICATED`.
     pub async fn authenticate(&self, authorization: Option<&str>) -> Result<Principal, Error> {
-        let header = authorization.ok_or_else(|| denied("no authorization header"))?;
-        let token = match header.split_once(' ') {
-            Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
-            _ => return Err(denied("authorization is not a bearer token")),
+        let token = bearer(authorization)?;
+        let claims = match self.check(token).await? {
+            Checked::Own(claims) => claims,
+            Checked::Foreign(issuer) => return self.authenticate_external(&issuer, token).await,
         };
+        Ok(Principal {
+            user_id: claims.sub.clone(),
+            roles: claims.roles.clone(),
+            client_id: claims.client_id.clone().map(ClientId::from_stored),
+        })
+    }
+
+    /// The claims of `token` if it is a live access token of this service now, by the same
+    /// rules as [`Self::authenticate`]; a token of any other issuer is not one.
+    pub async fn live_token(&self, token: &str) -> Result<Arc<VerifiedClaims>, Error> {
+        match self.check(token).await? {
+            Checked::Own(claims) => Ok(claims),
+            Checked::Foreign(_) => Err(denied("token from another issuer")),
+        }
+    }
+
+    async fn check(&self, token: &str) -> Result<Checked, Error> {
         // Bounded before anything in it is decoded: over HTTP/1.1 a header is not held to
         // --max-header-bytes as HTTP/2 holds it.
         if token.len() > MAX_TOKEN_BYTES {
@@ -117,7 +152,7 @@ impl Authenticator {
             None => {
                 let claimed_issuer = untrusted_issuer(token).ok_or_else(|| denied("token has no readable issuer"))?;
                 if claimed_issuer != self.issuer {
-                    return self.authenticate_external(&claimed_issuer, token).await;
+                    return Ok(Checked::Foreign(claimed_issuer));
                 }
                 let claims = Arc::new(self.verify_own(token).await?);
                 self.verified.insert(key, claims.clone());
@@ -137,11 +172,11 @@ impl Authenticator {
                 return Err(denied("token of a revoked, expired or unknown personal client"));
             }
         }
-        Ok(Principal {
-            user_id: claims.sub.clone(),
-            roles: claims.roles.clone(),
-            client_id: claims.client_id.clone().map(ClientId::from_stored),
-        })
+        Ok(Checked::Own(claims))
+    }
+
+    pub fn issuer(&self) -> &str {
+        &self.issuer
     }
 
     /// The claims of an access token of this service, from its signature and the rules that
@@ -162,9 +197,12 @@ impl Authenticator {
         }
         Ok(VerifiedClaims {
             roles: RoleSet::from_claims(&claims.roles),
+            aud: claims.aud.to_vec(),
             sub: claims.sub,
             client_id: claims.client_id,
             exp: claims.exp,
+            iat: claims.iat,
+            jti: claims.jti,
         })
     }
 
@@ -184,6 +222,15 @@ impl Authenticator {
 
 fn denied(reason: &str) -> Error {
     Error::Unauthenticated(reason.to_owned())
+}
+
+/// The token of an `authorization` header value: `Bearer <token>`, the scheme in any case.
+pub fn bearer(authorization: Option<&str>) -> Result<&str, Error> {
+    let header = authorization.ok_or_else(|| denied("no authorization header"))?;
+    match header.split_once(' ') {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => Ok(token.trim()),
+        _ => Err(denied("authorization is not a bearer token")),
+    }
 }
 
 /// The gate in front of every gRPC service: which methods anyone may call, and who the caller

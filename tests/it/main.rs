@@ -14,6 +14,7 @@ mod external_issuer;
 mod hostile_traffic;
 mod json_api;
 mod lifecycle;
+mod mesh;
 mod operations;
 mod ownership;
 mod properties;
@@ -42,6 +43,7 @@ fn main() -> ExitCode {
         hostile_traffic::tests(),
         json_api::tests(),
         lifecycle::tests(),
+        mesh::tests(),
         operations::tests(),
         ownership::tests(),
         properties::tests(),

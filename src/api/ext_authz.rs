@@ -1,0 +1,150 @@
+//! `envoy.service.auth.v3.Authorization`: Envoy's external authorization, which Envoy, Istio
+//! (`CUSTOM` action) or any sidecar asks about each request to the services it fronts. A live
+//! access token of this service lets the request through with the caller's identity as request
+//! headers; anything else is denied with the HTTP status and challenge RFC 6750 gives.
+
+use std::sync::Arc;
+
+use tonic::{Code, Request, Response, Status};
+
+use crate::{
+    auth::{self, Authenticator, VerifiedClaims},
+    pb::{
+        envoy::{
+            config::core::v3::{HeaderValue, HeaderValueOption, header_value_option::HeaderAppendAction},
+            service::auth::v3::{
+                CheckRequest, CheckResponse, DeniedHttpResponse, OkHttpResponse, attribute_context::HttpRequest,
+                authorization_server::Authorization, check_response::HttpResponse,
+            },
+            r#type::v3::{HttpStatus, StatusCode},
+        },
+        google::rpc,
+    },
+};
+
+/// The request headers that carry the caller's identity upstream.
+#[derive(Debug, Clone)]
+pub struct IdentityHeaders {
+    pub user: String,
+    pub client: String,
+    pub roles: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct ExtAuthzApi {
+    auth: Arc<Authenticator>,
+    headers: IdentityHeaders,
+}
+
+impl ExtAuthzApi {
+    pub fn new(auth: Arc<Authenticator>, headers: IdentityHeaders) -> Self {
+        Self { auth, headers }
+    }
+
+    /// Through, with the identity headers set over any the caller sent, and those without a
+    /// value here removed.
+    fn allow(&self, claims: &VerifiedClaims) -> CheckResponse {
+        let mut set = vec![header(&self.headers.user, &claims.sub)];
+        let mut remove = Vec::new();
+        match &claims.client_id {
+            Some(client_id) => set.push(header(&self.headers.client, client_id)),
+            None => remove.push(self.headers.client.clone()),
+        }
+        let roles = claims.roles.to_strings().join(",");
+        if roles.is_empty() {
+            remove.push(self.headers.roles.clone());
+        } else {
+            set.push(header(&self.headers.roles, &roles));
+        }
+        CheckResponse {
+            status: Some(rpc::Status { code: Code::Ok as i32, ..Default::default() }),
+            http_response: Some(HttpResponse::OkResponse(OkHttpResponse { headers: set, headers_to_remove: remove })),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Authorization for ExtAuthzApi {
+    async fn check(&self, request: Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
+        let http = request.get_ref().attributes.as_ref().and_then(|a| a.request.as_ref()).and_then(|r| r.http.as_ref());
+        let Some(authorization) = http.and_then(authorization) else {
+            return Ok(Response::new(deny(Denial::NoToken)));
+        };
+        let Ok(token) = auth::bearer(Some(&authorization)) else {
+            return Ok(Response::new(deny(Denial::NotBearer)));
+        };
+        let answer = match auth::live(&self.auth, token).await {
+            Ok(Some(claims)) => self.allow(&claims),
+            Ok(None) => deny(Denial::InvalidToken),
+            Err(err) => {
+                let status = Status::from(err);
+                if status.code() == Code::Unavailable { deny(Denial::Unavailable) } else { return Err(status) }
+            }
+        };
+        Ok(Response::new(answer))
+    }
+}
+
+/// The request's `authorization` header: from the header map Envoy sends by default, or from
+/// the raw header list it sends when told to encode raw headers.
+fn authorization(http: &HttpRequest) -> Option<String> {
+    if let Some(value) = http.headers.get("authorization") {
+        return Some(value.clone());
+    }
+    let raw = http.header_map.as_ref()?.headers.iter().find(|h| h.key.eq_ignore_ascii_case("authorization"))?;
+    if raw.value.is_empty() { String::from_utf8(raw.raw_value.clone()).ok() } else { Some(raw.value.clone()) }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Denial {
+    NoToken,
+    NotBearer,
+    InvalidToken,
+    Unavailable,
+}
+
+/// A denial as RFC 6750 §3 words it: 401 with a challenge, `error` only when a token came.
+fn deny(denial: Denial) -> CheckResponse {
+    let (code, http, challenge, body) = match denial {
+        Denial::NoToken => (Code::Unauthenticated, StatusCode::Unauthorized, "Bearer", r#"{"error":"unauthorized"}"#),
+        Denial::NotBearer => (
+            Code::Unauthenticated,
+            StatusCode::Unauthorized,
+            r#"Bearer error="invalid_request", error_description="the authorization header is not a bearer token""#,
+            r#"{"error":"invalid_request"}"#,
+        ),
+        Denial::InvalidToken => (
+            Code::Unauthenticated,
+            StatusCode::Unauthorized,
+            r#"Bearer error="invalid_token", error_description="the access token is invalid, expired or revoked""#,
+            r#"{"error":"invalid_token"}"#,
+        ),
+        Denial::Unavailable => {
+            (Code::Unavailable, StatusCode::ServiceUnavailable, "", r#"{"error":"temporarily_unavailable"}"#)
+        }
+    };
+    let mut headers = vec![header("content-type", "application/json")];
+    if challenge.is_empty() {
+        headers.push(header("retry-after", "1"));
+    } else {
+        headers.push(header("www-authenticate", challenge));
+    }
+    CheckResponse {
+        status: Some(rpc::Status { code: code as i32, message: body.to_owned(), details: Vec::new() }),
+        http_response: Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
+            status: Some(HttpStatus { code: http as i32 }),
+            headers,
+            body: body.to_owned(),
+        })),
+    }
+}
+
+/// A header set over any copy the request already has.
+fn header(name: &str, value: &str) -> HeaderValueOption {
+    HeaderValueOption {
+        header: Some(HeaderValue { key: name.to_owned(), value: value.to_owned(), raw_value: Vec::new() }),
+        append: None,
+        append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
+        keep_empty_value: false,
+    }
+}
