@@ -6,6 +6,7 @@
 //! which work on [`domain`] values through the [`store`]. [`server`] puts it together.
 
 pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod bench;
 pub mod clients;

@@ -96,7 +96,7 @@ impl Metrics {
 
 /// The canonical name of a gRPC status code, as other gRPC services label it: `OK`,
 /// `NOT_FOUND`, `DEADLINE_EXCEEDED`.
-fn code_name(code: Code) -> String {
+pub fn code_name(code: Code) -> String {
     let mut name = String::new();
     for (i, c) in format!("{code:?}").chars().enumerate() {
         if c.is_ascii_uppercase() && i > 0 {

@@ -3,8 +3,10 @@ use tonic::{Request, Response, Status};
 
 use super::{caller, convert};
 use crate::{
+    audit::{self, Action},
     clients::PersonalClients,
-    domain::MaxLifetime,
+    domain::{MaxLifetime, Principal, quote},
+    metrics::code_name,
     pb::iam::{self as pb, personal_client_service_server::PersonalClientService},
 };
 
@@ -27,12 +29,19 @@ impl PersonalClientService for PersonalClientApi {
         &self,
         request: Request<pb::PersonalClientServiceCreateRequest>,
     ) -> Result<Response<pb::PersonalClientServiceCreateResponse>, Status> {
-        let new = convert::create_request(request.get_ref(), &self.max_lifetime, Utc::now())?;
-        let (client, secret) = self.clients.create(caller(&request)?, new).await?;
-        Ok(Response::new(pb::PersonalClientServiceCreateResponse {
-            client: Some(client.into()),
-            client_secret: secret.expose().to_owned(),
-        }))
+        let caller = caller(&request)?;
+        let answer = async {
+            let new = convert::create_request(request.get_ref(), &self.max_lifetime, Utc::now())?;
+            let (client, secret) = self.clients.create(caller, new).await?;
+            Ok(Response::new(pb::PersonalClientServiceCreateResponse {
+                client: Some(client.into()),
+                client_secret: secret.expose().to_owned(),
+            }))
+        }
+        .await;
+        let created = answer.as_ref().ok().and_then(|r| r.get_ref().client.as_ref()).map(|c| c.id.clone());
+        audit(Action::CreateClient, &request, caller, &created.unwrap_or_default(), &answer);
+        answer
     }
 
     async fn get(
@@ -61,17 +70,36 @@ impl PersonalClientService for PersonalClientApi {
         &self,
         request: Request<pb::PersonalClientServiceUpdateRequest>,
     ) -> Result<Response<pb::PersonalClientServiceUpdateResponse>, Status> {
-        let (id, changes) = convert::update_request(request.get_ref(), &self.max_lifetime, Utc::now())?;
-        let client = self.clients.update(caller(&request)?, id, changes).await?;
-        Ok(Response::new(pb::PersonalClientServiceUpdateResponse { client: Some(client.into()) }))
+        let caller = caller(&request)?;
+        let answer = async {
+            let (id, changes) = convert::update_request(request.get_ref(), &self.max_lifetime, Utc::now())?;
+            let client = self.clients.update(caller, id, changes).await?;
+            Ok(Response::new(pb::PersonalClientServiceUpdateResponse { client: Some(client.into()) }))
+        }
+        .await;
+        let target = request.get_ref().client.as_ref().map(|c| quote(&c.id)).unwrap_or_default();
+        audit(Action::UpdateClient, &request, caller, &target, &answer);
+        answer
     }
 
     async fn delete(
         &self,
         request: Request<pb::PersonalClientServiceDeleteRequest>,
     ) -> Result<Response<pb::PersonalClientServiceDeleteResponse>, Status> {
-        let id = convert::client_uuid("id", &request.get_ref().id)?;
-        self.clients.delete(caller(&request)?, id).await?;
-        Ok(Response::new(pb::PersonalClientServiceDeleteResponse {}))
+        let caller = caller(&request)?;
+        let answer = async {
+            let id = convert::client_uuid("id", &request.get_ref().id)?;
+            self.clients.delete(caller, id).await?;
+            Ok(Response::new(pb::PersonalClientServiceDeleteResponse {}))
+        }
+        .await;
+        audit(Action::DeleteClient, &request, caller, &quote(&request.get_ref().id), &answer);
+        answer
     }
+}
+
+/// The audit event of a change the caller made or tried.
+fn audit<T, R>(action: Action, request: &Request<T>, caller: &Principal, target: &str, answer: &Result<R, Status>) {
+    let refusal = answer.as_ref().err().map(|status| code_name(status.code()));
+    audit::call(action, caller, request.remote_addr().map(|addr| addr.ip()), target, refusal.as_deref());
 }

@@ -90,7 +90,7 @@ impl PersonalClients {
                 max_held.unwrap_or_default()
             ))
         })?;
-        tracing::info!(user_id = %client.user_id, client_id = %client.client_id, id = %client.id, "personal client created");
+        tracing::debug!(user_id = %client.user_id, client_id = %client.client_id, id = %client.id, "personal client created");
         Ok((client, secret))
     }
 
@@ -111,7 +111,7 @@ impl PersonalClients {
         let owner_roles = changes.scoped_roles.is_some().then(|| caller.roles.clone());
         let changes = ClientChanges { owner_roles, ..changes };
         let client = self.store.update_client(id, owner, &changes).await?;
-        tracing::info!(user_id = %client.user_id, client_id = %client.client_id, %id, "personal client updated");
+        tracing::debug!(user_id = %client.user_id, client_id = %client.client_id, %id, "personal client updated");
         Ok(client)
     }
 
@@ -119,7 +119,7 @@ impl PersonalClients {
     pub async fn delete(&self, caller: &Principal, id: Uuid) -> Result<(), Error> {
         let client = self.store.delete_client(id, self.access(caller).revocable()?).await?;
         if client.user_id == caller.user_id {
-            tracing::info!(user_id = %client.user_id, client_id = %client.client_id, %id, "personal client deleted");
+            tracing::debug!(user_id = %client.user_id, client_id = %client.client_id, %id, "personal client deleted");
         } else {
             tracing::warn!(
                 admin = %caller.user_id, owner = %client.user_id, client_id = %client.client_id, %id,

@@ -16,7 +16,7 @@ pub use usage::UsageRecorder;
 use crate::{
     Error,
     auth::Authenticator,
-    domain::{PersonalClient, Rejection, SourceAddress, Violations, quote, round_to_micros},
+    domain::{PersonalClient, Rejection, SourceAddress, Violations, round_to_micros},
     error::chain,
     metrics::Metrics,
     rate::{KeyedLimit, RateLimit},
@@ -168,12 +168,21 @@ impl TokenExchange {
             Ok(_) => {}
             Err(Error::InvalidClient(reason)) => {
                 if let Some(left_out) = crate::rate::refusal_log() {
-                    tracing::warn!(
-                        reason = reason.as_str(),
-                        client_id = %quote(request.client_id),
-                        source = ?source.map(SourceAddress::ip),
+                    crate::audit::exchange_refused(
+                        request.client_id,
+                        source.map(SourceAddress::ip),
+                        reason.as_str(),
                         left_out,
-                        "token exchange refused"
+                    );
+                }
+            }
+            Err(Error::RateLimited { .. }) => {
+                if let Some(left_out) = crate::rate::refusal_log() {
+                    crate::audit::exchange_refused(
+                        request.client_id,
+                        source.map(SourceAddress::ip),
+                        "rate_limited",
+                        left_out,
                     );
                 }
             }
@@ -228,7 +237,7 @@ impl TokenExchange {
         let (access_token, expires_in) =
             self.auth.mint(&client.user_id, client.token_roles(), Some(&client.client_id), ttl);
         self.usage.record(client.id, now);
-        tracing::info!(client_id = %client.client_id, user_id = %client.user_id, expires_in, "access token issued");
+        tracing::debug!(client_id = %client.client_id, user_id = %client.user_id, expires_in, "access token issued");
         Ok(IssuedToken { access_token, expires_in })
     }
 

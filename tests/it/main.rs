@@ -8,6 +8,7 @@
 mod common;
 
 mod abuse_limits;
+mod audit;
 mod authentication;
 mod cli;
 mod external_issuer;
@@ -37,6 +38,7 @@ fn main() -> ExitCode {
     }
     let trials = [
         abuse_limits::tests(),
+        audit::tests(),
         authentication::tests(),
         cli::tests(),
         external_issuer::tests(),

@@ -1,0 +1,82 @@
+//! Audit events: one structured event for each Create, Update and Delete of a personal client
+//! (allowed or refused), each refused token exchange, and each signing key change, all on the
+//! tracing target `audit`, so operators can send them somewhere of their own (a `tracing`
+//! filter on the target; with `--log-format json` each is one JSON line with a `target` field).
+//!
+//! Each says who (`actor`, and `via_client` for a personal client's token), what (`action`,
+//! `target`), when (the event's timestamp), from where (`source`), and the `outcome`, with a
+//! `reason` for a refusal. Never a secret, an assertion or a token: only ids and reasons.
+
+use std::net::IpAddr;
+
+use crate::domain::{Principal, quote};
+
+/// The tracing target of every audit event.
+pub const TARGET: &str = "audit";
+
+/// What was done, or tried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    CreateClient,
+    UpdateClient,
+    DeleteClient,
+    TokenExchange,
+    AddSigningKey,
+    RetireSigningKey,
+    RemoveSigningKey,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::CreateClient => "personal_client.create",
+            Self::UpdateClient => "personal_client.update",
+            Self::DeleteClient => "personal_client.delete",
+            Self::TokenExchange => "token.exchange",
+            Self::AddSigningKey => "signing_key.add",
+            Self::RetireSigningKey => "signing_key.retire",
+            Self::RemoveSigningKey => "signing_key.remove",
+        }
+    }
+}
+
+/// A call of the API by an authenticated caller: `target` is the personal client's id, when
+/// known; `refusal` the reason it was refused (a gRPC code's name), `None` when it was done.
+pub fn call(action: Action, caller: &Principal, source: Option<IpAddr>, target: &str, refusal: Option<&str>) {
+    let via_client = caller.client_id.as_ref().map(|id| id.as_str().to_owned()).unwrap_or_default();
+    tracing::info!(
+        target: "audit",
+        action = action.as_str(),
+        actor = %quote(&caller.user_id),
+        via_client = %via_client,
+        source = %source.map(|ip| ip.to_string()).unwrap_or_default(),
+        target = %target,
+        outcome = if refusal.is_some() { "refused" } else { "done" },
+        reason = refusal.unwrap_or_default(),
+        "{} {}",
+        action.as_str(),
+        if refusal.is_some() { "refused" } else { "done" }
+    );
+}
+
+/// A refused token exchange: `client_id` as the caller claimed it (quoted: it is unverified),
+/// from `source`, for `reason`. The caller is not authenticated, so these are written at most
+/// at the rate of the refusal log; `left_out` says how many were not.
+pub fn exchange_refused(client_id: &str, source: Option<IpAddr>, reason: &str, left_out: u64) {
+    tracing::warn!(
+        target: "audit",
+        action = Action::TokenExchange.as_str(),
+        actor = %quote(client_id),
+        source = %source.map(|ip| ip.to_string()).unwrap_or_default(),
+        outcome = "refused",
+        reason,
+        left_out,
+        "token exchange refused"
+    );
+}
+
+/// A change to the signing keys, by an operator's command (`actor` the command) or by the
+/// server's rotation schedule.
+pub fn key_change(action: Action, actor: &str, kid: &str) {
+    tracing::info!(target: "audit", action = action.as_str(), actor, target = kid, outcome = "done", "{} done", action.as_str());
+}

@@ -1,0 +1,90 @@
+//! Audit events, as an operator ships them: JSON log lines of the target `audit`, one for each
+//! Create, Update and Delete (done or refused) and each refused token exchange, saying who,
+//! what, from where and with what outcome, and never a secret, an assertion or a token.
+
+use serde_json::Value;
+use tonic::transport::Channel;
+
+use crate::common::{
+    TestDb, authed, create_request,
+    oauth::{ServerProcess, http, key_from_secret, post_token, sdk_assertion, token_form},
+};
+use personal_clients::pb::iam::{self as pb, personal_client_service_client::PersonalClientServiceClient};
+
+pub fn tests() -> Vec<libtest_mimic::Trial> {
+    tests_on!(Sqlite: changes_and_refused_exchanges_are_audit_events_without_secrets)
+}
+
+async fn changes_and_refused_exchanges_are_audit_events_without_secrets(db: TestDb) {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::spawn(dir.path(), Some(&db.url), &[]);
+    let alice = crate::common::mint(&db.config(), "alice", &["reader"], std::time::Duration::from_secs(600)).await;
+    let channel = Channel::from_shared(format!("http://{}", server.addr)).unwrap().connect().await.unwrap();
+    let mut api = PersonalClientServiceClient::new(channel);
+
+    let created = api.create(authed(create_request("audited"), &alice)).await.unwrap().into_inner();
+    let client = created.client.unwrap();
+    let mut greedy = create_request("greedy");
+    greedy.scoped_roles = vec!["admin".into()];
+    api.create(authed(greedy, &alice)).await.unwrap_err();
+    let missing =
+        pb::PersonalClient { id: uuid::Uuid::now_v7().to_string(), display_name: "x".into(), ..Default::default() };
+    let update = pb::PersonalClientServiceUpdateRequest { client: Some(missing.clone()), update_mask: None };
+    api.update(authed(update, &alice)).await.unwrap_err();
+
+    let key = key_from_secret(&created.client_secret);
+    let assertion = sdk_assertion(&key, &client.client_id);
+    assert_eq!(post_token(server.addr, &token_form(&client.client_id, &assertion), &[]).await.status, 200);
+    let replayed = post_token(server.addr, &token_form(&client.client_id, &assertion), &[]).await;
+    assert_eq!(replayed.status, 401);
+    let bearer = format!("Bearer {alice}");
+    let deleted = http(
+        server.addr,
+        "DELETE",
+        &format!("/api/v1/iam/personal_clients/{}", client.id),
+        &[("Authorization", &bearer)],
+        "",
+    )
+    .await;
+    assert_eq!(deleted.status, 200, "{}", deleted.body);
+
+    let (status, log) = server.terminate();
+    assert!(status.success(), "{log}");
+    let events: Vec<Value> = log
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|entry| entry["target"] == "audit")
+        .collect();
+    let summary: Vec<(String, String, String, String)> = events
+        .iter()
+        .map(|event| {
+            let field = |name: &str| event["fields"][name].as_str().unwrap_or_default().to_owned();
+            (field("action"), field("outcome"), field("reason"), field("target"))
+        })
+        .collect();
+    let quoted_missing = format!("\"{}\"", missing.id);
+    let quoted_client = format!("\"{}\"", client.id);
+    let expected = [
+        ("personal_client.create", "done", "", client.id.as_str()),
+        ("personal_client.create", "refused", "PERMISSION_DENIED", ""),
+        ("personal_client.update", "refused", "NOT_FOUND", quoted_missing.as_str()),
+        ("token.exchange", "refused", "replayed", ""),
+        ("personal_client.delete", "done", "", quoted_client.as_str()),
+    ];
+    let expected: Vec<(String, String, String, String)> =
+        expected.iter().map(|(a, o, r, t)| ((*a).into(), (*o).into(), (*r).into(), (*t).into())).collect();
+    assert_eq!(summary, expected, "{log}");
+    for event in &events {
+        assert!(event["timestamp"].as_str().is_some_and(|at| at.ends_with('Z')), "when: {event}");
+        assert_eq!(event["fields"]["source"], "127.0.0.1", "from where: {event}");
+    }
+    let changes = events.iter().filter(|event| event["fields"]["action"] != "token.exchange");
+    assert!(changes.into_iter().all(|event| event["fields"]["actor"] == "\"alice\""), "who: {log}");
+    let exchange = &events[3]["fields"];
+    assert_eq!(exchange["actor"], format!("\"{}\"", client.client_id), "the client that tried");
+
+    let secret_key = created.client_secret.rsplit(':').next().unwrap();
+    for secret in [created.client_secret.as_str(), secret_key, assertion.as_str(), alice.as_str()] {
+        assert!(!log.contains(secret), "a secret, assertion or token in the log");
+    }
+}
