@@ -14,7 +14,7 @@ use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-pub use keys::SigningKeys;
+pub use keys::{KeyListing, Retirement, SigningKeys};
 pub use vault::KeyVault;
 
 use crate::{
