@@ -13,6 +13,7 @@ mod cli;
 mod external_issuer;
 mod hostile_traffic;
 mod json_api;
+mod key_rotation;
 mod lifecycle;
 mod operations;
 mod ownership;
@@ -41,6 +42,7 @@ fn main() -> ExitCode {
         external_issuer::tests(),
         hostile_traffic::tests(),
         json_api::tests(),
+        key_rotation::tests(),
         lifecycle::tests(),
         operations::tests(),
         ownership::tests(),
