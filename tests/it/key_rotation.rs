@@ -20,9 +20,9 @@ use chrono::{DateTime, Utc};
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use personal_clients::{
     Config,
-    config::RotationInterval,
-    domain::{KeySchedule, KeyTimeline, KeyTimes, delta},
     auth::{KeyVault, SigningKeys},
+    config::RotationInterval,
+    domain::{KeyRingChange, KeySchedule, KeyTimeline, KeyTimes, NewSigningKey, StoredKey, delta},
     key_commands,
     store::{OpenMode, Store},
 };
@@ -487,6 +487,35 @@ async fn replicas_due_to_rotate_at_once_add_one_key(db: TestDb) {
         outcome.unwrap();
     }
     assert_eq!(store.key_times().await.unwrap().len(), 2, "none while a next key waits");
+
+    // The same through the store alone, with each writer pausing between what it reads and what
+    // it writes: they still take turns, and each sees what the one before wrote.
+    let mut writers = tokio::task::JoinSet::new();
+    for _ in 0..6 {
+        let store = Store::open(&database, OpenMode::MustExist).await.unwrap();
+        writers.spawn(async move {
+            store
+                .change_key_ring(|keys| {
+                    std::thread::sleep(Duration::from_millis(30));
+                    let mut change = KeyRingChange::default();
+                    if keys.len() == 2 {
+                        let now = Utc::now();
+                        let stored = StoredKey { kid: uuid::Uuid::now_v7().to_string(), material: vec![7; 32] };
+                        change.add = Some(NewSigningKey {
+                            stored,
+                            created_at: now,
+                            activates_at: now + delta(Duration::from_secs(3600)),
+                        });
+                    }
+                    Ok((change, ()))
+                })
+                .await
+        });
+    }
+    for outcome in writers.join_all().await {
+        outcome.expect("every writer succeeds");
+    }
+    assert_eq!(store.key_times().await.unwrap().len(), 3, "one writer added a key, the others saw it");
 }
 
 // ---------------------------------------------------------------------------------------------
