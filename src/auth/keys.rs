@@ -325,7 +325,7 @@ impl SigningKeys {
                 let times = KeyTimes {
                     kid: stored.kid.clone(),
                     created_at: now,
-                    activates_at: now + delta(activate_in),
+                    activates_at: round_to_micros(now + delta(activate_in)),
                     retired_at: None,
                 };
                 let add = NewSigningKey { stored, created_at: now, activates_at: times.activates_at };
