@@ -22,7 +22,7 @@ use personal_clients::{
     Config,
     auth::{KeyVault, SigningKeys},
     config::RotationInterval,
-    domain::{KeyRingChange, KeySchedule, KeyTimeline, KeyTimes, NewSigningKey, StoredKey, delta},
+    domain::{KeyRingChange, KeySchedule, KeyState, KeyTimeline, KeyTimes, NewSigningKey, StoredKey, delta},
     key_commands,
     store::{OpenMode, Store},
 };
@@ -37,6 +37,7 @@ pub fn tests() -> Vec<libtest_mimic::Trial> {
     backend_tests!(
         keys_commands_show_and_change_the_states_of_keys,
         keys_commands_work_on_sealed_keys,
+        the_schedule_migration_keeps_the_oldest_key_signing,
         a_new_key_is_published_for_a_cache_lifetime_before_it_signs,
         a_retired_key_stays_published_until_its_tokens_have_expired,
         replicas_due_to_rotate_at_once_add_one_key,
@@ -240,6 +241,43 @@ async fn keys_commands_work_on_sealed_keys(db: TestDb) {
     let token =
         succeeded(run(dir.path(), &on(&["mint-token", "--user", "alice", "--key-encryption-key-file", kek], url)));
     assert_eq!(header_kid(token.trim()), added);
+}
+
+/// Before migration 6 the oldest key signed and others never did (early versions could make one
+/// per replica starting together): the oldest keeps signing, the others leave the JWKS.
+async fn the_schedule_migration_keeps_the_oldest_key_signing(db: TestDb) {
+    use sea_orm::{ConnectionTrait, sea_query::Query};
+    use sea_orm_migration::MigratorTrait;
+    let database = db.database_url();
+    Store::open(&database, OpenMode::CreateIfMissing).await.unwrap();
+    let connection = sea_orm::Database::connect(database.expose()).await.unwrap();
+    personal_clients::store::migration::Migrator::up(&connection, Some(5)).await.unwrap();
+    let created = Utc::now() - chrono::TimeDelta::days(3);
+    let kids = ["01a00000-0000-7000-8000-000000000001", "01a00000-0000-7000-8000-000000000002"];
+    for (n, kid) in kids.iter().enumerate() {
+        let insert = Query::insert()
+            .into_table("signing_keys")
+            .columns(["kid", "private_key", "created_at"])
+            .values_panic([
+                (*kid).into(),
+                vec![n as u8; 32].into(),
+                (created + chrono::TimeDelta::seconds(n as i64)).into(),
+            ])
+            .to_owned();
+        connection.execute(&insert).await.unwrap();
+    }
+    connection.close().await.unwrap();
+    personal_clients::server::migrate(&database, &Default::default()).await.unwrap();
+
+    let store = Store::open(&database, OpenMode::MustExist).await.unwrap();
+    let timeline = KeyTimeline::new(store.key_times().await.unwrap());
+    assert_eq!(timeline.iter().count(), 2, "no key added: the oldest still signs");
+    let now = Utc::now();
+    let (oldest, other) = (timeline.get(kids[0]).unwrap(), timeline.get(kids[1]).unwrap());
+    assert_eq!(oldest.state(now), KeyState::Current);
+    assert_eq!(oldest.times.activates_at, oldest.times.created_at);
+    assert_eq!(other.state(now), KeyState::Retired);
+    assert!(!other.is_published(now, &KeySchedule::default()), "it signed nothing, and is not published");
 }
 
 // ---------------------------------------------------------------------------------------------
