@@ -41,8 +41,16 @@ impl Action {
 }
 
 /// A call of the API by an authenticated caller: `target` is the personal client's id, when
-/// known; `refusal` the reason it was refused (a gRPC code's name), `None` when it was done.
-pub fn call(action: Action, caller: &Principal, source: Option<IpAddr>, target: &str, refusal: Option<&str>) {
+/// known, and `client_id` its OAuth client id, when the answer gave it; `refusal` the reason it
+/// was refused (a gRPC code's name), `None` when it was done.
+pub fn call(
+    action: Action,
+    caller: &Principal,
+    source: Option<IpAddr>,
+    target: &str,
+    client_id: &str,
+    refusal: Option<&str>,
+) {
     let via_client = caller.client_id.as_ref().map(|id| id.as_str().to_owned()).unwrap_or_default();
     tracing::info!(
         target: "audit",
@@ -51,6 +59,7 @@ pub fn call(action: Action, caller: &Principal, source: Option<IpAddr>, target: 
         via_client = %via_client,
         source = %source.map(|ip| ip.to_string()).unwrap_or_default(),
         target = %target,
+        client_id,
         outcome = if refusal.is_some() { "refused" } else { "done" },
         reason = refusal.unwrap_or_default(),
         "{} {}",
@@ -75,8 +84,20 @@ pub fn exchange_refused(client_id: &str, source: Option<IpAddr>, reason: &str, l
     );
 }
 
-/// A change to the signing keys, by an operator's command (`actor` the command) or by the
-/// server's rotation schedule.
-pub fn key_change(action: Action, actor: &str, kid: &str) {
-    tracing::info!(target: "audit", action = action.as_str(), actor, target = kid, outcome = "done", "{} done", action.as_str());
+/// A change to the signing keys, by an operator's command (`actor` names it: `keys add`) or by
+/// the server (`server`, `rotation schedule`), with what it means (`detail`) or why it was
+/// refused (`refusal`).
+pub fn key_change(action: Action, actor: &str, kid: &str, detail: &str, refusal: Option<&str>) {
+    let outcome = if refusal.is_some() { "refused" } else { "done" };
+    tracing::info!(
+        target: "audit",
+        action = action.as_str(),
+        actor,
+        target = %quote(kid),
+        outcome,
+        detail,
+        reason = refusal.unwrap_or_default(),
+        "{} {outcome}",
+        action.as_str()
+    );
 }

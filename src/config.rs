@@ -9,7 +9,8 @@ use clap::{Args, CommandFactory, FromArgMatches, Parser};
 use ipnet::IpNet;
 
 use crate::{
-    domain::{MaxLifetime, Role},
+    Error,
+    domain::{KeySchedule, MaxLifetime, Role},
     rate::RateLimit,
 };
 
@@ -50,6 +51,12 @@ pub struct KeyArgs {
     /// at start. Every replica and `mint-token` then need it.
     #[arg(long, env = "PC_KEY_ENCRYPTION_KEY_FILE")]
     pub key_encryption_key_file: Option<PathBuf>,
+
+    /// How long a JWKS may be cached, how often replicas re-read the keys, the clock skew and
+    /// the longest token lifetime: fixed for the command line ([`KeySchedule::default`]);
+    /// shorter only for tests, which set it in code.
+    #[arg(skip)]
+    pub schedule: KeySchedule,
 }
 
 /// The rules for credentials and the tokens they obtain.
@@ -63,7 +70,7 @@ pub struct CredentialArgs {
     #[arg(long, env = "PC_MAX_LIFETIME", default_value = "365d")]
     pub max_lifetime: MaxLifetime,
 
-    /// Lifetime of the access tokens the token exchange issues.
+    /// Lifetime of the access tokens the token exchange issues, at most 24h.
     #[arg(long, env = "PC_TOKEN_TTL", default_value = "1h", value_parser = parse_positive_duration)]
     pub token_ttl: Duration,
 
@@ -191,6 +198,11 @@ pub struct ServingArgs {
     #[arg(long, env = "PC_HEALTH_INTERVAL", default_value = "2s", value_parser = parse_positive_duration)]
     pub health_interval: Duration,
 
+    /// Add a new token signing key this often (`30d`, ...), or `off`: it is published for 7m
+    /// before it signs, and the key it replaces stays published until its tokens have expired.
+    #[arg(long, env = "PC_KEY_ROTATION_INTERVAL", default_value = "off")]
+    pub key_rotation_interval: RotationInterval,
+
     /// How long in-flight calls may run on after SIGTERM/SIGINT before the server stops.
     #[arg(long, env = "PC_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
@@ -228,6 +240,59 @@ impl Config {
         let command = ConfigOnly::command().mut_args(|arg| arg.env(None::<&'static str>));
         let matches = command.try_get_matches_from(["personal-clients", "--database-url", database_url])?;
         ConfigOnly::from_arg_matches(&matches).map(|parsed| parsed.config)
+    }
+}
+
+impl Config {
+    /// The rules between flags and the key schedule: no token outlives the publication of the
+    /// key that signed it, and a rotation leaves each key time to be published before it signs.
+    pub fn check(&self) -> Result<(), Error> {
+        let schedule = &self.keys.schedule;
+        check_token_ttl("--token-ttl", self.credentials.token_ttl, schedule)?;
+        if let RotationInterval(Some(every)) = self.serving.key_rotation_interval
+            && every < schedule.activation_lead()
+        {
+            return Err(Error::config(
+                "--key-rotation-interval",
+                format!(
+                    "must be at least {} (or `off`): a new key is published that long before it signs",
+                    humantime::format_duration(schedule.activation_lead())
+                ),
+                None,
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A token lifetime (`flag`) within the longest the key schedule allows: a key stops being
+/// published that long after it stops signing, so a longer-lived token would outlive its key.
+pub fn check_token_ttl(flag: &'static str, ttl: Duration, schedule: &KeySchedule) -> Result<(), Error> {
+    if ttl > schedule.max_token_ttl {
+        return Err(Error::config(
+            flag,
+            format!(
+                "must be at most {}: a signing key stays published that long after it stops signing, and a token must not outlive its key",
+                humantime::format_duration(schedule.max_token_ttl)
+            ),
+            None,
+        ));
+    }
+    Ok(())
+}
+
+/// How often `serve` adds a new signing key: a duration, or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RotationInterval(pub Option<Duration>);
+
+impl FromStr for RotationInterval {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        if value.eq_ignore_ascii_case("off") {
+            return Ok(Self(None));
+        }
+        parse_positive_duration(value).map(|every| Self(Some(every))).map_err(|err| format!("{err}, or `off`"))
     }
 }
 

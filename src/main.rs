@@ -1,5 +1,5 @@
-//! The `personal-clients` binary: `serve` (the default), `migrate`, `mint-token` and `bench`,
-//! each with only the options it uses.
+//! The `personal-clients` binary: `serve` (the default), `migrate`, `mint-token`, `keys`,
+//! `client-assertion` and `bench`, each with only the options it uses.
 
 use std::{io::IsTerminal, net::SocketAddr, process::ExitCode, time::Duration};
 
@@ -8,10 +8,11 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use personal_clients::{
     Config, bench,
     config::{DatabaseArgs, IssuerArgs, KeyArgs, parse_listen, parse_local_user, parse_non_blank},
+    domain::KeySchedule,
     domain::{ClientSecret, Role, RoleSet},
     error::chain,
     exchange::assertion::ClientAssertion,
-    server,
+    key_commands, server,
 };
 use tracing_subscriber::EnvFilter;
 
@@ -43,6 +44,9 @@ enum Command {
     Migrate(MigrateArgs),
     /// Print a user access token signed with the service's current key, and nothing else.
     MintToken(MintTokenArgs),
+    /// List, add and retire the token signing keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
     /// Print a client assertion signed with a personal client's secret, for the token exchange.
     /// The secret comes from PC_CLIENT_SECRET or, without it, from standard input.
     ClientAssertion(ClientAssertionArgs),
@@ -56,6 +60,46 @@ struct MigrateArgs {
     database: DatabaseArgs,
     #[command(flatten)]
     keys: KeyArgs,
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Every stored key: its kid, state (next, current or retired), when it was created, starts
+    /// signing, stops signing, and leaves the JWKS.
+    List(KeysListArgs),
+    /// Add a key and print its kid. It is published at once and signs after --activate-in,
+    /// taking over from the current key.
+    Add(KeysAddArgs),
+    /// Retire a key. One that has not signed yet is retired at once. The current key hands over to
+    /// the next one as soon as that one may sign; without a next key it is refused. A retired key
+    /// stays in the JWKS until every token it signed has expired.
+    Retire(KeysRetireArgs),
+}
+
+#[derive(Args)]
+struct KeysListArgs {
+    #[command(flatten)]
+    database: DatabaseArgs,
+}
+
+#[derive(Args)]
+struct KeysAddArgs {
+    #[command(flatten)]
+    database: DatabaseArgs,
+    #[command(flatten)]
+    keys: KeyArgs,
+    /// When the key starts signing [default: 7m, as long as it takes every replica to publish it
+    /// and every cached JWKS to expire]. A shorter time is allowed, with a warning.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    activate_in: Option<Duration>,
+}
+
+#[derive(Args)]
+struct KeysRetireArgs {
+    #[command(flatten)]
+    database: DatabaseArgs,
+    /// The key's kid, as `keys list` shows it.
+    kid: String,
 }
 
 #[derive(Args)]
@@ -103,7 +147,7 @@ struct MintTokenArgs {
     /// Roles, comma-separated; `--roles ""` for none.
     #[arg(long, env = "PC_ROLES", value_delimiter = ',', value_parser = parse_role)]
     roles: Vec<Option<Role>>,
-    /// Token lifetime.
+    /// Token lifetime, at most 24h.
     #[arg(long, env = "PC_TTL", default_value = "1h", value_parser = humantime::parse_duration)]
     ttl: Duration,
 }
@@ -155,6 +199,24 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     .await?;
             println!("{token}");
             Ok(())
+        }
+        Command::Keys(KeysCommand::List(args)) => {
+            print!("{}", key_commands::list(&args.database.database_url, &KeySchedule::default()).await?);
+            Ok(())
+        }
+        Command::Keys(KeysCommand::Add(args)) => {
+            let added = key_commands::add(&args.database.database_url, &args.keys, args.activate_in).await?;
+            println!("{}", added.kid);
+            Ok(())
+        }
+        Command::Keys(KeysCommand::Retire(args)) => {
+            match key_commands::retire(&args.database.database_url, &KeySchedule::default(), &args.kid).await? {
+                Ok(done) => {
+                    println!("{done}");
+                    Ok(())
+                }
+                Err(why) => anyhow::bail!("{why}"),
+            }
         }
         Command::ClientAssertion(args) => {
             let secret = match std::env::var("PC_CLIENT_SECRET") {

@@ -11,7 +11,7 @@ use crate::{
     api::{self, ExtAuthzApi, IdentityHeaders, IntrospectionApi, PersonalClientApi, SearchApi, TokenApi},
     auth::{self, Authenticator, Gate, Introspection, KeyVault, SigningKeys, external::ExternalIssuers},
     clients::{ClientSettings, PersonalClients},
-    config::{Config, DatabaseUrl, IssuerArgs, KeyArgs, MeshArgs},
+    config::{Config, DatabaseUrl, IssuerArgs, KeyArgs, MeshArgs, check_token_ttl},
     connections::{self, ConnectionLimits, Connections},
     domain::RoleSet,
     exchange::{ExchangeSettings, TokenExchange},
@@ -74,7 +74,9 @@ pub async fn serve(
     listen: impl Into<Listen>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
-    // Files first: a mistake in them should stop the start before the database is touched.
+    // Flags and files first: a mistake in them should stop the start before the database is
+    // touched.
+    config.check()?;
     let tls = match (&config.serving.tls_cert, &config.serving.tls_key) {
         (Some(cert), Some(key)) => Some(tls::acceptor(cert, key)?),
         _ => None,
@@ -92,7 +94,7 @@ pub async fn serve(
     let store = Store::open_with_searches(database, OpenMode::CreateIfMissing, searches).await?;
     store.migrate().await?;
     SigningKeys::prepare(&store, &vault).await?;
-    let keys = SigningKeys::load(store.clone(), vault).await?;
+    let keys = SigningKeys::load(store.clone(), vault, config.keys.schedule).await?;
     let auth = Arc::new(Authenticator::new(keys, issuer.clone(), store.clone(), external));
     // The port opens once the database is ready: whoever finds it open (a readiness probe, a
     // script running `mint-token`) finds the schema and the keys there.
@@ -198,6 +200,10 @@ pub async fn serve(
             }
         }
     });
+    let key_upkeep = tokio::spawn({
+        let (auth, rotation) = (Arc::clone(&auth), config.serving.key_rotation_interval.0);
+        async move { auth.keys().keep_up(rotation).await }
+    });
     let draining = Arc::new(Notify::new());
     let signal = {
         let draining = Arc::clone(&draining);
@@ -252,6 +258,7 @@ pub async fn serve(
         }
     };
     maintenance.abort();
+    key_upkeep.abort();
     watcher.abort();
     exchange.maintain().await;
     served
@@ -301,7 +308,7 @@ fn identity_headers(mesh: &MeshArgs) -> IdentityHeaders {
 }
 
 /// The signing keys' protection at rest, read before the database is touched.
-fn key_vault(keys: &KeyArgs) -> Result<KeyVault, Error> {
+pub fn key_vault(keys: &KeyArgs) -> Result<KeyVault, Error> {
     keys.key_encryption_key_file.as_deref().map_or_else(|| Ok(KeyVault::unsealed()), KeyVault::from_file)
 }
 
@@ -312,6 +319,18 @@ pub async fn migrate(database: &DatabaseUrl, keys: &KeyArgs) -> Result<(), Error
     let store = Store::open(database, OpenMode::CreateIfMissing).await?;
     store.migrate().await?;
     SigningKeys::prepare(&store, &vault).await
+}
+
+/// The database of a server or `migrate`, for the commands that only use one: refused when it
+/// does not exist or its schema is not up to date.
+pub async fn open_set_up(database: &DatabaseUrl) -> Result<Store, Error> {
+    let store = Store::open(database, OpenMode::MustExist).await?;
+    if !store.is_migrated().await? {
+        return Err(Error::internal(format!(
+            "the database {database} is not set up: run `personal-clients migrate` (or start the server) with this --database-url first"
+        )));
+    }
+    Ok(store)
 }
 
 /// An access token for `user` with `roles`, signed with the service's current key: the
@@ -325,14 +344,10 @@ pub async fn mint_token(
     roles: &RoleSet,
     ttl: Duration,
 ) -> Result<String, Error> {
+    check_token_ttl("--ttl", ttl, &keys.schedule)?;
     let vault = key_vault(keys)?;
-    let store = Store::open(database, OpenMode::MustExist).await?;
-    if !store.is_migrated().await? {
-        return Err(Error::internal(format!(
-            "the database {database} is not set up: run `personal-clients migrate` (or start the server) with this --database-url first"
-        )));
-    }
-    let keys = SigningKeys::load(store.clone(), vault).await?;
+    let store = open_set_up(database).await?;
+    let keys = SigningKeys::load(store.clone(), vault, keys.schedule).await?;
     let auth = Authenticator::new(keys, issuer.issuer(), store, ExternalIssuers::default());
     Ok(auth.mint(user, roles, None, ttl).0)
 }

@@ -165,9 +165,17 @@ async fn read_form(headers: &HeaderMap, body: Body) -> Result<HashMap<String, St
     Ok(form)
 }
 
+/// The published keys, which relying parties may cache for the max-age: a key is published at
+/// least that long before it signs.
 async fn jwks(State(state): State<HttpState>) -> Response {
-    let mut response = json(StatusCode::OK, &state.auth.keys().jwks());
-    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=300"));
+    let keys = state.auth.keys();
+    let mut response = json(StatusCode::OK, &keys.jwks());
+    let cache = format!("public, max-age={}", keys.jwks_max_age().as_secs());
+    let headers = response.headers_mut();
+    headers.remove(header::PRAGMA);
+    if let Ok(value) = HeaderValue::try_from(cache) {
+        headers.insert(header::CACHE_CONTROL, value);
+    }
     response
 }
 

@@ -39,8 +39,9 @@ impl PersonalClientService for PersonalClientApi {
             }))
         }
         .await;
-        let created = answer.as_ref().ok().and_then(|r| r.get_ref().client.as_ref()).map(|c| c.id.clone());
-        audit(Action::CreateClient, &request, caller, &created.unwrap_or_default(), &answer);
+        let created = answer.as_ref().ok().and_then(|r| r.get_ref().client.as_ref());
+        let (id, client_id) = created.map(|c| (c.id.as_str(), c.client_id.as_str())).unwrap_or_default();
+        audit(Action::CreateClient, &request, caller, id, client_id, &answer);
         answer
     }
 
@@ -78,7 +79,8 @@ impl PersonalClientService for PersonalClientApi {
         }
         .await;
         let target = request.get_ref().client.as_ref().map(|c| quote(&c.id)).unwrap_or_default();
-        audit(Action::UpdateClient, &request, caller, &target, &answer);
+        let updated = answer.as_ref().ok().and_then(|r| r.get_ref().client.as_ref());
+        audit(Action::UpdateClient, &request, caller, &target, updated.map_or("", |c| c.client_id.as_str()), &answer);
         answer
     }
 
@@ -93,13 +95,20 @@ impl PersonalClientService for PersonalClientApi {
             Ok(Response::new(pb::PersonalClientServiceDeleteResponse {}))
         }
         .await;
-        audit(Action::DeleteClient, &request, caller, &quote(&request.get_ref().id), &answer);
+        audit(Action::DeleteClient, &request, caller, &quote(&request.get_ref().id), "", &answer);
         answer
     }
 }
 
 /// The audit event of a change the caller made or tried.
-fn audit<T, R>(action: Action, request: &Request<T>, caller: &Principal, target: &str, answer: &Result<R, Status>) {
+fn audit<T, R>(
+    action: Action,
+    request: &Request<T>,
+    caller: &Principal,
+    target: &str,
+    client_id: &str,
+    answer: &Result<R, Status>,
+) {
     let refusal = answer.as_ref().err().map(|status| code_name(status.code()));
-    audit::call(action, caller, request.remote_addr().map(|addr| addr.ip()), target, refusal.as_deref());
+    audit::call(action, caller, request.remote_addr().map(|addr| addr.ip()), target, client_id, refusal.as_deref());
 }

@@ -1,5 +1,8 @@
 //! The service's own signing keys. They live in the database so every replica signs and
-//! verifies with the same keys; the oldest key signs, every key verifies.
+//! verifies with the same keys. Which key signs and which keys are published follows from the
+//! keys' timestamps and the clock ([`KeyTimeline`]), so replicas agree without talking to each
+//! other: a key added for a rotation is published for the activation lead before it signs, and
+//! a key that stopped signing stays published until every token it signed has expired.
 
 use std::{
     collections::HashMap,
@@ -8,6 +11,7 @@ use std::{
 };
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use chrono::{DateTime, Utc};
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use rand_core::OsRng;
 use serde::Serialize;
@@ -17,16 +21,45 @@ use super::{
     jws::{self, Header},
     vault::KeyVault,
 };
-use crate::{Error, domain::StoredKey, store::Store};
+use crate::{
+    Error,
+    audit::{self, Action},
+    domain::{
+        KeyLife, KeyRingChange, KeySchedule, KeyState, KeyTimeline, KeyTimes, NewSigningKey, StoredKey, delta,
+        round_to_micros,
+    },
+    error::chain,
+    store::Store,
+};
 
 /// A key id unknown to this replica makes it re-read the keys at most this often.
-const RELOAD_INTERVAL: Duration = Duration::from_secs(5);
+const UNKNOWN_KID_RELOAD: Duration = Duration::from_secs(5);
 
 #[derive(Debug)]
+struct RingKey {
+    signing: SigningKey,
+    verifying: VerifyingKey,
+}
+
+/// The keys as this replica last read them.
+#[derive(Debug)]
 struct KeyRing {
-    signing_kid: String,
-    signing_key: SigningKey,
-    verifying: HashMap<String, VerifyingKey>,
+    timeline: KeyTimeline,
+    keys: HashMap<String, RingKey>,
+    /// Signs when no key does by the timeline, which only keys changed by hand can cause (the
+    /// commands and the rotation always leave one): the key activated last when the ring was
+    /// read.
+    fallback: (String, SigningKey),
+}
+
+impl KeyRing {
+    /// The kid and key that sign at `now`.
+    fn signing(&self, now: DateTime<Utc>) -> (&str, &SigningKey) {
+        match self.timeline.signing_at(now).and_then(|life| self.keys.get_key_value(life.kid())) {
+            Some((kid, key)) => (kid, &key.signing),
+            None => (&self.fallback.0, &self.fallback.1),
+        }
+    }
 }
 
 /// Signs and verifies the service's tokens.
@@ -34,23 +67,50 @@ struct KeyRing {
 pub struct SigningKeys {
     store: Store,
     vault: KeyVault,
+    schedule: KeySchedule,
     ring: RwLock<KeyRing>,
-    last_reload: tokio::sync::Mutex<Option<Instant>>,
+    last_unknown_reload: tokio::sync::Mutex<Option<Instant>>,
 }
 
 impl SigningKeys {
-    /// Creates the first key if the database has none (at `serve` and `migrate`), and seals any
-    /// stored in the clear when `vault` has a sealing key.
+    /// Makes sure a key can sign now, creating one that signs at once if none can (the first
+    /// key, at `serve` and `migrate`), and seals any stored in the clear when `vault` has a
+    /// sealing key.
     pub async fn prepare(store: &Store, vault: &KeyVault) -> Result<(), Error> {
         let created = store
-            .ensure_signing_key(|| {
-                let kid = Uuid::now_v7().to_string();
-                let material = vault.seal(&kid, &SigningKey::generate(&mut OsRng))?;
-                Ok(StoredKey { kid, material })
+            .change_key_ring(|keys| {
+                let now = round_to_micros(Utc::now());
+                let timeline = KeyTimeline::new(keys);
+                if timeline.signing_at(now).is_some() {
+                    return Ok((KeyRingChange::default(), None));
+                }
+                let stored = new_key(vault)?;
+                let made = (stored.kid.clone(), timeline.is_empty());
+                let add = NewSigningKey { stored, created_at: now, activates_at: now };
+                Ok((KeyRingChange { add: Some(add), ..KeyRingChange::default() }, Some(made)))
             })
             .await?;
-        if created {
-            tracing::info!("created the first token signing key");
+        match created {
+            Some((kid, true)) => {
+                audit::key_change(
+                    Action::AddSigningKey,
+                    "server",
+                    &kid,
+                    "created the first token signing key, which signs at once",
+                    None,
+                );
+            }
+            Some((kid, false)) => {
+                tracing::warn!(%kid, "no stored key could sign tokens; created one that signs at once");
+                audit::key_change(
+                    Action::AddSigningKey,
+                    "server",
+                    &kid,
+                    "no stored key could sign; signing at once",
+                    None,
+                );
+            }
+            None => {}
         }
         let sealed = store
             .restore_signing_keys(|stored| {
@@ -67,70 +127,96 @@ impl SigningKeys {
     }
 
     /// Loads the keys the database holds.
-    pub async fn load(store: Store, vault: KeyVault) -> Result<Self, Error> {
+    pub async fn load(store: Store, vault: KeyVault, schedule: KeySchedule) -> Result<Self, Error> {
         let ring = Self::read_ring(&store, &vault).await?;
-        Ok(Self { store, vault, ring: RwLock::new(ring), last_reload: tokio::sync::Mutex::new(None) })
+        Ok(Self { store, vault, schedule, ring: RwLock::new(ring), last_unknown_reload: tokio::sync::Mutex::new(None) })
     }
 
     async fn read_ring(store: &Store, vault: &KeyVault) -> Result<KeyRing, Error> {
-        let stored = store.signing_keys().await?;
-        let mut keys = Vec::with_capacity(stored.len());
-        for key in &stored {
-            keys.push((key.kid.clone(), vault.open(key)?));
-        }
-        let verifying = keys.iter().map(|(kid, key)| (kid.clone(), key.verifying_key())).collect();
-        // The oldest key signs.
-        let (signing_kid, signing_key) = keys.into_iter().next().ok_or_else(|| {
-            Error::internal(
+        let stored = store.key_ring().await?;
+        if stored.is_empty() {
+            return Err(Error::internal(
                 "the database holds no token signing key: run `personal-clients migrate` or start the server first",
-            )
-        })?;
-        Ok(KeyRing { signing_kid, signing_key, verifying })
+            ));
+        }
+        let mut keys = HashMap::with_capacity(stored.len());
+        let mut times = Vec::with_capacity(stored.len());
+        for (schedule, key) in stored {
+            let signing = vault.open(&key)?;
+            keys.insert(key.kid, RingKey { verifying: signing.verifying_key(), signing });
+            times.push(schedule);
+        }
+        let timeline = KeyTimeline::new(times);
+        let now = Utc::now();
+        let fallback = timeline
+            .iter()
+            .filter(|key| key.times.activates_at <= now)
+            .last()
+            .or_else(|| timeline.iter().next())
+            .and_then(|key| keys.get_key_value(key.kid()))
+            .map(|(kid, key)| (kid.clone(), key.signing.clone()))
+            .ok_or_else(|| Error::internal("the signing keys read do not match their schedules"))?;
+        Ok(KeyRing { timeline, keys, fallback })
     }
 
-    /// Signs `claims` with the current key, its kid in the header.
+    /// Re-reads the keys from the database.
+    pub async fn reload(&self) -> Result<(), Error> {
+        let ring = Self::read_ring(&self.store, &self.vault).await?;
+        *self.ring.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = ring;
+        Ok(())
+    }
+
+    /// Signs `claims` with the key that signs now, its kid in the header.
     pub fn sign<C: Serialize>(&self, claims: &C) -> String {
         let ring = self.ring.read().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let header = Header {
-            alg: "EdDSA".into(),
-            typ: Some("JWT".into()),
-            kid: Some(ring.signing_kid.clone()),
-            ..Header::default()
-        };
-        jws::sign(&header, claims, &ring.signing_key)
+        let (kid, key) = ring.signing(Utc::now());
+        let header =
+            Header { alg: "EdDSA".into(), typ: Some("JWT".into()), kid: Some(kid.to_owned()), ..Header::default() };
+        jws::sign(&header, claims, key)
     }
 
-    /// The public key for `kid`, re-reading the database (rate-limited) when it is unknown here.
+    /// The kid of the key that signs now.
+    pub fn signing_kid(&self) -> String {
+        let ring = self.ring.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        ring.signing(Utc::now()).0.to_owned()
+    }
+
+    /// The public key for `kid` while it is published, re-reading the database (rate-limited)
+    /// when it is unknown here.
     pub async fn verifying_key(&self, kid: &str) -> Result<Option<VerifyingKey>, Error> {
-        if let Some(key) = self.cached(kid) {
+        if let Some(key) = self.published(kid) {
             return Ok(Some(key));
         }
         // Callers that arrive during a reload wait for it and see its result.
-        let mut last = self.last_reload.lock().await;
-        if let Some(key) = self.cached(kid) {
+        let mut last = self.last_unknown_reload.lock().await;
+        if let Some(key) = self.published(kid) {
             return Ok(Some(key));
         }
-        if last.is_some_and(|at| at.elapsed() < RELOAD_INTERVAL) {
+        if last.is_some_and(|at| at.elapsed() < UNKNOWN_KID_RELOAD) {
             return Ok(None);
         }
         *last = Some(Instant::now());
-        let ring = Self::read_ring(&self.store, &self.vault).await?;
-        *self.ring.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = ring;
-        Ok(self.cached(kid))
+        self.reload().await?;
+        Ok(self.published(kid))
     }
 
-    /// The public keys as a JWK Set (RFC 7517), for `/.well-known/jwks.json`.
+    /// The published public keys as a JWK Set (RFC 7517), for `/.well-known/jwks.json`: the
+    /// keys that will sign, the one that signs, and those that stopped signing while tokens
+    /// they signed may still be alive.
     pub fn jwks(&self) -> serde_json::Value {
         let ring = self.ring.read().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let mut kids: Vec<&String> = ring.verifying.keys().collect();
-        kids.sort();
+        let now = Utc::now();
+        let mut kids: Vec<&str> =
+            ring.timeline.iter().filter(|key| key.is_published(now, &self.schedule)).map(KeyLife::kid).collect();
+        kids.sort_unstable();
         let keys: Vec<serde_json::Value> = kids
             .into_iter()
-            .map(|kid| {
+            .filter_map(|kid| ring.keys.get(kid).map(|key| (kid, key)))
+            .map(|(kid, key)| {
                 serde_json::json!({
                     "kty": "OKP",
                     "crv": "Ed25519",
-                    "x": URL_SAFE_NO_PAD.encode(ring.verifying[kid].as_bytes()),
+                    "x": URL_SAFE_NO_PAD.encode(key.verifying.as_bytes()),
                     "kid": kid,
                     "use": "sig",
                     "alg": "EdDSA",
@@ -140,7 +226,289 @@ impl SigningKeys {
         serde_json::json!({ "keys": keys })
     }
 
-    fn cached(&self, kid: &str) -> Option<VerifyingKey> {
-        self.ring.read().unwrap_or_else(|poisoned| poisoned.into_inner()).verifying.get(kid).copied()
+    /// How long a relying party may keep a copy of the JWKS: a key is published at least this
+    /// long (with the reload and skew margins) before it signs.
+    pub fn jwks_max_age(&self) -> Duration {
+        self.schedule.jwks_max_age
+    }
+
+    fn published(&self, kid: &str) -> Option<VerifyingKey> {
+        let ring = self.ring.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        ring.timeline.get(kid).filter(|key| key.is_published(Utc::now(), &self.schedule))?;
+        ring.keys.get(kid).map(|key| key.verifying)
+    }
+
+    /// Every replica's key upkeep, for as long as it serves: re-reads the keys every
+    /// `reload_interval` (so it publishes a new key well before it signs, and sees keys retired
+    /// by hand), adds the next key when `rotation` says one is due, and removes keys past their
+    /// publication. Replicas take turns at the changes, so a rotation adds one key.
+    pub async fn keep_up(&self, rotation: Option<Duration>) {
+        let mut ticks = tokio::time::interval(self.schedule.reload_interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut signing = self.signing_kid();
+        tracing::info!(kid = %signing, "signing tokens");
+        loop {
+            ticks.tick().await;
+            if let Err(err) = self.maintain(rotation).await {
+                tracing::warn!(error = %chain(&err), "cannot re-read or change the token signing keys; keeping those read before");
+            }
+            let now_signing = self.signing_kid();
+            if now_signing != signing {
+                tracing::info!(kid = %now_signing, previous = %signing, "signing tokens with the next key");
+                signing = now_signing;
+            }
+        }
+    }
+
+    /// One round of [`Self::keep_up`]: re-reads the keys, then adds the next key if `rotation`
+    /// says one is due and removes keys past their publication, deciding again under the
+    /// database's write lock.
+    pub async fn maintain(&self, rotation: Option<Duration>) -> Result<(), Error> {
+        self.reload().await?;
+        let due = {
+            let ring = self.ring.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let (add, remove) = due_upkeep(&ring.timeline, Utc::now(), rotation, &self.schedule);
+            add.is_some() || !remove.is_empty()
+        };
+        if !due {
+            return Ok(());
+        }
+        let (added, removed) = self
+            .store
+            .change_key_ring(|keys| {
+                // Decided again on the keys as they are now: another replica may have done it.
+                let now = round_to_micros(Utc::now());
+                let (add, remove) = due_upkeep(&KeyTimeline::new(keys), now, rotation, &self.schedule);
+                let add = match add {
+                    Some(activates_at) => {
+                        Some(NewSigningKey { stored: new_key(&self.vault)?, created_at: now, activates_at })
+                    }
+                    None => None,
+                };
+                let added = add.as_ref().map(|new| (new.stored.kid.clone(), new.activates_at));
+                let change = KeyRingChange { add, remove: remove.clone(), ..KeyRingChange::default() };
+                Ok((change, (added, remove)))
+            })
+            .await?;
+        if let Some((kid, activates_at)) = &added {
+            let detail = format!("the next key, signing from {activates_at}");
+            audit::key_change(Action::AddSigningKey, "rotation schedule", kid, &detail, None);
+        }
+        for kid in &removed {
+            let detail = "retired, and every token it signed has expired";
+            audit::key_change(Action::RemoveSigningKey, "rotation schedule", kid, detail, None);
+        }
+        if added.is_some() || !removed.is_empty() {
+            self.reload().await?;
+        }
+        Ok(())
+    }
+
+    /// `keys list`: every stored key with its state at `now`.
+    pub async fn list(store: &Store, schedule: &KeySchedule) -> Result<Vec<KeyListing>, Error> {
+        let timeline = KeyTimeline::new(store.key_times().await?);
+        let now = Utc::now();
+        Ok(timeline
+            .iter()
+            .map(|key| KeyListing {
+                times: key.times.clone(),
+                state: key.state(now),
+                signs_until: key.signs_until,
+                published_until: key.published_until(schedule),
+            })
+            .collect())
+    }
+
+    /// `keys add`: stores a new key that signs `activate_in` from now. The vault must open the
+    /// stored keys, and seals the new one as they are sealed, so every replica can read it.
+    pub async fn add(store: &Store, vault: &KeyVault, activate_in: Duration) -> Result<KeyTimes, Error> {
+        let ring = store.key_ring().await?;
+        for (_, stored) in &ring {
+            vault.open(stored)?;
+        }
+        if let Some((_, clear)) = ring.iter().find(|(_, stored)| vault.should_seal(stored)) {
+            return Err(Error::config(
+                "--key-encryption-key-file",
+                format!(
+                    "signing key {} is stored in the clear, so the servers run without a key-encryption key and could not open a sealed key: start them with it first (they seal the stored keys), or add the key without it",
+                    clear.kid
+                ),
+                None,
+            ));
+        }
+        store
+            .change_key_ring(|_| {
+                let now = round_to_micros(Utc::now());
+                let stored = new_key(vault)?;
+                let times = KeyTimes {
+                    kid: stored.kid.clone(),
+                    created_at: now,
+                    activates_at: round_to_micros(now + delta(activate_in)),
+                    retired_at: None,
+                };
+                let add = NewSigningKey { stored, created_at: now, activates_at: times.activates_at };
+                Ok((KeyRingChange { add: Some(add), ..KeyRingChange::default() }, times))
+            })
+            .await
+    }
+
+    /// `keys retire KID`. A key that will sign is retired at once. The key that signs hands over
+    /// to the next key as soon as that key has been published for the activation lead; without a
+    /// next key it is refused, since no key would sign. Nothing that would leave a moment without
+    /// a signing key is done.
+    pub async fn retire(store: &Store, schedule: &KeySchedule, kid: &str) -> Result<Retirement, Error> {
+        store
+            .change_key_ring(|keys| {
+                let now = round_to_micros(Utc::now());
+                let timeline = KeyTimeline::new(keys);
+                let Some(key) = timeline.get(kid) else {
+                    return Ok((KeyRingChange::default(), Retirement::Refused(format!("there is no signing key {kid}"))));
+                };
+                let mut change = KeyRingChange::default();
+                match key.state(now) {
+                    KeyState::Retired => {
+                        let since = key.signs_until.unwrap_or(now);
+                        return Ok((change, Retirement::Already { since, published_until: key.published_until(schedule) }));
+                    }
+                    KeyState::Next => change.retire.push((kid.to_owned(), now)),
+                    KeyState::Current => {
+                        let Some(next) = timeline.next(now).next() else {
+                            return Ok((
+                                change,
+                                Retirement::Refused(format!(
+                                    "{kid} is the key that signs tokens, and no key is waiting to take over: add one with `personal-clients keys add`, then retire {kid}; it hands over once the new key has been published for {}",
+                                    humantime::format_duration(schedule.activation_lead())
+                                )),
+                            ));
+                        };
+                        // Not before the next key has been published for the lead.
+                        let ready = next.times.created_at + delta(schedule.activation_lead());
+                        let at = next.times.activates_at.min(ready.max(now));
+                        if at < next.times.activates_at {
+                            change.activate.push((next.kid().to_owned(), at));
+                        }
+                        change.retire.push((kid.to_owned(), at));
+                    }
+                }
+                let changed = KeyTimeline::new(apply(timeline.iter().map(|key| key.times.clone()).collect(), &change));
+                if let Some(gap) = changed.first_gap(now) {
+                    return Ok((
+                        KeyRingChange::default(),
+                        Retirement::Refused(format!(
+                            "retiring {kid} would leave no key to sign tokens from {}",
+                            gap.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                        )),
+                    ));
+                }
+                let retired = changed.get(kid).map(|key| (key.signs_until.unwrap_or(now), key.published_until(schedule)));
+                let successor = changed.signing_at(retired.map_or(now, |(at, _)| at)).map(|key| key.kid().to_owned());
+                let (at, published_until) = retired.unwrap_or((now, None));
+                Ok((change, Retirement::Retired { at, successor, published_until }))
+            })
+            .await
+    }
+}
+
+/// What `keys retire` did, or why it did nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Retirement {
+    /// It stops signing at `at` (now, or when `successor` takes over) and leaves the JWKS at
+    /// `published_until`.
+    Retired { at: DateTime<Utc>, successor: Option<String>, published_until: Option<DateTime<Utc>> },
+    /// It stopped signing at `since` already.
+    Already { since: DateTime<Utc>, published_until: Option<DateTime<Utc>> },
+    /// Nothing was changed, for this reason.
+    Refused(String),
+}
+
+/// A stored key as `keys list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyListing {
+    pub times: KeyTimes,
+    pub state: KeyState,
+    /// When it stops (or stopped) signing, if that is known.
+    pub signs_until: Option<DateTime<Utc>>,
+    pub published_until: Option<DateTime<Utc>>,
+}
+
+/// The upkeep due at `now`: when a new key should activate, if one is to be added, and the keys
+/// to remove.
+fn due_upkeep(
+    timeline: &KeyTimeline,
+    now: DateTime<Utc>,
+    rotation: Option<Duration>,
+    schedule: &KeySchedule,
+) -> (Option<DateTime<Utc>>, Vec<String>) {
+    let remove = timeline
+        .iter()
+        .filter(|key| key.published_until(schedule).is_some_and(|until| until <= now))
+        .map(|key| key.kid().to_owned())
+        .collect();
+    let add = rotation.and_then(|every| next_rotation(timeline, now, every, schedule.activation_lead()));
+    (add, remove)
+}
+
+/// When the key rotating out the current one should activate, if it is time to add it: its turn
+/// comes `every` after the current key's activation, and it is added a lead ahead of that (or
+/// now, activating a lead from now, if that is later). Nothing while a next key waits.
+fn next_rotation(timeline: &KeyTimeline, now: DateTime<Utc>, every: Duration, lead: Duration) -> Option<DateTime<Utc>> {
+    if timeline.next(now).next().is_some() {
+        return None;
+    }
+    let current = timeline.signing_at(now)?;
+    let turn = current.times.activates_at + delta(every);
+    let earliest = now + delta(lead);
+    (earliest >= turn).then_some(turn.max(earliest))
+}
+
+/// `keys` with `change` applied, as they would be stored.
+fn apply(mut keys: Vec<KeyTimes>, change: &KeyRingChange) -> Vec<KeyTimes> {
+    for key in &mut keys {
+        if let Some((_, at)) = change.activate.iter().find(|(kid, _)| *kid == key.kid) {
+            key.activates_at = *at;
+        }
+        if let Some((_, at)) = change.retire.iter().find(|(kid, _)| *kid == key.kid) {
+            key.retired_at = Some(*at);
+        }
+    }
+    keys
+}
+
+fn new_key(vault: &KeyVault) -> Result<StoredKey, Error> {
+    let kid = Uuid::now_v7().to_string();
+    let material = vault.seal(&kid, &SigningKey::generate(&mut OsRng))?;
+    Ok(StoredKey { kid, material })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(seconds: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000 + seconds, 0).unwrap()
+    }
+
+    fn key(kid: &str, activates: i64) -> KeyTimes {
+        KeyTimes { kid: kid.into(), created_at: at(activates), activates_at: at(activates), retired_at: None }
+    }
+
+    #[test]
+    fn a_rotation_adds_a_key_a_lead_before_its_turn_and_only_one() {
+        let (every, lead) = (Duration::from_secs(1000), Duration::from_secs(100));
+        let timeline = KeyTimeline::new(vec![key("a", 0)]);
+        assert_eq!(next_rotation(&timeline, at(899), every, lead), None, "not yet");
+        assert_eq!(next_rotation(&timeline, at(900), every, lead), Some(at(1000)));
+        assert_eq!(next_rotation(&timeline, at(5000), every, lead), Some(at(5100)), "late: a full lead still");
+        let with_next = KeyTimeline::new(vec![key("a", 0), key("b", 1000)]);
+        assert_eq!(next_rotation(&with_next, at(950), every, lead), None, "a next key waits already");
+    }
+
+    #[test]
+    fn keys_past_their_publication_are_removed() {
+        let schedule = KeySchedule::default();
+        let timeline = KeyTimeline::new(vec![key("a", 0), key("b", 100)]);
+        let gone = at(100) + delta(schedule.publish_window());
+        assert!(due_upkeep(&timeline, gone - chrono::TimeDelta::seconds(1), None, &schedule).1.is_empty());
+        assert_eq!(due_upkeep(&timeline, gone, None, &schedule).1, vec!["a".to_owned()]);
     }
 }

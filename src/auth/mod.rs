@@ -17,7 +17,7 @@ use uuid::Uuid;
 
 pub use cache::VerifiedClaims;
 pub use introspection::{Introspection, live};
-pub use keys::SigningKeys;
+pub use keys::{KeyListing, Retirement, SigningKeys};
 pub use vault::KeyVault;
 
 use crate::{

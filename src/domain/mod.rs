@@ -5,6 +5,7 @@ mod cidr;
 mod client_id;
 mod display_name;
 mod expiry;
+mod key_ring;
 mod page;
 mod personal_client;
 mod principal;
@@ -20,6 +21,9 @@ pub use client_id::ClientId;
 pub use display_name::DisplayName;
 pub use expiry::MaxLifetime;
 pub(crate) use expiry::round_to_micros;
+pub use key_ring::{
+    KeyLife, KeyRingChange, KeySchedule, KeyState, KeyTimeline, KeyTimes, MAX_TOKEN_TTL, NewSigningKey, delta,
+};
 pub use page::{Page, PageRequest, PageSize, PageToken};
 pub use personal_client::{ClientChanges, NewPersonalClient, Owner, PersonalClient};
 pub use principal::Principal;

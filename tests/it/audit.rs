@@ -50,11 +50,19 @@ async fn changes_and_refused_exchanges_are_audit_events_without_secrets(db: Test
 
     let (status, log) = server.terminate();
     assert!(status.success(), "{log}");
-    let events: Vec<Value> = log
+    let audit: Vec<Value> = log
         .lines()
         .filter_map(|line| serde_json::from_str::<Value>(line).ok())
         .filter(|entry| entry["target"] == "audit")
         .collect();
+    // The server made the database's first signing key as it started.
+    let (keys, events): (Vec<Value>, Vec<Value>) =
+        audit.into_iter().partition(|event| event["fields"]["action"] == "signing_key.add");
+    assert_eq!(keys.len(), 1, "{log}");
+    assert_eq!(
+        (keys[0]["fields"]["actor"].as_str(), keys[0]["fields"]["outcome"].as_str()),
+        (Some("server"), Some("done"))
+    );
     let summary: Vec<(String, String, String, String)> = events
         .iter()
         .map(|event| {
@@ -80,6 +88,7 @@ async fn changes_and_refused_exchanges_are_audit_events_without_secrets(db: Test
     }
     let changes = events.iter().filter(|event| event["fields"]["action"] != "token.exchange");
     assert!(changes.into_iter().all(|event| event["fields"]["actor"] == "\"alice\""), "who: {log}");
+    assert_eq!(events[0]["fields"]["client_id"], client.client_id, "the OAuth client id of what was created");
     let exchange = &events[3]["fields"];
     assert_eq!(exchange["actor"], format!("\"{}\"", client.client_id), "the client that tried");
 

@@ -51,6 +51,15 @@ async fn each_command_takes_only_its_own_options() {
         assert!(serve.contains(option), "serve takes {option}");
     }
     assert!(!serve.contains("--user") && !serve.contains("--ttl <"), "serve takes no mint-token options: {serve}");
+    let keys = help("keys");
+    for command in ["list", "add", "retire"] {
+        assert!(keys.contains(command), "keys {command}: {keys}");
+    }
+    let add = String::from_utf8(run(dir.path(), &["keys", "add", "--help"]).stdout).unwrap();
+    for option in ["--database-url", "--key-encryption-key-file", "--activate-in"] {
+        assert!(add.contains(option), "keys add takes {option}: {add}");
+    }
+    assert!(serve.contains("--key-rotation-interval"), "serve rotates keys: {serve}");
     let refused = run(dir.path(), &["mint-token", "--user", "alice", "--listen", "0.0.0.0:1"]);
     assert_eq!(refused.status.code(), Some(2), "an option of another command is a usage error");
 }
@@ -75,6 +84,11 @@ async fn configuration_mistakes_are_usage_errors_naming_the_flag() {
         (&["serve", "--max-connections", "0"][..], "--max-connections"),
         (&["serve", "--idle-timeout", "0s"][..], "--idle-timeout"),
         (&["serve", "--max-header-bytes", "10"][..], "--max-header-bytes"),
+        (&["serve", "--token-ttl", "25h"][..], "--token-ttl"),
+        (&["mint-token", "--user", "alice", "--ttl", "2d"][..], "--ttl"),
+        (&["serve", "--key-rotation-interval", "5m"][..], "--key-rotation-interval"),
+        (&["serve", "--key-rotation-interval", "sometimes"][..], "--key-rotation-interval"),
+        (&["keys", "add", "--activate-in", "soon"][..], "--activate-in"),
     ] {
         let output = run(dir.path(), args);
         assert_eq!(output.status.code(), Some(2), "{args:?}: {}", stderr(&output));

@@ -14,6 +14,7 @@ mod cli;
 mod external_issuer;
 mod hostile_traffic;
 mod json_api;
+mod key_rotation;
 mod lifecycle;
 mod mesh;
 mod operations;
@@ -44,6 +45,7 @@ fn main() -> ExitCode {
         external_issuer::tests(),
         hostile_traffic::tests(),
         json_api::tests(),
+        key_rotation::tests(),
         lifecycle::tests(),
         mesh::tests(),
         operations::tests(),

@@ -105,7 +105,7 @@ async fn metrics_labels_only_methods_served_here(db: TestDb) {
 
 async fn health_reports_serving_for_every_service(db: TestDb) {
     let server = TestServer::start(db.config()).await;
-    assert_eq!(statuses(&server).await, [ServingStatus::Serving; 4]);
+    assert_eq!(statuses(&server).await, [ServingStatus::Serving; 6]);
     let unknown =
         HealthClient::new(channel(&server).await).check(HealthCheckRequest { service: "no.such.Service".into() }).await;
     assert_eq!(unknown.unwrap_err().code(), tonic::Code::NotFound);
@@ -134,11 +134,11 @@ async fn health_follows_the_database_away_and_back(db: TestDb) {
     let mut config = Config::defaults(&db.url_via(proxy.addr)).unwrap();
     config.serving.health_interval = Duration::from_millis(200);
     let server = TestServer::start(config).await;
-    assert_eq!(statuses(&server).await, [ServingStatus::Serving; 4]);
+    assert_eq!(statuses(&server).await, [ServingStatus::Serving; 6]);
 
     proxy.cut();
     let cut_at = Instant::now();
-    while statuses(&server).await != [ServingStatus::NotServing; 4] {
+    while statuses(&server).await != [ServingStatus::NotServing; 6] {
         assert!(cut_at.elapsed() < Duration::from_secs(10), "NOT_SERVING within a few seconds");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -146,7 +146,7 @@ async fn health_follows_the_database_away_and_back(db: TestDb) {
 
     proxy.restore();
     let restored_at = Instant::now();
-    while statuses(&server).await != [ServingStatus::Serving; 4] {
+    while statuses(&server).await != [ServingStatus::Serving; 6] {
         assert!(restored_at.elapsed() < Duration::from_secs(15), "SERVING again without a restart");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -8,9 +8,13 @@ pub struct Model {
     /// The `kid` published in the JWKS and put in token headers (a UUID v7 string).
     #[sea_orm(primary_key, auto_increment = false)]
     pub kid: String,
-    /// Raw 32-byte Ed25519 private key.
+    /// The Ed25519 private key: raw (32 bytes) or sealed by `auth::vault`.
     pub private_key: Vec<u8>,
     pub created_at: DateTimeUtc,
+    /// When it starts signing.
+    pub activates_at: DateTimeUtc,
+    /// When it was retired by hand; it also stops signing when a later key takes over.
+    pub retired_at: Option<DateTimeUtc>,
 }
 
 impl std::fmt::Debug for Model {

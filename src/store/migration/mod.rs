@@ -10,6 +10,7 @@ mod m20261128_000002_assertion_replays;
 mod m20261128_000003_json_columns;
 mod m20261128_000004_folded_display_names;
 mod m20261128_000005_search_indexes;
+mod m20261128_000006_signing_key_schedule;
 
 #[derive(Debug)]
 pub struct Migrator;
@@ -23,6 +24,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261128_000003_json_columns::Migration),
             Box::new(m20261128_000004_folded_display_names::Migration),
             Box::new(m20261128_000005_search_indexes::Migration),
+            Box::new(m20261128_000006_signing_key_schedule::Migration),
         ]
     }
 }
