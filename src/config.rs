@@ -261,6 +261,15 @@ impl Config {
                 None,
             ));
         }
+        let mesh = &self.mesh;
+        let names = [&mesh.identity_user_header, &mesh.identity_client_header, &mesh.identity_roles_header];
+        if names[0] == names[1] || names[0] == names[2] || names[1] == names[2] {
+            return Err(Error::config(
+                "--identity-user-header",
+                "--identity-user-header, --identity-client-header and --identity-roles-header must name three different headers",
+                None,
+            ));
+        }
         Ok(())
     }
 }

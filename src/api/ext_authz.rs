@@ -85,14 +85,23 @@ impl Authorization for ExtAuthzApi {
     }
 }
 
-/// The request's `authorization` header: from the header map Envoy sends by default, or from
-/// the raw header list it sends when told to encode raw headers.
+/// The request's `authorization` header: from the header map Envoy sends by default (several
+/// copies joined by commas, which no token survives), or from the raw header list it sends when
+/// told to encode raw headers, where several copies are joined the same way: a service behind
+/// may read another copy than the one checked here.
 fn authorization(http: &HttpRequest) -> Option<String> {
     if let Some(value) = http.headers.get("authorization") {
         return Some(value.clone());
     }
-    let raw = http.header_map.as_ref()?.headers.iter().find(|h| h.key.eq_ignore_ascii_case("authorization"))?;
-    if raw.value.is_empty() { String::from_utf8(raw.raw_value.clone()).ok() } else { Some(raw.value.clone()) }
+    let copies: Vec<String> = http
+        .header_map
+        .as_ref()?
+        .headers
+        .iter()
+        .filter(|h| h.key.eq_ignore_ascii_case("authorization"))
+        .map(|h| if h.value.is_empty() { String::from_utf8_lossy(&h.raw_value).into_owned() } else { h.value.clone() })
+        .collect();
+    (!copies.is_empty()).then(|| copies.join(","))
 }
 
 #[derive(Debug, Clone, Copy)]

@@ -115,11 +115,18 @@ async fn introspect(State(state): State<HttpState>, request: Request) -> Respons
     let caller = match state.auth.authenticate(authorization).await {
         Ok(caller) => caller,
         Err(err) => {
-            let presented = authorization.is_some();
             let mut response = oauth_error(OAuthError::from(err));
             if response.status() == StatusCode::UNAUTHORIZED {
-                *response.body_mut() = Body::from(r#"{"error":"invalid_token"}"#);
-                let challenge = if presented { r#"Bearer error="invalid_token""# } else { "Bearer" };
+                // RFC 6750 §3.1: no error code for a request without credentials.
+                let scheme = authorization.and_then(|value| value.split_whitespace().next()).unwrap_or_default();
+                let (body, challenge) = match authorization {
+                    None => (r#"{"error":"unauthorized"}"#, "Bearer"),
+                    Some(_) if !scheme.eq_ignore_ascii_case("bearer") => {
+                        (r#"{"error":"invalid_request"}"#, r#"Bearer error="invalid_request""#)
+                    }
+                    Some(_) => (r#"{"error":"invalid_token"}"#, r#"Bearer error="invalid_token""#),
+                };
+                *response.body_mut() = Body::from(body);
                 response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
             }
             return response;
@@ -137,10 +144,13 @@ async fn introspect(State(state): State<HttpState>, request: Request) -> Respons
             let answer = super::introspection::response(live.as_deref(), state.introspection.issuer());
             json(StatusCode::OK, &super::introspection::response_json(&answer))
         }
-        Err(Error::PermissionDenied(message)) => json(
-            StatusCode::FORBIDDEN,
-            &serde_json::json!({ "error": "insufficient_scope", "error_description": message }),
-        ),
+        Err(Error::PermissionDenied(message)) => {
+            let body = serde_json::json!({ "error": "insufficient_scope", "error_description": message });
+            let mut response = json(StatusCode::FORBIDDEN, &body);
+            let challenge = HeaderValue::from_static(r#"Bearer error="insufficient_scope""#);
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, challenge);
+            response
+        }
         Err(err) => oauth_error(OAuthError::from(err)),
     }
 }
@@ -170,7 +180,9 @@ async fn read_form(headers: &HeaderMap, body: Body) -> Result<HashMap<String, St
 async fn jwks(State(state): State<HttpState>) -> Response {
     let keys = state.auth.keys();
     let mut response = json(StatusCode::OK, &keys.jwks());
-    let cache = format!("public, max-age={}", keys.jwks_max_age().as_secs());
+    let max_age = keys.jwks_max_age();
+    let cache =
+        if max_age.is_zero() { "no-store".to_owned() } else { format!("public, max-age={}", max_age.as_secs()) };
     let headers = response.headers_mut();
     headers.remove(header::PRAGMA);
     if let Ok(value) = HeaderValue::try_from(cache) {

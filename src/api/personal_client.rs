@@ -78,7 +78,7 @@ impl PersonalClientService for PersonalClientApi {
             Ok(Response::new(pb::PersonalClientServiceUpdateResponse { client: Some(client.into()) }))
         }
         .await;
-        let target = request.get_ref().client.as_ref().map(|c| quote(&c.id)).unwrap_or_default();
+        let target = request.get_ref().client.as_ref().map(|c| target(&c.id)).unwrap_or_default();
         let updated = answer.as_ref().ok().and_then(|r| r.get_ref().client.as_ref());
         audit(Action::UpdateClient, &request, caller, &target, updated.map_or("", |c| c.client_id.as_str()), &answer);
         answer
@@ -95,9 +95,15 @@ impl PersonalClientService for PersonalClientApi {
             Ok(Response::new(pb::PersonalClientServiceDeleteResponse {}))
         }
         .await;
-        audit(Action::DeleteClient, &request, caller, &quote(&request.get_ref().id), "", &answer);
+        audit(Action::DeleteClient, &request, caller, &target(&request.get_ref().id), "", &answer);
         answer
     }
+}
+
+/// The client a request names, as audit events name it: an id as the server writes ids, or,
+/// when it is not one, quoted as the caller sent it.
+fn target(id: &str) -> String {
+    uuid::Uuid::parse_str(id).map_or_else(|_| quote(id), |id| id.to_string())
 }
 
 /// The audit event of a change the caller made or tried.

@@ -69,6 +69,8 @@ pub struct SigningKeys {
     vault: KeyVault,
     schedule: KeySchedule,
     ring: RwLock<KeyRing>,
+    /// When the ring was last read from the database.
+    read_at: RwLock<Instant>,
     last_unknown_reload: tokio::sync::Mutex<Option<Instant>>,
 }
 
@@ -129,7 +131,14 @@ impl SigningKeys {
     /// Loads the keys the database holds.
     pub async fn load(store: Store, vault: KeyVault, schedule: KeySchedule) -> Result<Self, Error> {
         let ring = Self::read_ring(&store, &vault).await?;
-        Ok(Self { store, vault, schedule, ring: RwLock::new(ring), last_unknown_reload: tokio::sync::Mutex::new(None) })
+        Ok(Self {
+            store,
+            vault,
+            schedule,
+            ring: RwLock::new(ring),
+            read_at: RwLock::new(Instant::now()),
+            last_unknown_reload: tokio::sync::Mutex::new(None),
+        })
     }
 
     async fn read_ring(store: &Store, vault: &KeyVault) -> Result<KeyRing, Error> {
@@ -163,6 +172,7 @@ impl SigningKeys {
     pub async fn reload(&self) -> Result<(), Error> {
         let ring = Self::read_ring(&self.store, &self.vault).await?;
         *self.ring.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = ring;
+        *self.read_at.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Instant::now();
         Ok(())
     }
 
@@ -227,8 +237,14 @@ impl SigningKeys {
     }
 
     /// How long a relying party may keep a copy of the JWKS: a key is published at least this
-    /// long (with the reload and skew margins) before it signs.
+    /// long (with the reload and skew margins) before it signs. Zero while this replica has not
+    /// re-read the keys for longer than the schedule allows (the database away): its copy may
+    /// lack a key that others publish and will soon sign with, so no one should keep it.
     pub fn jwks_max_age(&self) -> Duration {
+        let read_at = *self.read_at.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if read_at.elapsed() > self.schedule.reload_interval + self.schedule.clock_skew {
+            return Duration::ZERO;
+        }
         self.schedule.jwks_max_age
     }
 

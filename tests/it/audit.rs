@@ -70,14 +70,12 @@ async fn changes_and_refused_exchanges_are_audit_events_without_secrets(db: Test
             (field("action"), field("outcome"), field("reason"), field("target"))
         })
         .collect();
-    let quoted_missing = format!("\"{}\"", missing.id);
-    let quoted_client = format!("\"{}\"", client.id);
     let expected = [
         ("personal_client.create", "done", "", client.id.as_str()),
         ("personal_client.create", "refused", "PERMISSION_DENIED", ""),
-        ("personal_client.update", "refused", "NOT_FOUND", quoted_missing.as_str()),
+        ("personal_client.update", "refused", "NOT_FOUND", missing.id.as_str()),
         ("token.exchange", "refused", "replayed", ""),
-        ("personal_client.delete", "done", "", quoted_client.as_str()),
+        ("personal_client.delete", "done", "", client.id.as_str()),
     ];
     let expected: Vec<(String, String, String, String)> =
         expected.iter().map(|(a, o, r, t)| ((*a).into(), (*o).into(), (*r).into(), (*t).into())).collect();

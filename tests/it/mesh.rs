@@ -130,8 +130,10 @@ async fn introspection_is_for_resource_servers(db: TestDb) {
     let answer = introspect(&server, Some(&alice), &format!("token={alice}")).await;
     assert_eq!(answer.status, 403, "{}", answer.body);
     assert_eq!(answer.json()["error"], "insufficient_scope");
+    assert_eq!(answer.header("www-authenticate"), Some(r#"Bearer error="insufficient_scope""#));
     let answer = introspect(&server, None, &format!("token={alice}")).await;
     assert_eq!((answer.status, answer.header("www-authenticate")), (401, Some("Bearer")));
+    assert_eq!(answer.json()["error"], "unauthorized", "RFC 6750 §3.1: no error code without credentials");
     let answer = introspect(&server, Some("e30.e30.c2ln"), &format!("token={alice}")).await;
     assert_eq!((answer.status, answer.header("www-authenticate")), (401, Some(r#"Bearer error="invalid_token""#)));
 
@@ -252,7 +254,17 @@ async fn the_mesh_lets_live_tokens_through_with_the_callers_identity(db: TestDb)
             raw_value: bearer.clone().into_bytes(),
         }],
     });
-    allowed(&mesh.check(raw).await.unwrap().into_inner());
+    allowed(&mesh.check(raw.clone()).await.unwrap().into_inner());
+    // Two copies: a service behind might read the other one.
+    let mut two = raw;
+    let http = two.attributes.as_mut().unwrap().request.as_mut().unwrap().http.as_mut().unwrap();
+    let forged = format!("Bearer {}", foreign_token());
+    http.header_map.as_mut().unwrap().headers.push(HeaderValue {
+        key: "Authorization".into(),
+        value: forged,
+        raw_value: Vec::new(),
+    });
+    assert_eq!(denied(&mesh.check(two).await.unwrap().into_inner()).0, 401);
 
     eventually(Duration::from_secs(8), "the three-second token to expire", || async {
         let answer = mesh.clone().check(check_request(&[("authorization", &short_bearer)])).await.unwrap().into_inner();

@@ -23,6 +23,7 @@ pub fn tests() -> Vec<libtest_mimic::Trial> {
     let mut trials = Vec::new();
     trials.extend(tests_on!(Postgres:
         postgres_out_of_reach_is_unavailable_and_recovers,
+        a_replica_that_cannot_reread_its_keys_lets_no_one_keep_its_jwks,
         a_postgres_gone_silent_mid_query_holds_no_call_past_the_request_timeout,
     ));
     trials.extend(tests_on!(Sqlite: a_locked_sqlite_database_is_unavailable_and_deadlines_hold));
@@ -109,6 +110,36 @@ async fn postgres_out_of_reach_is_unavailable_and_recovers(db: TestDb) {
     }
     let listed = listed.expect("the service recovers without a restart");
     assert_eq!(listed.list, [kept], "nothing half-written while the database was away");
+    server.stop().await;
+}
+
+/// A replica cut off from the database cannot learn of a key the others will soon sign with:
+/// its JWKS must not be kept past the moment it should have re-read the keys.
+async fn a_replica_that_cannot_reread_its_keys_lets_no_one_keep_its_jwks(db: TestDb) {
+    let proxy = TcpProxy::start(db.server_addr().await).await;
+    let mut config = Config::defaults(&db.url_via(proxy.addr)).unwrap();
+    config.keys.schedule = personal_clients::domain::KeySchedule {
+        jwks_max_age: Duration::from_secs(2),
+        reload_interval: Duration::from_millis(200),
+        clock_skew: Duration::from_millis(200),
+        max_token_ttl: Duration::from_secs(3600),
+    };
+    let server = TestServer::start(config).await;
+    let cache_control = || async {
+        let answer = http(server.addr, "GET", "/.well-known/jwks.json", &[], "").await;
+        answer.header("cache-control").unwrap_or_default().to_owned()
+    };
+    assert_eq!(cache_control().await, "public, max-age=2");
+    proxy.cut();
+    eventually(Duration::from_secs(10), "the JWKS no longer to be kept", || async {
+        cache_control().await == "no-store"
+    })
+    .await;
+    proxy.restore();
+    eventually(Duration::from_secs(20), "the JWKS to be cacheable again", || async {
+        cache_control().await == "public, max-age=2"
+    })
+    .await;
     server.stop().await;
 }
 
