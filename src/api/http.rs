@@ -181,8 +181,11 @@ async fn jwks(State(state): State<HttpState>) -> Response {
     let keys = state.auth.keys();
     let mut response = json(StatusCode::OK, &keys.jwks());
     let max_age = keys.jwks_max_age();
-    let cache =
-        if max_age.is_zero() { "no-store".to_owned() } else { format!("public, max-age={}", max_age.as_secs()) };
+    // Whole seconds, rounded down: a copy is never kept longer than allowed.
+    let cache = match max_age.as_secs() {
+        0 => "no-store".to_owned(),
+        seconds => format!("public, max-age={seconds}"),
+    };
     let headers = response.headers_mut();
     headers.remove(header::PRAGMA);
     if let Ok(value) = HeaderValue::try_from(cache) {

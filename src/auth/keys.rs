@@ -130,13 +130,14 @@ impl SigningKeys {
 
     /// Loads the keys the database holds.
     pub async fn load(store: Store, vault: KeyVault, schedule: KeySchedule) -> Result<Self, Error> {
+        let started = Instant::now();
         let ring = Self::read_ring(&store, &vault).await?;
         Ok(Self {
             store,
             vault,
             schedule,
             ring: RwLock::new(ring),
-            read_at: RwLock::new(Instant::now()),
+            read_at: RwLock::new(started),
             last_unknown_reload: tokio::sync::Mutex::new(None),
         })
     }
@@ -170,9 +171,11 @@ impl SigningKeys {
 
     /// Re-reads the keys from the database.
     pub async fn reload(&self) -> Result<(), Error> {
+        // What the read returns is the database as of its start.
+        let started = Instant::now();
         let ring = Self::read_ring(&self.store, &self.vault).await?;
         *self.ring.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = ring;
-        *self.read_at.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Instant::now();
+        *self.read_at.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = started;
         Ok(())
     }
 
@@ -237,15 +240,15 @@ impl SigningKeys {
     }
 
     /// How long a relying party may keep a copy of the JWKS: a key is published at least this
-    /// long (with the reload and skew margins) before it signs. Zero while this replica has not
-    /// re-read the keys for longer than the schedule allows (the database away): its copy may
-    /// lack a key that others publish and will soon sign with, so no one should keep it.
+    /// long (with the reload and skew margins) before it signs. A key this replica has not read
+    /// was added after its last read began, so it signs no sooner than a lead after that: a
+    /// replica late with its re-read (the database away, the process starved) shortens the
+    /// max-age by as much as it is late, so no copy outlives that moment, down to zero (no copy
+    /// kept at all).
     pub fn jwks_max_age(&self) -> Duration {
         let read_at = *self.read_at.read().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if read_at.elapsed() > self.schedule.reload_interval + self.schedule.clock_skew {
-            return Duration::ZERO;
-        }
-        self.schedule.jwks_max_age
+        let late = read_at.elapsed().saturating_sub(self.schedule.reload_interval);
+        self.schedule.jwks_max_age.saturating_sub(late)
     }
 
     fn published(&self, kid: &str) -> Option<VerifyingKey> {

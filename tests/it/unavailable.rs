@@ -119,7 +119,7 @@ async fn a_replica_that_cannot_reread_its_keys_lets_no_one_keep_its_jwks(db: Tes
     let proxy = TcpProxy::start(db.server_addr().await).await;
     let mut config = Config::defaults(&db.url_via(proxy.addr)).unwrap();
     config.keys.schedule = personal_clients::domain::KeySchedule {
-        jwks_max_age: Duration::from_secs(2),
+        jwks_max_age: Duration::from_secs(3),
         reload_interval: Duration::from_millis(200),
         clock_skew: Duration::from_millis(200),
         max_token_ttl: Duration::from_secs(3600),
@@ -129,17 +129,16 @@ async fn a_replica_that_cannot_reread_its_keys_lets_no_one_keep_its_jwks(db: Tes
         let answer = http(server.addr, "GET", "/.well-known/jwks.json", &[], "").await;
         answer.header("cache-control").unwrap_or_default().to_owned()
     };
-    assert_eq!(cache_control().await, "public, max-age=2");
+    let fresh = |cache: &str| cache == "public, max-age=3" || cache == "public, max-age=2";
+    assert!(fresh(&cache_control().await));
     proxy.cut();
     eventually(Duration::from_secs(10), "the JWKS no longer to be kept", || async {
         cache_control().await == "no-store"
     })
     .await;
     proxy.restore();
-    eventually(Duration::from_secs(20), "the JWKS to be cacheable again", || async {
-        cache_control().await == "public, max-age=2"
-    })
-    .await;
+    eventually(Duration::from_secs(20), "the JWKS to be cacheable again", || async { fresh(&cache_control().await) })
+        .await;
     server.stop().await;
 }
 
