@@ -218,7 +218,7 @@ fn too_large(limit: usize) -> String {
 }
 
 /// Whole seconds to wait, at least one: what `Retry-After` can say.
-fn retry_seconds(retry_after: Duration) -> u64 {
+pub fn retry_seconds(retry_after: Duration) -> u64 {
     (retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0)).max(1)
 }
 

@@ -698,7 +698,7 @@ pub fn status_response(status: &Status) -> Response {
     // For the metrics: the code of a JSON answer, as `grpc-status` is for gRPC.
     response.extensions_mut().insert(status.code());
     let retry_after = match status.get_details_retry_info().and_then(|info| info.retry_delay) {
-        Some(delay) => Some((delay.as_secs() + u64::from(delay.subsec_nanos() > 0)).max(1)),
+        Some(delay) => Some(crate::error::retry_seconds(delay)),
         // A database away or busy: worth another try in a moment, as the token endpoint says.
         None if status.code() == Code::Unavailable => Some(1),
         None => None,

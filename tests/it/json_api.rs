@@ -38,7 +38,7 @@ const CLIENTS: &str = "/api/v1/iam/personal_clients";
 const SEARCH: &str = "/api/v1/search/iam/personal_clients";
 
 /// One JSON call, as curl sends it with `-H 'Content-Type: application/json'`.
-async fn call(server: &TestServer, method: &str, path: &str, token: Option<&str>, body: &str) -> HttpResponse {
+pub async fn call(server: &TestServer, method: &str, path: &str, token: Option<&str>, body: &str) -> HttpResponse {
     let bearer = token.map(|token| format!("Bearer {token}"));
     let mut headers = vec![("Content-Type", "application/json")];
     if let Some(bearer) = &bearer {

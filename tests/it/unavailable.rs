@@ -7,17 +7,10 @@ use personal_clients::{Config, pb::iam as pb};
 use sea_orm::{Database, SqliteTransactionMode, TransactionOptions, TransactionTrait};
 use tonic::Code;
 
-use crate::common::{
-    TestDb, TestServer, authed, create_request, eventually,
-    oauth::{HttpResponse, http},
-    proxy::TcpProxy,
+use crate::{
+    common::{TestDb, TestServer, authed, create_request, eventually, oauth::http, proxy::TcpProxy},
+    json_api::call,
 };
-
-/// A JSON call with a bearer token.
-async fn json_call(server: &TestServer, method: &str, path: &str, token: &str, body: &str) -> HttpResponse {
-    let bearer = format!("Bearer {token}");
-    http(server.addr, method, path, &[("Authorization", &bearer), ("Content-Type", "application/json")], body).await
-}
 
 pub fn tests() -> Vec<libtest_mimic::Trial> {
     let mut trials = Vec::new();
@@ -90,7 +83,8 @@ async fn postgres_out_of_reach_is_unavailable_and_recovers(db: TestDb) {
     );
     let list = client.list(authed(pb::PersonalClientServiceListRequest::default(), &token)).await.unwrap_err();
     assert_eq!(list.code(), Code::Unavailable);
-    let json = json_call(&server, "POST", "/api/v1/iam/personal_clients", &token, r#"{"displayName": "during"}"#).await;
+    let json =
+        call(&server, "POST", "/api/v1/iam/personal_clients", Some(&token), r#"{"displayName": "during"}"#).await;
     assert_eq!((json.status, json.json()["code"].as_i64()), (503, Some(14)), "{}", json.body);
     assert_eq!(json.header("retry-after"), Some("1"), "a retry, and when");
 
@@ -162,7 +156,7 @@ async fn a_postgres_gone_silent_mid_query_holds_no_call_past_the_request_timeout
     assert!(status.message().contains("within 2s"), "{}", status.message());
     assert!(started.elapsed() < std::time::Duration::from_secs(4), "ended by the server after {:?}", started.elapsed());
     let started = std::time::Instant::now();
-    let json = json_call(&server, "GET", &format!("/api/v1/iam/personal_clients/{}", kept.id), &token, "").await;
+    let json = call(&server, "GET", &format!("/api/v1/iam/personal_clients/{}", kept.id), Some(&token), "").await;
     assert_eq!((json.status, json.json()["code"].as_i64()), (504, Some(4)), "{}", json.body);
     assert!(started.elapsed() < std::time::Duration::from_secs(4), "ended by the server after {:?}", started.elapsed());
     assert_eq!(server.calls_over("Get", "DEADLINE_EXCEEDED", "http").await, 1.0, "counted with its code");
