@@ -50,6 +50,8 @@ struct KeyRing {
     /// commands and the rotation always leave one): the key activated last when the ring was
     /// read.
     fallback: (String, SigningKey),
+    /// When the read began: the ring holds every key committed before then.
+    read_at: Instant,
 }
 
 impl KeyRing {
@@ -69,8 +71,6 @@ pub struct SigningKeys {
     vault: KeyVault,
     schedule: KeySchedule,
     ring: RwLock<KeyRing>,
-    /// When the ring was last read from the database.
-    read_at: RwLock<Instant>,
     last_unknown_reload: tokio::sync::Mutex<Option<Instant>>,
 }
 
@@ -130,19 +130,13 @@ impl SigningKeys {
 
     /// Loads the keys the database holds.
     pub async fn load(store: Store, vault: KeyVault, schedule: KeySchedule) -> Result<Self, Error> {
-        let started = Instant::now();
         let ring = Self::read_ring(&store, &vault).await?;
-        Ok(Self {
-            store,
-            vault,
-            schedule,
-            ring: RwLock::new(ring),
-            read_at: RwLock::new(started),
-            last_unknown_reload: tokio::sync::Mutex::new(None),
-        })
+        Ok(Self { store, vault, schedule, ring: RwLock::new(ring), last_unknown_reload: tokio::sync::Mutex::new(None) })
     }
 
     async fn read_ring(store: &Store, vault: &KeyVault) -> Result<KeyRing, Error> {
+        // What the read returns is the database as of its start, or later.
+        let read_at = Instant::now();
         let stored = store.key_ring().await?;
         if stored.is_empty() {
             return Err(Error::internal(
@@ -166,16 +160,17 @@ impl SigningKeys {
             .and_then(|key| keys.get_key_value(key.kid()))
             .map(|(kid, key)| (kid.clone(), key.signing.clone()))
             .ok_or_else(|| Error::internal("the signing keys read do not match their schedules"))?;
-        Ok(KeyRing { timeline, keys, fallback })
+        Ok(KeyRing { timeline, keys, fallback, read_at })
     }
 
-    /// Re-reads the keys from the database.
+    /// Re-reads the keys from the database. Of two reads at once, the one begun later is kept,
+    /// whichever ends last.
     pub async fn reload(&self) -> Result<(), Error> {
-        // What the read returns is the database as of its start.
-        let started = Instant::now();
         let ring = Self::read_ring(&self.store, &self.vault).await?;
-        *self.ring.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = ring;
-        *self.read_at.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = started;
+        let mut kept = self.ring.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if ring.read_at >= kept.read_at {
+            *kept = ring;
+        }
         Ok(())
     }
 
@@ -246,7 +241,7 @@ impl SigningKeys {
     /// max-age by as much as it is late, so no copy outlives that moment, down to zero (no copy
     /// kept at all).
     pub fn jwks_max_age(&self) -> Duration {
-        let read_at = *self.read_at.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let read_at = self.ring.read().unwrap_or_else(|poisoned| poisoned.into_inner()).read_at;
         let late = read_at.elapsed().saturating_sub(self.schedule.reload_interval);
         self.schedule.jwks_max_age.saturating_sub(late)
     }
