@@ -305,6 +305,17 @@ impl SigningKeys {
             })
             .await?;
         if let Some((kid, activates_at)) = &added {
+            // The lead counts from the decision; the skew is what covers the commit.
+            let committed_in = Utc::now() - (*activates_at - delta(self.schedule.activation_lead()));
+            if committed_in > delta(self.schedule.clock_skew / 2) {
+                tracing::warn!(
+                    %kid,
+                    committed_in_ms = committed_in.num_milliseconds(),
+                    clock_skew_ms = self.schedule.clock_skew.as_millis(),
+                    "the next signing key took over half the clock-skew margin to commit; \
+                     relying parties may miss it when it signs if its commits take longer"
+                );
+            }
             let detail = format!("the next key, signing from {activates_at}");
             audit::key_change(Action::AddSigningKey, "rotation schedule", kid, &detail, None);
         }
