@@ -24,6 +24,7 @@ pub enum Action {
     AddSigningKey,
     RetireSigningKey,
     RemoveSigningKey,
+    WithdrawSigningKey,
 }
 
 impl Action {
@@ -36,6 +37,7 @@ impl Action {
             Self::AddSigningKey => "signing_key.add",
             Self::RetireSigningKey => "signing_key.retire",
             Self::RemoveSigningKey => "signing_key.remove",
+            Self::WithdrawSigningKey => "signing_key.withdraw",
         }
     }
 }

@@ -1,4 +1,4 @@
-//! `personal-clients keys`: list, add and retire the token signing keys, on the database alone,
+//! `personal-clients keys`: list, add, retire and withdraw the token signing keys, on the database alone,
 //! while servers run on it. The rules are the service's own (`auth::SigningKeys`); this is what
 //! an operator reads of them.
 
@@ -9,7 +9,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use crate::{
     Error,
     audit::{self, Action},
-    auth::{KeyListing, Retirement, SigningKeys},
+    auth::{KeyListing, Retirement, SigningKeys, Withdrawal},
     config::{DatabaseUrl, KeyArgs},
     domain::{KeySchedule, KeyTimes},
     server::{key_vault, open_set_up},
@@ -68,6 +68,36 @@ pub async fn retire(
         )),
         Retirement::Refused(why) => {
             audit::key_change(Action::RetireSigningKey, "keys retire", kid, "", Some(&why));
+            Err(why)
+        }
+    })
+}
+
+/// Withdraws `kid` at once, or says why not; returns what was done, in words.
+pub async fn withdraw(database: &DatabaseUrl, keys: &KeyArgs, kid: &str) -> Result<Result<String, String>, Error> {
+    let vault = key_vault(keys)?;
+    let store = open_set_up(database).await?;
+    let reread = humantime::format_duration(keys.schedule.reload_interval);
+    Ok(match SigningKeys::withdraw(&store, &vault, kid).await? {
+        Withdrawal::Withdrawn { was, successor } => {
+            let detail = match &successor {
+                Some((next, true)) => format!("was {was}; {next}, made for it, signs in its place"),
+                Some((next, false)) => format!("was {was}; {next}, the next key, signs in its place"),
+                None => format!("was {was}"),
+            };
+            audit::key_change(Action::WithdrawSigningKey, "keys withdraw", kid, &detail, None);
+            if let Some((next, true)) = &successor {
+                tracing::warn!(
+                    kid = %next,
+                    "the new key signs before any relying party has fetched it: those holding an older copy of the JWKS refuse its tokens until they fetch it again"
+                );
+            }
+            Ok(format!(
+                "{kid} ({detail}) is withdrawn: every server stops publishing it, signing with it and accepting its tokens within {reread}, when it re-reads the keys; relying parties refuse its tokens once their copy of the JWKS expires"
+            ))
+        }
+        Withdrawal::Refused(why) => {
+            audit::key_change(Action::WithdrawSigningKey, "keys withdraw", kid, "", Some(&why));
             Err(why)
         }
     })

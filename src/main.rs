@@ -44,7 +44,7 @@ enum Command {
     Migrate(MigrateArgs),
     /// Print a user access token signed with the service's current key, and nothing else.
     MintToken(MintTokenArgs),
-    /// List, add and retire the token signing keys.
+    /// List, add, retire and withdraw the token signing keys.
     #[command(subcommand)]
     Keys(KeysCommand),
     /// Print a client assertion signed with a personal client's secret, for the token exchange.
@@ -74,6 +74,11 @@ enum KeysCommand {
     /// the next one as soon as that one may sign; without a next key it is refused. A retired key
     /// stays in the JWKS until every token it signed has expired.
     Retire(KeysRetireArgs),
+    /// Withdraw a key that may have leaked: it is removed now, and every server stops publishing
+    /// it, signing with it and accepting its tokens when it next re-reads the keys (within a
+    /// minute). If it was the key that signs, the next key takes over at once or, without one, a
+    /// new key that signs at once. Unlike retire, the tokens it signed stop working.
+    Withdraw(KeysWithdrawArgs),
 }
 
 #[derive(Args)]
@@ -98,6 +103,16 @@ struct KeysAddArgs {
 struct KeysRetireArgs {
     #[command(flatten)]
     database: DatabaseArgs,
+    /// The key's kid, as `keys list` shows it.
+    kid: String,
+}
+
+#[derive(Args)]
+struct KeysWithdrawArgs {
+    #[command(flatten)]
+    database: DatabaseArgs,
+    #[command(flatten)]
+    keys: KeyArgs,
     /// The key's kid, as `keys list` shows it.
     kid: String,
 }
@@ -211,6 +226,15 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Keys(KeysCommand::Retire(args)) => {
             match key_commands::retire(&args.database.database_url, &KeySchedule::default(), &args.kid).await? {
+                Ok(done) => {
+                    println!("{done}");
+                    Ok(())
+                }
+                Err(why) => anyhow::bail!("{why}"),
+            }
+        }
+        Command::Keys(KeysCommand::Withdraw(args)) => {
+            match key_commands::withdraw(&args.database.database_url, &args.keys, &args.kid).await? {
                 Ok(done) => {
                     println!("{done}");
                     Ok(())

@@ -4,7 +4,8 @@
 //! What is kept is only what the signature proved and cannot change: the claims. Whatever can
 //! change is checked on every call as before: the expiry against the clock, and, for a token a
 //! personal client obtained, that the client is still live in the database (so a revocation on
-//! any replica refuses the token on the next call). Only tokens whose signature was verified
+//! any replica refuses the token on the next call), and that the key that signed it is still
+//! published (so a withdrawn key's tokens stop working). Only tokens whose signature was verified
 //! are kept, keyed by the SHA-256 of the token, so nothing a caller without a valid token sends
 //! takes a place, and the cache never holds a token itself.
 
@@ -28,6 +29,8 @@ pub struct VerifiedClaims {
     pub iat: i64,
     pub jti: String,
     pub aud: Vec<String>,
+    /// The key that signed it, which may be withdrawn while the token lives.
+    pub kid: String,
 }
 
 /// Verified tokens by their SHA-256.

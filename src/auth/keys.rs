@@ -246,6 +246,11 @@ impl SigningKeys {
         self.schedule.jwks_max_age.saturating_sub(late)
     }
 
+    /// Whether `kid` is published here now: a token it signed is good only while it is.
+    pub fn publishes(&self, kid: &str) -> bool {
+        self.published(kid).is_some()
+    }
+
     fn published(&self, kid: &str) -> Option<VerifyingKey> {
         let ring = self.ring.read().unwrap_or_else(|poisoned| poisoned.into_inner());
         ring.timeline.get(kid).filter(|key| key.is_published(Utc::now(), &self.schedule))?;
@@ -347,20 +352,7 @@ impl SigningKeys {
     /// `keys add`: stores a new key that signs `activate_in` from now. The vault must open the
     /// stored keys, and seals the new one as they are sealed, so every replica can read it.
     pub async fn add(store: &Store, vault: &KeyVault, activate_in: Duration) -> Result<KeyTimes, Error> {
-        let ring = store.key_ring().await?;
-        for (_, stored) in &ring {
-            vault.open(stored)?;
-        }
-        if let Some((_, clear)) = ring.iter().find(|(_, stored)| vault.should_seal(stored)) {
-            return Err(Error::config(
-                "--key-encryption-key-file",
-                format!(
-                    "signing key {} is stored in the clear, so the servers run without a key-encryption key and could not open a sealed key: start them with it first (they seal the stored keys), or add the key without it",
-                    clear.kid
-                ),
-                None,
-            ));
-        }
+        check_vault(store, vault).await?;
         store
             .change_key_ring(|_| {
                 let now = round_to_micros(Utc::now());
@@ -432,6 +424,100 @@ impl SigningKeys {
             })
             .await
     }
+
+    /// `keys withdraw KID`, for a key that may have leaked: removes it now, so that each replica
+    /// stops publishing it, signing with it and accepting its tokens at its next re-read. The
+    /// other keys keep the lives they had: those it took over from stay retired. When it was the
+    /// key that signs, the next key takes over now, or, without one, a new key that signs at
+    /// once, which relying parties holding an older copy of the JWKS do not know yet. The vault
+    /// must open the stored keys when a new key is needed (see [`Self::add`]).
+    pub async fn withdraw(store: &Store, vault: &KeyVault, kid: &str) -> Result<Withdrawal, Error> {
+        let needs_new_key = |timeline: &KeyTimeline, now| {
+            timeline.signing_at(now).is_some_and(|key| key.kid() == kid)
+                && timeline.next(now).all(|key| key.kid() == kid)
+        };
+        if needs_new_key(&KeyTimeline::new(store.key_times().await?), Utc::now()) {
+            check_vault(store, vault).await?;
+        }
+        store
+            .change_key_ring(|keys| {
+                let now = round_to_micros(Utc::now());
+                let timeline = KeyTimeline::new(keys);
+                let Some(key) = timeline.get(kid) else {
+                    return Ok((KeyRingChange::default(), Withdrawal::Refused(format!("there is no signing key {kid}"))));
+                };
+                let was = key.state(now);
+                let mut change = KeyRingChange { remove: vec![kid.to_owned()], ..KeyRingChange::default() };
+                // Keys that stopped signing keep their end, which may have been this key's activation.
+                for other in timeline.iter().filter(|other| other.kid() != kid) {
+                    if let Some(until) = other.signs_until.filter(|until| *until <= now)
+                        && other.times.retired_at != Some(until)
+                    {
+                        change.retire.push((other.kid().to_owned(), until));
+                    }
+                }
+                let mut successor = None;
+                if was == KeyState::Current {
+                    if let Some(next) = timeline.next(now).find(|next| next.kid() != kid) {
+                        change.activate.push((next.kid().to_owned(), now));
+                        successor = Some((next.kid().to_owned(), false));
+                    } else {
+                        let stored = new_key(vault)?;
+                        successor = Some((stored.kid.clone(), true));
+                        change.add = Some(NewSigningKey { stored, created_at: now, activates_at: now });
+                    }
+                }
+                let mut after: Vec<KeyTimes> = apply(timeline.iter().map(|key| key.times.clone()).collect(), &change);
+                after.retain(|key| key.kid != kid);
+                after.extend(change.add.as_ref().map(|new| KeyTimes {
+                    kid: new.stored.kid.clone(),
+                    created_at: now,
+                    activates_at: now,
+                    retired_at: None,
+                }));
+                if let Some(gap) = KeyTimeline::new(after).first_gap(now) {
+                    return Ok((
+                        KeyRingChange::default(),
+                        Withdrawal::Refused(format!(
+                            "withdrawing {kid} would leave no key to sign tokens from {}: add a key with `personal-clients keys add --activate-in 0s` first",
+                            gap.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                        )),
+                    ));
+                }
+                Ok((change, Withdrawal::Withdrawn { was, successor }))
+            })
+            .await
+    }
+}
+
+/// What `keys withdraw` did, or why it did nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Withdrawal {
+    /// Removed, in the state it was in; `successor` is the key that signs in its place (and
+    /// whether it was made for that), when it was the one that signed.
+    Withdrawn { was: KeyState, successor: Option<(String, bool)> },
+    /// Nothing was changed, for this reason.
+    Refused(String),
+}
+
+/// Checks that `vault` opens every stored key and would seal a new one as they are sealed, so
+/// every replica can read a key added with it.
+async fn check_vault(store: &Store, vault: &KeyVault) -> Result<(), Error> {
+    let ring = store.key_ring().await?;
+    for (_, stored) in &ring {
+        vault.open(stored)?;
+    }
+    if let Some((_, clear)) = ring.iter().find(|(_, stored)| vault.should_seal(stored)) {
+        return Err(Error::config(
+            "--key-encryption-key-file",
+            format!(
+                "signing key {} is stored in the clear, so the servers run without a key-encryption key and could not open a sealed key: start them with it first (they seal the stored keys), or add the key without it",
+                clear.kid
+            ),
+            None,
+        ));
+    }
+    Ok(())
 }
 
 /// What `keys retire` did, or why it did nothing.

@@ -17,7 +17,7 @@ use uuid::Uuid;
 
 pub use cache::VerifiedClaims;
 pub use introspection::{Introspection, live};
-pub use keys::{KeyListing, Retirement, SigningKeys};
+pub use keys::{KeyListing, Retirement, SigningKeys, Withdrawal};
 pub use vault::KeyVault;
 
 use crate::{
@@ -164,6 +164,10 @@ impl Authenticator {
             self.verified.remove(&key);
             return Err(denied("token expired"));
         }
+        if !self.keys.publishes(&claims.kid) {
+            self.verified.remove(&key);
+            return Err(denied("token signed by a withdrawn key"));
+        }
         // A revoked credential stops working at once, including the tokens it already obtained:
         // asked of the database on every call, whichever replica revoked it.
         if let Some(client_id) = &claims.client_id {
@@ -203,6 +207,7 @@ impl Authenticator {
             exp: claims.exp,
             iat: claims.iat,
             jti: claims.jti,
+            kid,
         })
     }
 

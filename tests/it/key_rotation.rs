@@ -1,5 +1,5 @@
-//! Signing key rotation: the states of keys and the `keys` commands, a key published before it
-//! signs, a retired key published until its tokens have expired, and rotations under load on two
+//! Signing key rotation: the states of keys and the `keys` commands, a withdrawn key's tokens
+//! refused, a key published before it signs, a retired key published until its tokens have expired, and rotations under load on two
 //! replicas whose tokens a relying party verifies against the other replica's JWKS, caching it
 //! as its `Cache-Control` allows.
 
@@ -37,6 +37,8 @@ pub fn tests() -> Vec<libtest_mimic::Trial> {
     backend_tests!(
         keys_commands_show_and_change_the_states_of_keys,
         keys_commands_work_on_sealed_keys,
+        keys_withdraw_removes_a_key_and_leaves_one_signing,
+        a_withdrawn_keys_tokens_stop_working_at_the_next_reread,
         the_schedule_migration_keeps_the_oldest_key_signing,
         a_new_key_is_published_for_a_cache_lifetime_before_it_signs,
         a_retired_key_stays_published_until_its_tokens_have_expired,
@@ -241,6 +243,83 @@ async fn keys_commands_work_on_sealed_keys(db: TestDb) {
     let token =
         succeeded(run(dir.path(), &on(&["mint-token", "--user", "alice", "--key-encryption-key-file", kek], url)));
     assert_eq!(header_kid(token.trim()), added);
+}
+
+async fn keys_withdraw_removes_a_key_and_leaves_one_signing(db: TestDb) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = db.url.as_str();
+    succeeded(run(dir.path(), &on(&["migrate"], url)));
+    let first = list(dir.path(), url).into_keys().next().unwrap();
+
+    let unknown = run(dir.path(), &on(&["keys", "withdraw", "no-such-kid"], url));
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(stderr(&unknown).contains("there is no signing key no-such-kid"), "{}", stderr(&unknown));
+
+    // The key that signs, with a next key waiting: the next key signs at once in its place.
+    let second = succeeded(run(dir.path(), &on(&["keys", "add"], url))).trim().to_owned();
+    let withdrawn = run(dir.path(), &on(&["keys", "withdraw", &first], url));
+    let said = succeeded(withdrawn.clone());
+    assert!(said.contains(&format!("{second}, the next key, signs in its place")), "{said}");
+    assert!(stderr(&withdrawn).contains("signing_key.withdraw"), "an audit event: {}", stderr(&withdrawn));
+    let keys = list(dir.path(), url);
+    assert_eq!(keys.keys().collect::<Vec<_>>(), [&second], "{keys:?}");
+    assert_eq!(keys[&second].state, "current");
+
+    // A key that took over from another: withdrawn, with no next key, a new key signs in its
+    // place and the key it took over from stays retired, its tokens expiring as they would.
+    let third = succeeded(run(dir.path(), &on(&["keys", "add", "--activate-in", "0s"], url))).trim().to_owned();
+    let before = list(dir.path(), url);
+    assert_eq!((before[&second].state.as_str(), before[&third].state.as_str()), ("retired", "current"));
+    let store = Store::open(&db.database_url(), OpenMode::MustExist).await.unwrap();
+    let stopped = |keys: Vec<KeyTimes>| KeyTimeline::new(keys).get(&second).and_then(|key| key.signs_until);
+    let stopped_before = stopped(store.key_times().await.unwrap());
+    let said = succeeded(run(dir.path(), &on(&["keys", "withdraw", &third], url)));
+    assert!(said.contains("made for it, signs in its place"), "{said}");
+    let keys = list(dir.path(), url);
+    assert!(!keys.contains_key(&third), "{keys:?}");
+    assert_eq!(keys[&second], before[&second], "the key taken over from does not sign again");
+    assert_eq!(stopped(store.key_times().await.unwrap()), stopped_before, "nor does it seem to have signed on");
+    let made: Vec<&String> = keys.keys().filter(|kid| **kid != second).collect();
+    assert_eq!(made.len(), 1, "{keys:?}");
+    assert_eq!(keys[made[0]].state, "current");
+    let token = succeeded(run(dir.path(), &on(&["mint-token", "--user", "alice"], url)));
+    assert_eq!(&header_kid(token.trim()), made[0]);
+
+    // A retired key goes without another change.
+    succeeded(run(dir.path(), &on(&["keys", "withdraw", &second], url)));
+    let keys = list(dir.path(), url);
+    assert_eq!(keys.keys().collect::<Vec<_>>(), [made[0]]);
+    assert_eq!(keys[made[0]].state, "current");
+}
+
+/// A withdrawn key leaves the JWKS and its tokens stop working, cached ones too, once the server
+/// re-reads the keys; the key signing in its place works at once.
+async fn a_withdrawn_keys_tokens_stop_working_at_the_next_reread(db: TestDb) {
+    let config = short_config(&db, None);
+    let server = TestServer::start(config.clone()).await;
+    let exchanger = Exchanger::create(&server).await;
+    let http = reqwest::Client::new();
+    let token = exchanger.token(server.addr).await;
+    let leaked = header_kid(&token);
+    let mut client = server.client().await;
+    let list = || personal_clients::pb::iam::PersonalClientServiceListRequest::default();
+    client.list(authed(list(), &token)).await.expect("the token works, and its claims are cached");
+
+    let done = key_commands::withdraw(&db.database_url(), &config.keys, &leaked).await.unwrap();
+    assert!(done.is_ok(), "{done:?}");
+    eventually(Duration::from_secs(10), "the withdrawn key leaves the JWKS", || async {
+        !fetch_jwks(&http, server.addr).await.keys.contains_key(&leaked)
+    })
+    .await;
+    let refused = client.list(authed(list(), &token)).await.expect_err("a withdrawn key's token is refused");
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+
+    let fresh = exchanger.token(server.addr).await;
+    let kid = header_kid(&fresh);
+    assert_ne!(kid, leaked);
+    verify(&fetch_jwks(&http, server.addr).await.keys, &fresh).expect("the new key is published");
+    client.list(authed(list(), &fresh)).await.expect("the key in its place works");
+    server.stop().await;
 }
 
 /// Before migration 6 the oldest key signed and others never did (early versions could make one
