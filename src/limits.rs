@@ -8,6 +8,10 @@
 //! 2. Then it takes one of `--max-concurrent-requests` places, or is refused at once.
 //! 3. It is answered within what is left of `--request-timeout`.
 //!
+//! A reflection stream, whose messages go to the handler as they come, takes one of
+//! [`REFLECTION_STREAMS`] places of its own for as long as it is open, may send at most
+//! `--max-request-bytes` in all, and ends at `--request-timeout`.
+//!
 //! Health checks skip the queue: an orchestrator that cannot reach one restarts a server that is
 //! merely busy.
 
@@ -38,10 +42,14 @@ use crate::{
 const ALWAYS_ANSWERED: [&str; 2] = ["/grpc.health.v1.Health/", "/healthz"];
 
 /// Methods whose request is a stream the caller keeps open while it reads the answers (gRPC
-/// reflection, as grpcurl uses it): their bodies go to the handler as they come, each message
-/// bounded by tonic's decoding limit, instead of being received whole first.
+/// reflection, as grpcurl uses it): their bodies go to the handler as they come instead of being
+/// received whole first, bounded by [`StreamedBody`].
 const STREAMED_REQUESTS: [&str; 2] =
     ["/grpc.reflection.v1.ServerReflection/", "/grpc.reflection.v1alpha.ServerReflection/"];
+
+/// Reflection streams open at once. They have places of their own, so callers without a
+/// credential holding them all keep reflection, not the API, from others.
+pub const REFLECTION_STREAMS: usize = 32;
 
 /// How much work the server takes on at once.
 #[derive(Debug, Clone, Copy)]
@@ -57,6 +65,7 @@ pub struct AdmissionLayer {
     limits: AdmissionLimits,
     places: Arc<Semaphore>,
     body_budget: Arc<Semaphore>,
+    streams: Arc<Semaphore>,
     connections: Arc<Connections>,
 }
 
@@ -67,6 +76,7 @@ impl AdmissionLayer {
             limits,
             places: Arc::new(Semaphore::new(limits.max_concurrent_requests)),
             body_budget: Arc::new(Semaphore::new(budget.min(Semaphore::MAX_PERMITS))),
+            streams: Arc::new(Semaphore::new(REFLECTION_STREAMS)),
             connections,
         }
     }
@@ -127,8 +137,19 @@ where
             let _in_flight = peer(request.extensions()).and_then(|peer| layer.connections.request_started(peer));
             let streamed = STREAMED_REQUESTS.iter().any(|path| request.uri().path().starts_with(path));
             let (parts, body) = request.into_parts();
+            let mut stream = None;
             let (body, _body_memory) = if streamed {
-                (tonic::body::Body::new(body), None)
+                let Ok(place) = Arc::clone(&layer.streams).try_acquire_owned() else {
+                    return refuse(Error::Overloaded {
+                        message: format!(
+                            "the server has {REFLECTION_STREAMS} reflection streams open, the most it keeps; retry shortly"
+                        ),
+                        retry_after: Duration::from_secs(1),
+                    });
+                };
+                let ended = Arc::new(std::sync::OnceLock::new());
+                stream = Some((place, Arc::clone(&ended)));
+                (tonic::body::Body::new(StreamedBody::new(body, limits, deadline, ended)), None)
             } else {
                 let received =
                     tokio::time::timeout_at(deadline, receive(body, &layer.body_budget, limits.max_request_bytes));
@@ -153,7 +174,13 @@ where
             };
             let request = http::Request::from_parts(parts, body);
             match tokio::time::timeout_at(deadline, inner.call(request)).await {
-                Ok(answer) => answer,
+                Ok(Ok(answer)) => Ok(match stream {
+                    Some((place, ended)) => {
+                        answer.map(|body| tonic::body::Body::new(StreamAnswer { body, ended, _place: place }))
+                    }
+                    None => answer,
+                }),
+                Ok(Err(err)) => Err(err),
                 Err(_) => refuse(Error::TimedOut(limits.request_timeout)),
             }
         })
@@ -193,4 +220,93 @@ where
         received.extend_from_slice(&data);
     }
     Ok((received.freeze(), held))
+}
+
+/// The request of a reflection stream as the handler reads it: at most `--max-request-bytes` in
+/// all, until the deadline. Past either the stream ends, and [`StreamAnswer`] ends the answer
+/// with the status saying why.
+struct StreamedBody<B> {
+    inner: Pin<Box<B>>,
+    left: usize,
+    limits: AdmissionLimits,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    ended: Arc<std::sync::OnceLock<Status>>,
+}
+
+impl<B> StreamedBody<B> {
+    fn new(inner: B, limits: AdmissionLimits, deadline: Instant, ended: Arc<std::sync::OnceLock<Status>>) -> Self {
+        let deadline = Box::pin(tokio::time::sleep_until(deadline));
+        Self { inner: Box::pin(inner), left: limits.max_request_bytes, limits, deadline, ended }
+    }
+
+    fn end(&self, status: Status) -> Poll<Option<Result<http_body::Frame<Bytes>, Status>>> {
+        let _ = self.ended.set(status.clone());
+        Poll::Ready(Some(Err(status)))
+    }
+}
+
+impl<B> http_body::Body for StreamedBody<B>
+where
+    B: http_body::Body<Data = Bytes>,
+{
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Status>>> {
+        if self.deadline.as_mut().poll(cx).is_ready() {
+            return self.end(Status::from(Error::TimedOut(self.limits.request_timeout)));
+        }
+        match self.inner.as_mut().poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                let size = frame.data_ref().map_or(0, Bytes::len);
+                if size > self.left {
+                    return self.end(Status::from(Error::TooLarge(self.limits.max_request_bytes)));
+                }
+                self.left -= size;
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(_))) => self.end(Status::cancelled("the request stream could not be read")),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// The answer of a reflection stream, holding its place until it ends, and ending with the
+/// status of the limit its request ran into, if it did.
+struct StreamAnswer {
+    body: tonic::body::Body,
+    ended: Arc<std::sync::OnceLock<Status>>,
+    _place: OwnedSemaphorePermit,
+}
+
+impl http_body::Body for StreamAnswer {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Status>>> {
+        let frame = std::task::ready!(Pin::new(&mut self.body).poll_frame(cx));
+        Poll::Ready(match (frame, self.ended.get()) {
+            (Some(Ok(frame)), Some(status)) if frame.is_trailers() => {
+                let mut trailers = http::HeaderMap::new();
+                let _ = status.add_header(&mut trailers);
+                Some(Ok(http_body::Frame::trailers(trailers)))
+            }
+            (frame, _) => frame,
+        })
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
 }

@@ -15,6 +15,7 @@ pub fn tests() -> Vec<libtest_mimic::Trial> {
     trials.extend(backend_tests!(
         health_reports_serving_for_every_service,
         reflection_lists_and_describes_the_services,
+        reflection_streams_are_bounded_in_bytes_time_and_number,
         metrics_count_calls_and_exchange_outcomes,
         metrics_labels_only_methods_served_here
     ));
@@ -174,6 +175,80 @@ async fn files_of(
         .iter()
         .map(|bytes| prost_types::FileDescriptorProto::decode(bytes.as_slice()).unwrap().name().to_owned())
         .collect()
+}
+
+fn list_services() -> v1::ServerReflectionRequest {
+    v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(v1::server_reflection_request::MessageRequest::ListServices(String::new())),
+    }
+}
+
+/// A reflection stream kept open by its caller, and its answers.
+async fn open_stream(
+    channel: &Channel,
+) -> Result<
+    (tokio::sync::mpsc::Sender<v1::ServerReflectionRequest>, tonic::Streaming<v1::ServerReflectionResponse>),
+    tonic::Status,
+> {
+    let mut reflection = v1::server_reflection_client::ServerReflectionClient::new(channel.clone());
+    let (requests, stream) = tokio::sync::mpsc::channel(4);
+    requests.send(list_services()).await.unwrap();
+    let mut replies =
+        reflection.server_reflection_info(tokio_stream::wrappers::ReceiverStream::new(stream)).await?.into_inner();
+    replies.message().await?.expect("the list of services");
+    Ok((requests, replies))
+}
+
+/// Reflection needs no credential, so its streams, whose messages are not received whole before
+/// the handler as other requests are, are held to the same bytes and time, and to a number of
+/// their own.
+async fn reflection_streams_are_bounded_in_bytes_time_and_number(db: TestDb) {
+    let mut config = db.config();
+    config.serving.max_request_bytes = 4096;
+    config.serving.request_timeout = Duration::from_secs(2);
+    let server = TestServer::start(config).await;
+    let connection = channel(&server).await;
+
+    // More than --max-request-bytes on one stream ends it, saying so.
+    let (requests, mut replies) = open_stream(&connection).await.unwrap();
+    let name = "n".repeat(5000);
+    let big = v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(v1::server_reflection_request::MessageRequest::FileByFilename(name)),
+    };
+    requests.send(big).await.unwrap();
+    let ended = replies.message().await.expect_err("the stream ends");
+    assert_eq!(ended.code(), tonic::Code::ResourceExhausted, "{ended:?}");
+    assert!(ended.message().contains("4096 bytes"), "{ended:?}");
+
+    // A stream held open ends at --request-timeout.
+    let started = Instant::now();
+    let (_held, mut replies) = open_stream(&connection).await.unwrap();
+    let ended =
+        tokio::time::timeout(Duration::from_secs(10), replies.message()).await.expect("ended").expect_err("timed out");
+    assert_eq!(ended.code(), tonic::Code::DeadlineExceeded, "{ended:?}");
+    assert!(started.elapsed() >= Duration::from_secs(2), "not before the timeout");
+
+    server.stop().await;
+
+    // At most REFLECTION_STREAMS at once; one that ends makes room for another.
+    let server = TestServer::start(db.config()).await;
+    let connection = channel(&server).await;
+    let mut open = Vec::new();
+    for _ in 0..personal_clients::limits::REFLECTION_STREAMS {
+        open.push(open_stream(&connection).await.expect("a place"));
+    }
+    let refused = open_stream(&connection).await.expect_err("no place left");
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "{refused:?}");
+    assert!(refused.message().contains("reflection streams open"), "{refused:?}");
+    drop(open.pop());
+    crate::common::eventually(Duration::from_secs(5), "a place is free again", || async {
+        open_stream(&connection).await.is_ok()
+    })
+    .await;
+    drop(open);
+    server.stop().await;
 }
 
 async fn reflection_lists_and_describes_the_services(db: TestDb) {
