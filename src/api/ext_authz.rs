@@ -8,7 +8,7 @@ use std::sync::Arc;
 use tonic::{Code, Request, Response, Status};
 
 use crate::{
-    auth::{self, Authenticator, VerifiedClaims},
+    auth::{self, Authenticator, Challenge, VerifiedClaims},
     pb::{
         envoy::{
             config::core::v3::{HeaderValue, HeaderValueOption, header_value_option::HeaderAppendAction},
@@ -68,14 +68,14 @@ impl Authorization for ExtAuthzApi {
     async fn check(&self, request: Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
         let http = request.get_ref().attributes.as_ref().and_then(|a| a.request.as_ref()).and_then(|r| r.http.as_ref());
         let Some(authorization) = http.and_then(authorization) else {
-            return Ok(Response::new(deny(Denial::NoToken)));
+            return Ok(Response::new(deny(Denial::Refused(Challenge::NoToken))));
         };
         let Ok(token) = auth::bearer(Some(&authorization)) else {
-            return Ok(Response::new(deny(Denial::NotBearer)));
+            return Ok(Response::new(deny(Denial::Refused(Challenge::NotBearer))));
         };
         let answer = match auth::live(&self.auth, token).await {
             Ok(Some(claims)) => self.allow(&claims),
-            Ok(None) => deny(Denial::InvalidToken),
+            Ok(None) => deny(Denial::Refused(Challenge::InvalidToken)),
             Err(err) => {
                 let status = Status::from(err);
                 if status.code() == Code::Unavailable { deny(Denial::Unavailable) } else { return Err(status) }
@@ -106,31 +106,25 @@ fn authorization(http: &HttpRequest) -> Option<String> {
 
 #[derive(Debug, Clone, Copy)]
 enum Denial {
-    NoToken,
-    NotBearer,
-    InvalidToken,
+    Refused(Challenge),
     Unavailable,
 }
 
 /// A denial as RFC 6750 §3 words it: 401 with a challenge, `error` only when a token came.
 fn deny(denial: Denial) -> CheckResponse {
     let (code, http, challenge, body) = match denial {
-        Denial::NoToken => (Code::Unauthenticated, StatusCode::Unauthorized, "Bearer", r#"{"error":"unauthorized"}"#),
-        Denial::NotBearer => (
+        Denial::Refused(challenge) => (
             Code::Unauthenticated,
             StatusCode::Unauthorized,
-            r#"Bearer error="invalid_request", error_description="the authorization header is not a bearer token""#,
-            r#"{"error":"invalid_request"}"#,
+            challenge.header(),
+            serde_json::json!({ "error": challenge.error() }).to_string(),
         ),
-        Denial::InvalidToken => (
-            Code::Unauthenticated,
-            StatusCode::Unauthorized,
-            r#"Bearer error="invalid_token", error_description="the access token is invalid, expired or revoked""#,
-            r#"{"error":"invalid_token"}"#,
+        Denial::Unavailable => (
+            Code::Unavailable,
+            StatusCode::ServiceUnavailable,
+            "",
+            serde_json::json!({ "error": "temporarily_unavailable" }).to_string(),
         ),
-        Denial::Unavailable => {
-            (Code::Unavailable, StatusCode::ServiceUnavailable, "", r#"{"error":"temporarily_unavailable"}"#)
-        }
     };
     let mut headers = vec![header("content-type", "application/json")];
     if challenge.is_empty() {
@@ -139,11 +133,11 @@ fn deny(denial: Denial) -> CheckResponse {
         headers.push(header("www-authenticate", challenge));
     }
     CheckResponse {
-        status: Some(rpc::Status { code: code as i32, message: body.to_owned(), details: Vec::new() }),
+        status: Some(rpc::Status { code: code as i32, message: body.clone(), details: Vec::new() }),
         http_response: Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
             status: Some(HttpStatus { code: http as i32 }),
             headers,
-            body: body.to_owned(),
+            body,
         })),
     }
 }

@@ -15,7 +15,7 @@ use axum::{
 
 use crate::{
     Error,
-    auth::{Authenticator, Introspection},
+    auth::{Authenticator, Challenge, Introspection},
     connections,
     error::OAuthError,
     exchange::{ExchangeRequest, RequestOrigin, TokenExchange},
@@ -117,17 +117,9 @@ async fn introspect(State(state): State<HttpState>, request: Request) -> Respons
         Err(err) => {
             let mut response = oauth_error(OAuthError::from(err));
             if response.status() == StatusCode::UNAUTHORIZED {
-                // RFC 6750 §3.1: no error code for a request without credentials.
-                let scheme = authorization.and_then(|value| value.split_whitespace().next()).unwrap_or_default();
-                let (body, challenge) = match authorization {
-                    None => (r#"{"error":"unauthorized"}"#, "Bearer"),
-                    Some(_) if !scheme.eq_ignore_ascii_case("bearer") => {
-                        (r#"{"error":"invalid_request"}"#, r#"Bearer error="invalid_request""#)
-                    }
-                    Some(_) => (r#"{"error":"invalid_token"}"#, r#"Bearer error="invalid_token""#),
-                };
-                *response.body_mut() = Body::from(body);
-                response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+                let challenge = Challenge::unauthenticated(authorization);
+                *response.body_mut() = Body::from(serde_json::json!({ "error": challenge.error() }).to_string());
+                response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge.header()));
             }
             return response;
         }
@@ -145,10 +137,10 @@ async fn introspect(State(state): State<HttpState>, request: Request) -> Respons
             json(StatusCode::OK, &super::introspection::response_json(&answer))
         }
         Err(Error::PermissionDenied(message)) => {
-            let body = serde_json::json!({ "error": "insufficient_scope", "error_description": message });
+            let challenge = Challenge::InsufficientScope;
+            let body = serde_json::json!({ "error": challenge.error(), "error_description": message });
             let mut response = json(StatusCode::FORBIDDEN, &body);
-            let challenge = HeaderValue::from_static(r#"Bearer error="insufficient_scope""#);
-            response.headers_mut().insert(header::WWW_AUTHENTICATE, challenge);
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge.header()));
             response
         }
         Err(err) => oauth_error(OAuthError::from(err)),

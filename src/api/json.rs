@@ -31,7 +31,7 @@ use tower::ServiceExt;
 
 use crate::{
     Error, FILE_DESCRIPTOR_SET,
-    auth::Gate,
+    auth::{Challenge, Gate},
     domain::{FieldViolation, quote},
     metrics::is_grpc,
     pb::google_api::{HttpRule, http_rule::Pattern},
@@ -343,7 +343,8 @@ impl Gateway {
             return grpc_unimplemented(request.uri().path());
         }
         let (parts, body) = request.into_parts();
-        let presented_token = parts.headers.contains_key(header::AUTHORIZATION);
+        let authorization =
+            parts.headers.get(header::AUTHORIZATION).map(|value| value.to_str().unwrap_or_default().to_owned());
         let answer = match request_message(route, params, &parts.headers, parts.uri.query(), body).await {
             Ok(message) => self.call(route, parts, message).await,
             // As over gRPC, where the gate runs before the request is decoded, a caller without
@@ -361,9 +362,14 @@ impl Gateway {
             }
             Err(status) => {
                 let mut response = status_response(&status);
-                if status.code() == Code::Unauthenticated {
-                    let challenge = if presented_token { r#"Bearer error="invalid_token""# } else { "Bearer" };
-                    response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+                let challenge = match status.code() {
+                    Code::Unauthenticated => Some(Challenge::unauthenticated(authorization.as_deref())),
+                    Code::PermissionDenied => Some(Challenge::InsufficientScope),
+                    _ => None,
+                };
+                if let Some(challenge) = challenge {
+                    let value = HeaderValue::from_static(challenge.header());
+                    response.headers_mut().insert(header::WWW_AUTHENTICATE, value);
                 }
                 response
             }

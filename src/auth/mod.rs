@@ -238,6 +238,58 @@ pub fn bearer(authorization: Option<&str>) -> Result<&str, Error> {
     }
 }
 
+/// How a request refused for its bearer token is told so (RFC 6750 §3): the
+/// `WWW-Authenticate` challenge and the `error` code, the same on every surface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Challenge {
+    /// No credentials: a bare challenge, no error code (§3.1).
+    NoToken,
+    /// Credentials of another scheme, or no token after `Bearer`.
+    NotBearer,
+    /// A bearer token that is not a live access token here.
+    InvalidToken,
+    /// A live token that does not grant what was asked.
+    InsufficientScope,
+}
+
+impl Challenge {
+    /// Why a request with this `authorization` header was refused as unauthenticated.
+    pub fn unauthenticated(authorization: Option<&str>) -> Self {
+        match authorization {
+            None => Self::NoToken,
+            Some(value) if bearer(Some(value)).is_err() => Self::NotBearer,
+            Some(_) => Self::InvalidToken,
+        }
+    }
+
+    /// The `WWW-Authenticate` value.
+    pub fn header(self) -> &'static str {
+        match self {
+            Self::NoToken => "Bearer",
+            Self::NotBearer => {
+                r#"Bearer error="invalid_request", error_description="the authorization header is not a bearer token""#
+            }
+            Self::InvalidToken => {
+                r#"Bearer error="invalid_token", error_description="the access token is invalid, expired or revoked""#
+            }
+            Self::InsufficientScope => {
+                r#"Bearer error="insufficient_scope", error_description="the access token does not grant this""#
+            }
+        }
+    }
+
+    /// The OAuth `error` of a JSON body: `unauthorized` without credentials, which RFC 6750
+    /// gives no code.
+    pub fn error(self) -> &'static str {
+        match self {
+            Self::NoToken => "unauthorized",
+            Self::NotBearer => "invalid_request",
+            Self::InvalidToken => "invalid_token",
+            Self::InsufficientScope => "insufficient_scope",
+        }
+    }
+}
+
 /// The gate in front of every gRPC service: which methods anyone may call, and who the caller
 /// of the others is.
 #[derive(Debug, Clone)]

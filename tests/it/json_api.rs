@@ -247,7 +247,16 @@ async fn errors_are_statuses_under_the_http_status_of_their_code(db: TestDb) {
     assert_eq!(anonymous.header("www-authenticate"), Some("Bearer"), "RFC 6750 §3: a challenge");
     let forged = call(&server, "GET", CLIENTS, Some("e30.e30.c2ln"), "").await;
     status(&forged, 401, 16);
-    assert_eq!(forged.header("www-authenticate"), Some(r#"Bearer error="invalid_token""#));
+    assert_eq!(
+        forged.header("www-authenticate"),
+        Some(r#"Bearer error="invalid_token", error_description="the access token is invalid, expired or revoked""#)
+    );
+    // Credentials of another scheme are not a bearer token (RFC 6750 §3.1).
+    let basic = [("Authorization", "Basic Zm9vOmJhcg==")];
+    let other_scheme = http(server.addr, "GET", CLIENTS, &basic, "").await;
+    status(&other_scheme, 401, 16);
+    let challenge = other_scheme.header("www-authenticate").unwrap();
+    assert!(challenge.starts_with(r#"Bearer error="invalid_request""#), "{challenge}");
 
     let body = status(
         &call(&server, "POST", CLIENTS, Some(&alice), r#"{"displayName": "x", "scopedRoles": ["admin"]}"#).await,
@@ -255,8 +264,12 @@ async fn errors_are_statuses_under_the_http_status_of_their_code(db: TestDb) {
         7,
     );
     assert!(body["message"].as_str().unwrap().contains("you do not hold: admin"), "{body}");
-    let body = status(&call(&server, "POST", SEARCH, Some(&alice), "{}").await, 403, 7);
+    let refused = call(&server, "POST", SEARCH, Some(&alice), "{}").await;
+    let body = status(&refused, 403, 7);
     assert!(body["message"].as_str().unwrap().contains("admin"), "{body}");
+    // RFC 6750 §3: a token that does not grant the call is challenged for its scope.
+    let challenge = refused.header("www-authenticate").unwrap();
+    assert!(challenge.starts_with(r#"Bearer error="insufficient_scope""#), "{challenge}");
     status(&call(&server, "GET", &mine, Some(&bob), "").await, 404, 5);
     status(&call(&server, "DELETE", &mine, Some(&bob), "").await, 404, 5);
     let body = status(&call(&server, "GET", &format!("{CLIENTS}/not-a-uuid"), Some(&alice), "").await, 400, 3);

@@ -130,12 +130,13 @@ async fn introspection_is_for_resource_servers(db: TestDb) {
     let answer = introspect(&server, Some(&alice), &format!("token={alice}")).await;
     assert_eq!(answer.status, 403, "{}", answer.body);
     assert_eq!(answer.json()["error"], "insufficient_scope");
-    assert_eq!(answer.header("www-authenticate"), Some(r#"Bearer error="insufficient_scope""#));
+    assert!(answer.header("www-authenticate").unwrap().starts_with(r#"Bearer error="insufficient_scope""#));
     let answer = introspect(&server, None, &format!("token={alice}")).await;
     assert_eq!((answer.status, answer.header("www-authenticate")), (401, Some("Bearer")));
     assert_eq!(answer.json()["error"], "unauthorized", "RFC 6750 §3.1: no error code without credentials");
     let answer = introspect(&server, Some("e30.e30.c2ln"), &format!("token={alice}")).await;
-    assert_eq!((answer.status, answer.header("www-authenticate")), (401, Some(r#"Bearer error="invalid_token""#)));
+    assert_eq!(answer.status, 401);
+    assert!(answer.header("www-authenticate").unwrap().starts_with(r#"Bearer error="invalid_token""#));
 
     let gateway = server.token("orders-api", &["resource-server"]).await;
     let answer = introspect(&server, Some(&gateway), "token_type_hint=access_token").await;
