@@ -156,8 +156,7 @@ pub struct ServingArgs {
     #[arg(long, env = "PC_MAX_REQUEST_BYTES", default_value_t = 64 * 1024)]
     pub max_request_bytes: usize,
 
-    /// Largest block of request headers accepted on HTTP/2 (gRPC), and largest HTTP/1.1 request
-    /// head, in bytes.
+    /// Largest block of request headers accepted on HTTP/2 (gRPC), in bytes.
     #[arg(long, env = "PC_MAX_HEADER_BYTES", default_value_t = 16 * 1024, value_parser = clap::value_parser!(u32).range(1024..))]
     pub max_header_bytes: u32,
 

@@ -17,7 +17,6 @@ pub mod error;
 pub mod exchange;
 pub mod grpc_methods;
 pub mod health;
-pub mod http1;
 pub mod key_commands;
 pub mod limits;
 pub mod metrics;

@@ -17,7 +17,6 @@ use crate::{
     exchange::{ExchangeSettings, TokenExchange},
     grpc_methods::GrpcMethods,
     health::Health,
-    http1::{Http1Bound, RequestBounds},
     limits::{AdmissionLayer, AdmissionLimits},
     metrics::{JsonRoute, JsonRoutes, Metrics, RecordRpcLayer},
     pb::{
@@ -239,22 +238,14 @@ pub async fn serve(
             Arc::clone(&connections),
         ))
         .add_routes(Routes::from(routes));
-    let bounds = RequestBounds {
-        max_header_bytes: serving.max_header_bytes as usize,
-        max_request_bytes: serving.max_request_bytes,
-    };
     let server: Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> = match tls {
         Some(acceptor) => {
-            let incoming = connections::incoming(listener, connections, move |tcp| {
-                let acceptor = acceptor.clone();
-                async move { tls::handshake(acceptor, tcp).await.map(|tls| Http1Bound::new(tls, bounds)) }
-            });
+            let incoming =
+                connections::incoming(listener, connections, move |tcp| tls::handshake(acceptor.clone(), tcp));
             Box::pin(router.serve_with_incoming_shutdown(incoming, signal))
         }
         None => {
-            let incoming = connections::incoming(listener, connections, move |tcp| {
-                std::future::ready(Ok(Http1Bound::new(tcp, bounds)))
-            });
+            let incoming = connections::incoming(listener, connections, |tcp| std::future::ready(Ok(tcp)));
             Box::pin(router.serve_with_incoming_shutdown(incoming, signal))
         }
     };

@@ -21,7 +21,6 @@ pub fn tests() -> Vec<libtest_mimic::Trial> {
         silent_and_trickling_connections_are_closed,
         requests_beyond_the_in_flight_limit_are_refused_at_once,
         a_flood_of_refused_requests_cannot_flood_the_log,
-        http1_request_heads_are_held_to_max_header_bytes,
     )
 }
 
@@ -405,87 +404,5 @@ fn a_flood_of_refused_requests_cannot_flood_the_log() -> crate::common::TestFutu
             refusals.iter().any(|entry| entry["fields"]["left_out"].as_u64().is_some_and(|n| n > 0)),
             "a line says how many were left out"
         );
-    })
-}
-
-/// A GET of `/healthz` over HTTP/1.1 with a header of `padding` bytes, ended or left unfinished.
-fn http1_get(padding: usize, ended: bool) -> Vec<u8> {
-    let end = if ended { "\r\n" } else { "" };
-    format!("GET /healthz HTTP/1.1\r\nHost: test\r\nX-Padding: {}\r\n{end}", "a".repeat(padding)).into_bytes()
-}
-
-/// The status line of the next response on `tcp`, reading its body by its length; `None` when
-/// the server closed the connection instead. Neither within the read timeout fails the test.
-fn http1_answer(tcp: &mut TcpStream) -> Option<String> {
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        match tcp.read(&mut byte) {
-            Ok(1) => head.push(byte[0]),
-            Ok(_) => return None,
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return None,
-            Err(e) => panic!("neither answered nor closed: {e}"),
-        }
-    }
-    let head = String::from_utf8(head).unwrap();
-    let length: usize = head
-        .lines()
-        .find_map(|line| line.to_ascii_lowercase().strip_prefix("content-length:").map(|n| n.trim().parse().unwrap()))
-        .unwrap_or(0);
-    let mut body = vec![0; length];
-    tcp.read_exact(&mut body).ok()?;
-    head.lines().next().map(str::to_owned)
-}
-
-/// HTTP/2 refuses a header block over --max-header-bytes before buffering it; the HTTP/1 parser
-/// would buffer some 400 KB of an unfinished head on every connection. Heads over the bound are
-/// disconnected as they arrive, while requests within it, one after another on a connection, are
-/// answered.
-fn http1_request_heads_are_held_to_max_header_bytes() -> crate::common::TestFuture {
-    Box::pin(async {
-        let dir = tempfile::tempdir().unwrap();
-        let server = ServerProcess::spawn(dir.path(), None, &["--max-header-bytes", "16384"]);
-        let pid = server.child.id();
-        let addr = server.addr;
-        let blocking = tokio::task::spawn_blocking(move || {
-            let connect = || {
-                let tcp = TcpStream::connect(addr).unwrap();
-                tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-                tcp
-            };
-            // Within the bound, many times over on one connection.
-            let mut tcp = connect();
-            for _ in 0..12 {
-                tcp.write_all(&http1_get(15_000, true)).unwrap();
-                assert_eq!(http1_answer(&mut tcp).as_deref(), Some("HTTP/1.1 200 OK"));
-            }
-            // Over it: the connection ends without an answer.
-            let mut tcp = connect();
-            let _ = tcp.write_all(&http1_get(20_000, true));
-            assert_eq!(http1_answer(&mut tcp), None, "a 20 KB head is not served");
-
-            // Unfinished heads of 300 KB on 200 connections: each is closed as it goes over,
-            // not held until the parser gives up, and memory stays put.
-            let before = resident_bytes(pid);
-            let mut held = Vec::new();
-            for _ in 0..200 {
-                let mut tcp = connect();
-                let _ = tcp.write_all(&http1_get(300_000, false));
-                held.push(tcp);
-            }
-            let grown = resident_bytes(pid).saturating_sub(before);
-            let started = Instant::now();
-            for mut tcp in held {
-                assert_eq!(http1_answer(&mut tcp), None, "closed, not answered");
-            }
-            assert!(started.elapsed() < Duration::from_secs(10), "closed as they went over");
-            assert!(grown < 30 << 20, "{} MB more resident", grown >> 20);
-            // Still serving.
-            let mut tcp = connect();
-            tcp.write_all(&http1_get(10, true)).unwrap();
-            assert_eq!(http1_answer(&mut tcp).as_deref(), Some("HTTP/1.1 200 OK"));
-        });
-        blocking.await.unwrap();
-        server.terminate();
     })
 }
