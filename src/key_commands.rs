@@ -9,7 +9,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use crate::{
     Error,
     audit::{self, Action},
-    auth::{KeyListing, Retirement, SigningKeys, Withdrawal},
+    auth::{KeyListing, Retirement, SigningKeys, Successor, Withdrawal},
     config::{DatabaseUrl, KeyArgs},
     domain::{KeySchedule, KeyTimes},
     server::{key_vault, open_set_up},
@@ -78,18 +78,23 @@ pub async fn withdraw(database: &DatabaseUrl, keys: &KeyArgs, kid: &str) -> Resu
     let vault = key_vault(keys)?;
     let store = open_set_up(database).await?;
     let reread = humantime::format_duration(keys.schedule.reload_interval);
-    Ok(match SigningKeys::withdraw(&store, &vault, kid).await? {
+    Ok(match SigningKeys::withdraw(&store, &vault, &keys.schedule, kid).await? {
         Withdrawal::Withdrawn { was, successor } => {
             let detail = match &successor {
-                Some((next, true)) => format!("was {was}; {next}, made for it, signs in its place"),
-                Some((next, false)) => format!("was {was}; {next}, the next key, signs in its place"),
+                Some(Successor { kid: next, made: true, .. }) => {
+                    format!("was {was}; {next}, made for it, signs in its place")
+                }
+                Some(Successor { kid: next, made: false, .. }) => {
+                    format!("was {was}; {next}, the next key, signs in its place")
+                }
                 None => format!("was {was}"),
             };
             audit::key_change(Action::WithdrawSigningKey, "keys withdraw", kid, &detail, None);
-            if let Some((next, true)) = &successor {
+            if let Some(Successor { kid: next, early: true, .. }) = &successor {
                 tracing::warn!(
                     kid = %next,
-                    "the new key signs before any relying party has fetched it: those holding an older copy of the JWKS refuse its tokens until they fetch it again"
+                    "the key signing in its place has not been published for {}: relying parties holding an older copy of the JWKS refuse its tokens until they fetch it again",
+                    humantime::format_duration(keys.schedule.activation_lead())
                 );
             }
             Ok(format!(

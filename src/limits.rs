@@ -10,7 +10,9 @@
 //!
 //! A reflection stream, whose messages go to the handler as they come, takes one of
 //! [`REFLECTION_STREAMS`] places of its own for as long as it is open, may send at most
-//! `--max-request-bytes` in all, and ends at `--request-timeout`.
+//! `--max-request-bytes` in all, and ends at `--request-timeout` (checked as the handler reads
+//! it: one whose caller grants no flow-control window for the answers is not read, and keeps its
+//! place until its connection closes).
 //!
 //! Health checks skip the queue: an orchestrator that cannot reach one restarts a server that is
 //! merely busy.

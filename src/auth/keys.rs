@@ -431,7 +431,12 @@ impl SigningKeys {
     /// key that signs, the next key takes over now, or, without one, a new key that signs at
     /// once, which relying parties holding an older copy of the JWKS do not know yet. The vault
     /// must open the stored keys when a new key is needed (see [`Self::add`]).
-    pub async fn withdraw(store: &Store, vault: &KeyVault, kid: &str) -> Result<Withdrawal, Error> {
+    pub async fn withdraw(
+        store: &Store,
+        vault: &KeyVault,
+        schedule: &KeySchedule,
+        kid: &str,
+    ) -> Result<Withdrawal, Error> {
         let needs_new_key = |timeline: &KeyTimeline, now| {
             timeline.signing_at(now).is_some_and(|key| key.kid() == kid)
                 && timeline.next(now).all(|key| key.kid() == kid)
@@ -460,10 +465,11 @@ impl SigningKeys {
                 if was == KeyState::Current {
                     if let Some(next) = timeline.next(now).find(|next| next.kid() != kid) {
                         change.activate.push((next.kid().to_owned(), now));
-                        successor = Some((next.kid().to_owned(), false));
+                        let early = next.times.created_at + delta(schedule.activation_lead()) > now;
+                        successor = Some(Successor { kid: next.kid().to_owned(), made: false, early });
                     } else {
                         let stored = new_key(vault)?;
-                        successor = Some((stored.kid.clone(), true));
+                        successor = Some(Successor { kid: stored.kid.clone(), made: true, early: true });
                         change.add = Some(NewSigningKey { stored, created_at: now, activates_at: now });
                     }
                 }
@@ -493,11 +499,21 @@ impl SigningKeys {
 /// What `keys withdraw` did, or why it did nothing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Withdrawal {
-    /// Removed, in the state it was in; `successor` is the key that signs in its place (and
-    /// whether it was made for that), when it was the one that signed.
-    Withdrawn { was: KeyState, successor: Option<(String, bool)> },
+    /// Removed, in the state it was in; `successor` is the key that signs in its place, when it
+    /// was the one that signed.
+    Withdrawn { was: KeyState, successor: Option<Successor> },
     /// Nothing was changed, for this reason.
     Refused(String),
+}
+
+/// The key that signs in place of a withdrawn one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Successor {
+    pub kid: String,
+    /// Made for that, rather than the next key.
+    pub made: bool,
+    /// Signing before it has been published for the activation lead.
+    pub early: bool,
 }
 
 /// Checks that `vault` opens every stored key and would seal a new one as they are sealed, so

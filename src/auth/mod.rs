@@ -17,7 +17,7 @@ use uuid::Uuid;
 
 pub use cache::VerifiedClaims;
 pub use introspection::{Introspection, live};
-pub use keys::{KeyListing, Retirement, SigningKeys, Withdrawal};
+pub use keys::{KeyListing, Retirement, SigningKeys, Successor, Withdrawal};
 pub use vault::KeyVault;
 
 use crate::{

@@ -261,6 +261,7 @@ async fn keys_withdraw_removes_a_key_and_leaves_one_signing(db: TestDb) {
     let said = succeeded(withdrawn.clone());
     assert!(said.contains(&format!("{second}, the next key, signs in its place")), "{said}");
     assert!(stderr(&withdrawn).contains("signing_key.withdraw"), "an audit event: {}", stderr(&withdrawn));
+    assert!(stderr(&withdrawn).contains("has not been published for 7m"), "{}", stderr(&withdrawn));
     let keys = list(dir.path(), url);
     assert_eq!(keys.keys().collect::<Vec<_>>(), [&second], "{keys:?}");
     assert_eq!(keys[&second].state, "current");
@@ -273,8 +274,10 @@ async fn keys_withdraw_removes_a_key_and_leaves_one_signing(db: TestDb) {
     let store = Store::open(&db.database_url(), OpenMode::MustExist).await.unwrap();
     let stopped = |keys: Vec<KeyTimes>| KeyTimeline::new(keys).get(&second).and_then(|key| key.signs_until);
     let stopped_before = stopped(store.key_times().await.unwrap());
-    let said = succeeded(run(dir.path(), &on(&["keys", "withdraw", &third], url)));
+    let withdrawn = run(dir.path(), &on(&["keys", "withdraw", &third], url));
+    let said = succeeded(withdrawn.clone());
     assert!(said.contains("made for it, signs in its place"), "{said}");
+    assert!(stderr(&withdrawn).contains("has not been published for 7m"), "{}", stderr(&withdrawn));
     let keys = list(dir.path(), url);
     assert!(!keys.contains_key(&third), "{keys:?}");
     assert_eq!(keys[&second], before[&second], "the key taken over from does not sign again");
