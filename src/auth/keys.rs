@@ -352,7 +352,7 @@ impl SigningKeys {
     /// `keys add`: stores a new key that signs `activate_in` from now. The vault must open the
     /// stored keys, and seals the new one as they are sealed, so every replica can read it.
     pub async fn add(store: &Store, vault: &KeyVault, activate_in: Duration) -> Result<KeyTimes, Error> {
-        check_vault(store, vault).await?;
+        check_vault(&store.key_ring().await?, vault)?;
         store
             .change_key_ring(|_| {
                 let now = round_to_micros(Utc::now());
@@ -441,8 +441,10 @@ impl SigningKeys {
             timeline.signing_at(now).is_some_and(|key| key.kid() == kid)
                 && timeline.next(now).all(|key| key.kid() == kid)
         };
-        if needs_new_key(&KeyTimeline::new(store.key_times().await?), Utc::now()) {
-            check_vault(store, vault).await?;
+        let ring = store.key_ring().await?;
+        let times = ring.iter().map(|(times, _)| times.clone()).collect();
+        if needs_new_key(&KeyTimeline::new(times), Utc::now()) {
+            check_vault(&ring, vault)?;
         }
         store
             .change_key_ring(|keys| {
@@ -473,15 +475,8 @@ impl SigningKeys {
                         change.add = Some(NewSigningKey { stored, created_at: now, activates_at: now });
                     }
                 }
-                let mut after: Vec<KeyTimes> = apply(timeline.iter().map(|key| key.times.clone()).collect(), &change);
-                after.retain(|key| key.kid != kid);
-                after.extend(change.add.as_ref().map(|new| KeyTimes {
-                    kid: new.stored.kid.clone(),
-                    created_at: now,
-                    activates_at: now,
-                    retired_at: None,
-                }));
-                if let Some(gap) = KeyTimeline::new(after).first_gap(now) {
+                let after = KeyTimeline::new(apply(timeline.iter().map(|key| key.times.clone()).collect(), &change));
+                if let Some(gap) = after.first_gap(now) {
                     return Ok((
                         KeyRingChange::default(),
                         Withdrawal::Refused(format!(
@@ -516,11 +511,10 @@ pub struct Successor {
     pub early: bool,
 }
 
-/// Checks that `vault` opens every stored key and would seal a new one as they are sealed, so
+/// Checks that `vault` opens every key of `ring`, as stored, and would seal a new one as they are sealed, so
 /// every replica can read a key added with it.
-async fn check_vault(store: &Store, vault: &KeyVault) -> Result<(), Error> {
-    let ring = store.key_ring().await?;
-    for (_, stored) in &ring {
+fn check_vault(ring: &[(KeyTimes, StoredKey)], vault: &KeyVault) -> Result<(), Error> {
+    for (_, stored) in ring {
         vault.open(stored)?;
     }
     if let Some((_, clear)) = ring.iter().find(|(_, stored)| vault.should_seal(stored)) {
@@ -590,6 +584,7 @@ fn next_rotation(timeline: &KeyTimeline, now: DateTime<Utc>, every: Duration, le
 
 /// `keys` with `change` applied, as they would be stored.
 fn apply(mut keys: Vec<KeyTimes>, change: &KeyRingChange) -> Vec<KeyTimes> {
+    keys.retain(|key| !change.remove.contains(&key.kid));
     for key in &mut keys {
         if let Some((_, at)) = change.activate.iter().find(|(kid, _)| *kid == key.kid) {
             key.activates_at = *at;
@@ -598,6 +593,12 @@ fn apply(mut keys: Vec<KeyTimes>, change: &KeyRingChange) -> Vec<KeyTimes> {
             key.retired_at = Some(*at);
         }
     }
+    keys.extend(change.add.as_ref().map(|new| KeyTimes {
+        kid: new.stored.kid.clone(),
+        created_at: new.created_at,
+        activates_at: new.activates_at,
+        retired_at: None,
+    }));
     keys
 }
 
