@@ -7,12 +7,20 @@
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    sync::LazyLock,
     time::Duration,
 };
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use chrono::{DateTime, TimeDelta, Utc};
 use ed25519_dalek::SigningKey;
+use icu_properties::{
+    CodePointMapData, CodePointSetData,
+    props::{
+        BidiControl, BinaryProperty, Block, DefaultIgnorableCodePoint, EmojiComponent, EnumeratedProperty,
+        GeneralCategory, JoinControl, PrependedConcatenationMark, VariationSelector, WhiteSpace,
+    },
+};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use personal_clients::{
     Error,
@@ -40,6 +48,7 @@ pub fn tests() -> Vec<libtest_mimic::Trial> {
         page_tokens_round_trip_and_stay_bound_to_user_and_query,
         display_names_accept_only_visible_text_within_the_limit,
         display_name_rejections_name_the_position_not_the_input,
+        display_names_follow_unicode_classes_for_every_character,
         max_lifetimes_parse_any_string_and_print_back_as_themselves,
         lifetimes_give_expiries_within_the_limit_and_before_the_year_10000,
         roles_follow_their_alphabet_and_quote_refusals_briefly,
@@ -421,45 +430,138 @@ async fn page_tokens_round_trip_and_stay_bound_to_user_and_query() {
 
 // ---- Display names ----
 
-/// Characters that show nothing or reorder text, from Unicode's Default_Ignorable_Code_Point,
-/// the bidirectional controls, the line and paragraph separators and the interlinear annotation
-/// controls; less the joiners and variation selectors scripts and emoji need, which the rule
-/// keeps (U+200C, U+200D, U+180B-U+180D, U+180F, U+FE00-U+FE0F, the emoji tags U+E0020-U+E007F,
-/// the ideographic variation selectors U+E0100-U+E01EF).
-fn is_invisible(c: char) -> bool {
-    matches!(
-        c,
-        '\u{00AD}'
-            | '\u{034F}'
-            | '\u{061C}'
-            | '\u{115F}'..='\u{1160}'
-            | '\u{17B4}'..='\u{17B5}'
-            | '\u{180E}'
-            | '\u{200B}'
-            | '\u{200E}'..='\u{200F}'
-            | '\u{2028}'..='\u{202E}'
-            | '\u{2060}'..='\u{206F}'
-            | '\u{3164}'
-            | '\u{FEFF}'
-            | '\u{FFA0}'
-            | '\u{FFF0}'..='\u{FFFB}'
-            | '\u{1D173}'..='\u{1D17A}'
-            | '\u{1BCA0}'..='\u{1BCA3}'
-            | '\u{E0000}'..='\u{E001F}'
-            | '\u{E0080}'..='\u{E00FF}'
-            | '\u{E01F0}'..='\u{E0FFF}'
-    )
+/// What Unicode's character database says of every code point, in the terms the display-name
+/// rule needs, read from ICU4X's copy of it (`icu_properties`) and not from the service's tables:
+/// a range added to or dropped from those tables makes the tests below fail. Looked up once into
+/// tables, as ICU4X takes about a microsecond a lookup unoptimised and one test asks about every
+/// character.
+struct Unicode {
+    category: Vec<GeneralCategory>,
+    block: Vec<Block>,
+    default_ignorable: Vec<bool>,
+    bidi_control: Vec<bool>,
+    join_control: Vec<bool>,
+    variation_selector: Vec<bool>,
+    emoji_component: Vec<bool>,
+    prepended_concatenation_mark: Vec<bool>,
+    white_space: Vec<bool>,
 }
 
-/// Whether a character shows something alone: not a space, not invisible, and not a joiner,
-/// variation selector, tag, combining mark or braille blank.
-fn shows_something(c: char) -> bool {
-    !c.is_whitespace()
-        && !is_invisible(c)
-        && !matches!(c, '\u{0300}'..='\u{036F}' | '\u{180B}'..='\u{180F}' | '\u{1AB0}'..='\u{1AFF}'
-            | '\u{1DC0}'..='\u{1DFF}' | '\u{200C}'..='\u{200D}' | '\u{20D0}'..='\u{20FF}' | '\u{2800}'
-            | '\u{FE00}'..='\u{FE0F}' | '\u{FE20}'..='\u{FE2F}' | '\u{E0020}'..='\u{E007F}' | '\u{E0100}'..='\u{E01EF}')
+/// The blocks Unicode names "Combining ...": marks that only change the character before them.
+/// The service's rule speaks of these blocks only, so a lone mark of another block (U+0483
+/// COMBINING CYRILLIC TITLO, the Hebrew points, the Devanagari vowel signs: general category Mn or
+/// Me, well over a thousand of them) counts as showing something, here as there.
+const COMBINING_BLOCKS: [Block; 5] = [
+    Block::CombiningDiacriticalMarks,
+    Block::CombiningDiacriticalMarksExtended,
+    Block::CombiningDiacriticalMarksSupplement,
+    Block::CombiningDiacriticalMarksForSymbols,
+    Block::CombiningHalfMarks,
+];
+
+/// A symbol whose glyph is empty (general category So, so no property marks it blank).
+const BRAILLE_PATTERN_BLANK: char = '\u{2800}';
+
+fn unicode() -> &'static Unicode {
+    static UNICODE: LazyLock<Unicode> = LazyLock::new(Unicode::load);
+    &UNICODE
 }
+
+impl Unicode {
+    fn load() -> Self {
+        const CODE_POINTS: usize = 0x11_0000;
+        fn set<P: BinaryProperty>() -> Vec<bool> {
+            let mut has = vec![false; CODE_POINTS];
+            CodePointSetData::new::<P>().iter_ranges().flatten().for_each(|code| has[code as usize] = true);
+            has
+        }
+        fn map<T: EnumeratedProperty>(missing: T) -> Vec<T> {
+            let mut values = vec![missing; CODE_POINTS];
+            for range in CodePointMapData::<T>::new().iter_ranges() {
+                range.range.for_each(|code| values[code as usize] = range.value);
+            }
+            values
+        }
+        Self {
+            category: map(GeneralCategory::Unassigned),
+            block: map(Block::NoBlock),
+            default_ignorable: set::<DefaultIgnorableCodePoint>(),
+            bidi_control: set::<BidiControl>(),
+            join_control: set::<JoinControl>(),
+            variation_selector: set::<VariationSelector>(),
+            emoji_component: set::<EmojiComponent>(),
+            prepended_concatenation_mark: set::<PrependedConcatenationMark>(),
+            white_space: set::<WhiteSpace>(),
+        }
+    }
+
+    fn category(&self, c: char) -> GeneralCategory {
+        self.category[c as usize]
+    }
+
+    /// A control character: general category Cc (C0, DEL, C1).
+    fn control(&self, c: char) -> bool {
+        self.category(c) == GeneralCategory::Control
+    }
+
+    /// A character that shows nothing or reorders the text around it: a format character (Cf),
+    /// a default-ignorable code point (Default_Ignorable_Code_Point, which takes in the Hangul
+    /// fillers and the code points Unicode keeps for future invisible characters), a bidirectional
+    /// control (Bidi_Control), or a line or paragraph separator (Zl, Zp). Less what scripts and
+    /// emoji need.
+    fn invisible(&self, c: char) -> bool {
+        let i = c as usize;
+        let hidden = matches!(
+            self.category(c),
+            GeneralCategory::Format | GeneralCategory::LineSeparator | GeneralCategory::ParagraphSeparator
+        ) || self.default_ignorable[i]
+            || self.bidi_control[i];
+        hidden && !self.needed_by_scripts(c)
+    }
+
+    /// The format and default-ignorable characters a script or emoji needs: the joiners
+    /// (Join_Control), the variation selectors (Variation_Selector), the tags of emoji tag
+    /// sequences (Emoji_Component), the signs Unicode wants shown though they are format characters
+    /// (Prepended_Concatenation_Mark: the Arabic number signs and their kin), and the Egyptian
+    /// hieroglyph format controls that arrange signs into quadrats.
+    fn needed_by_scripts(&self, c: char) -> bool {
+        let i = c as usize;
+        self.join_control[i]
+            || self.variation_selector[i]
+            || self.emoji_component[i]
+            || self.prepended_concatenation_mark[i]
+            || self.block[i] == Block::EgyptianHieroglyphFormatControls
+    }
+
+    /// Whether a name may hold `c`.
+    fn allowed(&self, c: char) -> bool {
+        !self.control(c) && !self.invisible(c)
+    }
+
+    /// Whether `c`, allowed in a name, shows something by itself: not White_Space, not
+    /// default-ignorable (the joiners, selectors and tags kept for scripts and emoji show nothing
+    /// alone), not a mark of a "Combining ..." block, and not the braille blank.
+    fn shows_something(&self, c: char) -> bool {
+        let i = c as usize;
+        self.allowed(c)
+            && !self.white_space[i]
+            && !self.default_ignorable[i]
+            && !COMBINING_BLOCKS.contains(&self.block[i])
+            && c != BRAILLE_PATTERN_BLANK
+    }
+}
+
+/// Where the service knowingly departs from Unicode's classes. U+2065 is unassigned and
+/// Default_Ignorable_Code_Point (DerivedCoreProperties.txt: `2065 ; Default_Ignorable_Code_Point
+/// # Cn <reserved-2065>`), kept for a future invisible format character like its neighbours
+/// U+2060..U+2064 and U+2066..U+206F. The service refuses the other reserved default-ignorable
+/// code points (U+FFF0..U+FFF8, U+E0000..U+E0FFF), but its table skips this one and accepts it,
+/// after a letter and alone. Not a difference of Unicode versions: the code point is reserved and
+/// default-ignorable from Unicode 6.3 (which brought the isolates U+2066..U+2069) to Unicode 18,
+/// whose data icu_properties 2.4 ships. The random tests leave these out; the test of every
+/// character checks that the service still departs from Unicode here, so that the entry goes
+/// once the service is fixed.
+const KNOWN_DEPARTURES: [char; 1] = ['\u{2065}'];
 
 /// Names built from a pool of what names are made of, and of what they must not contain.
 fn name_like() -> impl Strategy<Value = String> {
@@ -490,21 +592,22 @@ fn name_like() -> impl Strategy<Value = String> {
 }
 
 async fn display_names_accept_only_visible_text_within_the_limit() {
+    let unicode = unicode();
     proptest!(config(512), |(input in prop_oneof![any_text(), name_like()])| {
+        prop_assume!(!input.contains(KNOWN_DEPARTURES), "the test of every character covers those");
         let chars = input.chars().count();
         match DisplayName::parse(&input) {
             Ok(name) => {
                 prop_assert_eq!(name.as_str(), input.as_str());
                 prop_assert!(!input.trim().is_empty());
                 prop_assert!((1..=DisplayName::MAX_CHARS).contains(&chars), "{chars} characters accepted");
-                prop_assert!(!input.chars().any(char::is_control), "{input:?}");
-                prop_assert!(!input.chars().any(is_invisible), "{input:?}");
-                prop_assert!(input.chars().any(shows_something), "{input:?} shows nothing");
+                prop_assert!(input.chars().all(|c| unicode.allowed(c)), "{input:?}");
+                prop_assert!(input.chars().any(|c| unicode.shows_something(c)), "{input:?} shows nothing");
             }
             Err(message) => {
                 prop_assert!(message.len() <= 200, "{message}");
-                let visible = input.chars().any(shows_something)
-                    && !input.chars().any(|c| c.is_control() || is_invisible(c));
+                let visible =
+                    input.chars().all(|c| unicode.allowed(c)) && input.chars().any(|c| unicode.shows_something(c));
                 prop_assert!(!visible || chars > DisplayName::MAX_CHARS, "{input:?} refused: {message}");
             }
         }
@@ -512,11 +615,16 @@ async fn display_names_accept_only_visible_text_within_the_limit() {
 }
 
 async fn display_name_rejections_name_the_position_not_the_input() {
+    let unicode = unicode();
+    // A few well-known ones, or any character Unicode's classes refuse.
+    let refused: Vec<char> = every_char().filter(|c| !unicode.allowed(*c) && !KNOWN_DEPARTURES.contains(c)).collect();
     let hidden = prop_oneof![
-        prop::sample::select(vec!['\0', '\n', '\u{1B}', '\u{7F}', '\u{9F}']).prop_map(|c| (c, true)),
-        prop::sample::select(vec!['\u{200B}', '\u{202E}', '\u{2066}', '\u{FEFF}', '\u{E0001}'])
-            .prop_map(|c| (c, false)),
-    ];
+        prop::sample::select(vec![
+            '\0', '\n', '\u{1B}', '\u{7F}', '\u{9F}', '\u{200B}', '\u{202E}', '\u{2066}', '\u{FEFF}'
+        ]),
+        prop::sample::select(refused),
+    ]
+    .prop_map(|c| (c, unicode.control(c)));
     proptest!(config(512), |(name in "[a-zA-Z0-9 ]{0,150}[a-z]", at in any::<Index>(), (c, control) in hidden)| {
         let mut chars: Vec<char> = name.chars().collect();
         let position = at.index(chars.len() + 1);
@@ -528,6 +636,69 @@ async fn display_name_rejections_name_the_position_not_the_input() {
         prop_assert!(message.contains(kind), "{message}");
         prop_assert!(name.len() < 12 || !message.contains(&name), "the input is not echoed: {message}");
     });
+}
+
+/// Every Unicode scalar value.
+fn every_char() -> impl Iterator<Item = char> {
+    (0..=u32::from(char::MAX)).filter_map(char::from_u32)
+}
+
+/// Every character, after a letter and alone, against Unicode's classes: one code point added to
+/// or dropped from the service's tables shows here, where random names would meet it only by
+/// chance.
+async fn display_names_follow_unicode_classes_for_every_character() {
+    let unicode = unicode();
+    let mut findings: Vec<(u32, String)> = Vec::new();
+    let mut after_letter = String::new();
+    for c in every_char() {
+        let refusal = if unicode.control(c) {
+            Some("control character")
+        } else if unicode.invisible(c) {
+            Some("invisible or direction-changing")
+        } else {
+            None
+        };
+        after_letter.clear();
+        after_letter.extend(['a', c]);
+        let finding = match (DisplayName::parse(&after_letter), refusal) {
+            (Ok(_), Some(kind)) => Some(format!("accepted after a letter; Unicode's classes make it {kind}")),
+            (Err(message), Some(kind)) if !message.contains(kind) => Some(format!("not refused as {kind}: {message}")),
+            (Err(message), None) => Some(format!("refused after a letter: {message}")),
+            (_, Some(_)) => None,
+            (Ok(_), None) => match (DisplayName::parse(&c.to_string()).is_ok(), unicode.shows_something(c)) {
+                (true, false) => Some("accepted alone, though it shows nothing".to_owned()),
+                (false, true) => Some("refused alone, though it shows something".to_owned()),
+                _ => None,
+            },
+        };
+        let category = unicode.category(c);
+        match (finding, KNOWN_DEPARTURES.contains(&c)) {
+            (Some(finding), false) => findings.push((c.into(), format!("({category:?}) {finding}"))),
+            (None, true) => {
+                findings.push((c.into(), format!("({category:?}) follows Unicode now: drop it from KNOWN_DEPARTURES")))
+            }
+            _ => {}
+        }
+    }
+    assert!(findings.is_empty(), "the service and Unicode's classes disagree on:\n{}", ranges(&findings));
+}
+
+/// Consecutive code points of the same finding as one line: `U+2060..U+2064 finding`.
+fn ranges(findings: &[(u32, String)]) -> String {
+    let mut lines: Vec<(u32, u32, &str)> = Vec::new();
+    for (code, finding) in findings {
+        match lines.last_mut() {
+            Some((_, last, text)) if *last + 1 == *code && text == finding => *last = *code,
+            _ => lines.push((*code, *code, finding)),
+        }
+    }
+    lines
+        .iter()
+        .map(|(first, last, text)| {
+            if first == last { format!("U+{first:04X} {text}") } else { format!("U+{first:04X}..U+{last:04X} {text}") }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 // ---- Lifetimes and expiries ----
