@@ -551,18 +551,6 @@ impl Unicode {
     }
 }
 
-/// Where the service knowingly departs from Unicode's classes. U+2065 is unassigned and
-/// Default_Ignorable_Code_Point (DerivedCoreProperties.txt: `2065 ; Default_Ignorable_Code_Point
-/// # Cn <reserved-2065>`), kept for a future invisible format character like its neighbours
-/// U+2060..U+2064 and U+2066..U+206F. The service refuses the other reserved default-ignorable
-/// code points (U+FFF0..U+FFF8, U+E0000..U+E0FFF), but its table skips this one and accepts it,
-/// after a letter and alone. Not a difference of Unicode versions: the code point is reserved and
-/// default-ignorable from Unicode 6.3 (which brought the isolates U+2066..U+2069) to Unicode 18,
-/// whose data icu_properties 2.4 ships. The random tests leave these out; the test of every
-/// character checks that the service still departs from Unicode here, so that the entry goes
-/// once the service is fixed.
-const KNOWN_DEPARTURES: [char; 1] = ['\u{2065}'];
-
 /// Names built from a pool of what names are made of, and of what they must not contain.
 fn name_like() -> impl Strategy<Value = String> {
     const VISIBLE: &[char] = &['a', 'Z', '7', ' ', '-', 'é', '日', 'ß', 'ж', 'ي', '🚀', '👩', '\u{200D}', '\u{FE0F}'];
@@ -594,7 +582,6 @@ fn name_like() -> impl Strategy<Value = String> {
 async fn display_names_accept_only_visible_text_within_the_limit() {
     let unicode = unicode();
     proptest!(config(512), |(input in prop_oneof![any_text(), name_like()])| {
-        prop_assume!(!input.contains(KNOWN_DEPARTURES), "the test of every character covers those");
         let chars = input.chars().count();
         match DisplayName::parse(&input) {
             Ok(name) => {
@@ -617,7 +604,7 @@ async fn display_names_accept_only_visible_text_within_the_limit() {
 async fn display_name_rejections_name_the_position_not_the_input() {
     let unicode = unicode();
     // A few well-known ones, or any character Unicode's classes refuse.
-    let refused: Vec<char> = every_char().filter(|c| !unicode.allowed(*c) && !KNOWN_DEPARTURES.contains(c)).collect();
+    let refused: Vec<char> = every_char().filter(|c| !unicode.allowed(*c)).collect();
     let hidden = prop_oneof![
         prop::sample::select(vec![
             '\0', '\n', '\u{1B}', '\u{7F}', '\u{9F}', '\u{200B}', '\u{202E}', '\u{2066}', '\u{FEFF}'
@@ -672,12 +659,8 @@ async fn display_names_follow_unicode_classes_for_every_character() {
             },
         };
         let category = unicode.category(c);
-        match (finding, KNOWN_DEPARTURES.contains(&c)) {
-            (Some(finding), false) => findings.push((c.into(), format!("({category:?}) {finding}"))),
-            (None, true) => {
-                findings.push((c.into(), format!("({category:?}) follows Unicode now: drop it from KNOWN_DEPARTURES")))
-            }
-            _ => {}
+        if let Some(finding) = finding {
+            findings.push((c.into(), format!("({category:?}) {finding}")));
         }
     }
     assert!(findings.is_empty(), "the service and Unicode's classes disagree on:\n{}", ranges(&findings));
