@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Runs the README's quick start and its HTTP/JSON walk-through exactly as written there (the sh
-# blocks between their markers), from the repository's root, with grpcurl from PyPI, and checks
-# what each printed.
+# Runs the quick start of README.md and the HTTP/JSON walk-through of docs/json-api.md exactly as
+# written there (the sh blocks between their markers), from the repository's root, with grpcurl
+# from PyPI, and checks what each printed.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -31,13 +31,14 @@ restore() {
 }
 trap restore EXIT
 
-# Runs the block between `<!-- NAME: begin -->` and `<!-- NAME: end -->`; prints its output's path.
+# Runs the block of FILE between `<!-- NAME: begin -->` and `<!-- NAME: end -->`; prints its
+# output's path.
 run_block() {
-    local name="$1" script output block status=0
+    local file="$1" name="$2" script output block status=0
     script="$(mktemp)"
     awk -v begin="<!-- $name: begin -->" -v end="<!-- $name: end -->" \
-        '$0 == begin { on = 1; next } $0 == end { on = 0 } on && !/^```/' README.md > "$script"
-    [[ -s "$script" ]] || { echo "$name: no block between the markers in README.md" >&2; exit 1; }
+        '$0 == begin { on = 1; next } $0 == end { on = 0 } on && !/^```/' "$file" > "$script"
+    [[ -s "$script" ]] || { echo "$name: no block between the markers in $file" >&2; exit 1; }
     output="$(mktemp)"
     # Every command must succeed, as a reader would expect. The block runs in a process group
     # of its own, so a server it started is stopped even when a later command fails.
@@ -60,13 +61,13 @@ expect() {
     grep -qF -- "$pattern" "$output" || { echo "$name: $what" >&2; cat "$output" >&2; exit 1; }
 }
 
-output="$(run_block "quick start")"
+output="$(run_block README.md "quick start")"
 expect "quick start" "$output" '"access_token"' "no access token over HTTP"
 expect "quick start" "$output" '"displayName": "old laptop"' "the update did not show"
 
 # The quick start's server was told to stop; the next block starts its own on the same port.
 for _ in $(seq 1 100); do curl -s -o /dev/null http://127.0.0.1:50051/healthz || break; sleep 0.1; done
-output="$(run_block "http api")"
+output="$(run_block docs/json-api.md "http api")"
 expect "http api" "$output" '"displayName": "build bot"' "the created client was not read back"
 expect "http api" "$output" '"nightly build bot"' "the update did not show"
 expect "http api" "$output" '"userId": "alice"' "the search did not find the client"
