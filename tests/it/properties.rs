@@ -15,12 +15,12 @@ use chrono::{DateTime, TimeDelta, Utc};
 use ed25519_dalek::SigningKey;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use personal_clients::{
-    Error,
     api::convert::{timestamp, update_request},
     auth::jws::{self, Header},
     domain::{
         CidrList, ClientSecret, DisplayName, MaxLifetime, PageToken, Rejection, Role, RoleSet, SourceAddress, quote,
     },
+    error::Error,
     exchange::assertion::{ClientAssertion, MAX_LIFETIME_SECS, SKEW_SECS},
     pb::iam as pb,
 };
