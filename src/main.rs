@@ -1,18 +1,15 @@
-//! The `personal-clients` binary: `serve` (the default), `migrate`, `mint-token`, `keys`,
-//! `client-assertion` and `bench`, each with only the options it uses.
+//! The `personal-clients` binary: `serve` (the default) and the [`commands`] `migrate`,
+//! `mint-token`, `keys`, `client-assertion` and `bench`, each with only the options it uses.
 
-use std::{io::IsTerminal, net::SocketAddr, process::ExitCode, time::Duration};
+mod commands;
 
-use anyhow::Context as _;
+use std::{io::IsTerminal, net::SocketAddr, process::ExitCode};
+
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use personal_clients::{
-    Config, bench,
-    config::{DatabaseArgs, IssuerArgs, KeyArgs, parse_listen, parse_local_user, parse_non_blank},
-    domain::KeySchedule,
-    domain::{ClientSecret, Role, RoleSet},
-    error::chain,
-    exchange::assertion::ClientAssertion,
-    key_commands, server,
+    config::{Config, parse_listen},
+    error::{Error, chain},
+    server,
 };
 use tracing_subscriber::EnvFilter;
 
@@ -41,102 +38,17 @@ enum Command {
     /// Run the service (the default): migrates the database, then serves gRPC and HTTP.
     Serve(ServeArgs),
     /// Bring the database schema up to date, create the first signing key, and exit.
-    Migrate(MigrateArgs),
+    Migrate(commands::migrate::MigrateArgs),
     /// Print a user access token signed with the service's current key, and nothing else.
-    MintToken(MintTokenArgs),
+    MintToken(commands::mint_token::MintTokenArgs),
     /// List, add, retire and withdraw the token signing keys.
     #[command(subcommand)]
-    Keys(KeysCommand),
+    Keys(commands::keys::KeysCommand),
     /// Print a client assertion signed with a personal client's secret, for the token exchange.
     /// The secret comes from PC_CLIENT_SECRET or, without it, from standard input.
-    ClientAssertion(ClientAssertionArgs),
+    ClientAssertion(commands::client_assertion::ClientAssertionArgs),
     /// Measure the API in-process on a loopback port and print throughput and latency.
-    Bench(bench::BenchArgs),
-}
-
-#[derive(Args)]
-struct MigrateArgs {
-    #[command(flatten)]
-    database: DatabaseArgs,
-    #[command(flatten)]
-    keys: KeyArgs,
-}
-
-#[derive(Subcommand)]
-enum KeysCommand {
-    /// Every stored key: its kid, state (next, current or retired), when it was created, starts
-    /// signing, stops signing, and leaves the JWKS.
-    List(KeysListArgs),
-    /// Add a key and print its kid. It is published at once and signs after --activate-in,
-    /// taking over from the current key.
-    Add(KeysAddArgs),
-    /// Retire a key. One that has not signed yet is retired at once. The current key hands over to
-    /// the next one as soon as that one may sign; without a next key it is refused. A retired key
-    /// stays in the JWKS until every token it signed has expired.
-    Retire(KeysRetireArgs),
-    /// Withdraw a key that may have leaked: it is removed now, and every server stops publishing
-    /// it, signing with it and accepting its tokens when it next re-reads the keys (within a
-    /// minute). If it was the key that signs, the next key takes over at once or, without one, a
-    /// new key that signs at once. Unlike retire, the tokens it signed stop working.
-    Withdraw(KeysWithdrawArgs),
-}
-
-#[derive(Args)]
-struct KeysListArgs {
-    #[command(flatten)]
-    database: DatabaseArgs,
-}
-
-#[derive(Args)]
-struct KeysAddArgs {
-    #[command(flatten)]
-    database: DatabaseArgs,
-    #[command(flatten)]
-    keys: KeyArgs,
-    /// When the key starts signing [default: 7m, as long as it takes every replica to publish it
-    /// and every cached JWKS to expire]. A shorter time is allowed, with a warning.
-    #[arg(long, value_parser = humantime::parse_duration)]
-    activate_in: Option<Duration>,
-}
-
-#[derive(Args)]
-struct KeysRetireArgs {
-    #[command(flatten)]
-    database: DatabaseArgs,
-    /// The key's kid, as `keys list` shows it.
-    kid: String,
-}
-
-#[derive(Args)]
-struct KeysWithdrawArgs {
-    #[command(flatten)]
-    database: DatabaseArgs,
-    #[command(flatten)]
-    keys: KeyArgs,
-    /// The key's kid, as `keys list` shows it.
-    kid: String,
-}
-
-#[derive(Args)]
-struct ClientAssertionArgs {
-    /// The personal client's id, as Create returned it.
-    #[arg(long, env = "PC_CLIENT_ID", value_parser = parse_non_blank)]
-    client_id: String,
-    /// The audience: the service's --public-host (or its --issuer).
-    #[arg(long, env = "PC_AUDIENCE", default_value = "localhost", value_parser = parse_non_blank)]
-    audience: String,
-    /// How long the assertion may be used, at most 5m.
-    #[arg(long, default_value = "60s", value_parser = parse_assertion_lifetime)]
-    lifetime: Duration,
-}
-
-fn parse_assertion_lifetime(value: &str) -> Result<Duration, String> {
-    let limit = Duration::from_secs(300);
-    match humantime::parse_duration(value) {
-        Ok(lifetime) if lifetime.is_zero() || lifetime > limit => Err("must be between 1s and 5m".into()),
-        Ok(lifetime) => Ok(lifetime),
-        Err(err) => Err(format!("{err}; use a duration like 60s")),
-    }
+    Bench(commands::bench::BenchArgs),
 }
 
 #[derive(Args)]
@@ -146,29 +58,6 @@ struct ServeArgs {
     listen: SocketAddr,
     #[command(flatten)]
     config: Config,
-}
-
-#[derive(Args)]
-struct MintTokenArgs {
-    #[command(flatten)]
-    database: DatabaseArgs,
-    #[command(flatten)]
-    keys: KeyArgs,
-    #[command(flatten)]
-    issuer: IssuerArgs,
-    /// The user id (`sub`).
-    #[arg(long, env = "PC_USER", value_parser = parse_local_user)]
-    user: String,
-    /// Roles, comma-separated; `--roles ""` for none.
-    #[arg(long, env = "PC_ROLES", value_delimiter = ',', value_parser = parse_role)]
-    roles: Vec<Option<Role>>,
-    /// Token lifetime, at most 24h.
-    #[arg(long, env = "PC_TTL", default_value = "1h", value_parser = humantime::parse_duration)]
-    ttl: Duration,
-}
-
-fn parse_role(value: &str) -> Result<Option<Role>, String> {
-    if value.is_empty() { Ok(None) } else { Role::parse(value).map(Some) }
 }
 
 /// mimalloc: the service allocates and frees small buffers on several threads at once (the
@@ -193,9 +82,7 @@ fn main() -> ExitCode {
         Err(err) => {
             eprintln!("personal-clients: {}", chain(err.as_ref()));
             // A configuration mistake found at start-up is a usage error, like one clap finds.
-            let usage = err
-                .downcast_ref::<personal_clients::Error>()
-                .is_some_and(|e| matches!(e, personal_clients::Error::Config { .. }));
+            let usage = err.downcast_ref::<Error>().is_some_and(|e| matches!(e, Error::Config { .. }));
             if usage { ExitCode::from(2) } else { ExitCode::FAILURE }
         }
     }
@@ -206,61 +93,11 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Serve(args) => {
             Ok(server::serve(args.config, server::Listen::At(args.listen), shutdown_signal()).await?)
         }
-        Command::Migrate(args) => Ok(server::migrate(&args.database.database_url, &args.keys).await?),
-        Command::MintToken(args) => {
-            let roles: RoleSet = args.roles.into_iter().flatten().collect();
-            let token =
-                server::mint_token(&args.database.database_url, &args.keys, &args.issuer, &args.user, &roles, args.ttl)
-                    .await?;
-            println!("{token}");
-            Ok(())
-        }
-        Command::Keys(KeysCommand::List(args)) => {
-            print!("{}", key_commands::list(&args.database.database_url, &KeySchedule::default()).await?);
-            Ok(())
-        }
-        Command::Keys(KeysCommand::Add(args)) => {
-            let added = key_commands::add(&args.database.database_url, &args.keys, args.activate_in).await?;
-            println!("{}", added.kid);
-            Ok(())
-        }
-        Command::Keys(KeysCommand::Retire(args)) => {
-            match key_commands::retire(&args.database.database_url, &KeySchedule::default(), &args.kid).await? {
-                Ok(done) => {
-                    println!("{done}");
-                    Ok(())
-                }
-                Err(why) => anyhow::bail!("{why}"),
-            }
-        }
-        Command::Keys(KeysCommand::Withdraw(args)) => {
-            match key_commands::withdraw(&args.database.database_url, &args.keys, &args.kid).await? {
-                Ok(done) => {
-                    println!("{done}");
-                    Ok(())
-                }
-                Err(why) => anyhow::bail!("{why}"),
-            }
-        }
-        Command::ClientAssertion(args) => {
-            let secret = match std::env::var("PC_CLIENT_SECRET") {
-                Ok(secret) => secret,
-                Err(_) if std::io::stdin().is_terminal() => {
-                    anyhow::bail!("no secret: set PC_CLIENT_SECRET, or pass the secret on standard input")
-                }
-                Err(_) => {
-                    std::io::read_to_string(std::io::stdin()).context("cannot read the secret from standard input")?
-                }
-            };
-            let key = ClientSecret::parse(&secret)
-                .and_then(|secret| secret.signing_key())
-                .map_err(|e| anyhow::anyhow!("the secret {e}"))?;
-            let lifetime = i64::try_from(args.lifetime.as_secs()).unwrap_or(60);
-            let now = chrono::Utc::now().timestamp();
-            println!("{}", ClientAssertion::sign(&key, &args.client_id, &args.audience, lifetime, now));
-            Ok(())
-        }
-        Command::Bench(args) => Ok(bench::run(args).await?),
+        Command::Migrate(args) => commands::migrate::run(args).await,
+        Command::MintToken(args) => commands::mint_token::run(args).await,
+        Command::Keys(command) => commands::keys::run(command).await,
+        Command::ClientAssertion(args) => commands::client_assertion::run(&args),
+        Command::Bench(args) => Ok(commands::bench::run(args).await?),
     }
 }
 

@@ -2,24 +2,14 @@
 //! server process keeps its own counts, so with N replicas behind a load balancer a key gets up
 //! to N times the rate in all.
 
-use std::{
-    fmt,
-    hash::Hash,
-    num::NonZeroU32,
-    str::FromStr,
-    sync::{
-        LazyLock,
-        atomic::{AtomicU64, Ordering},
-    },
-    time::Duration,
-};
+use std::{fmt, hash::Hash, num::NonZeroU32, str::FromStr, time::Duration};
 
 use governor::{
-    DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter,
+    DefaultKeyedRateLimiter, Quota, RateLimiter,
     clock::{Clock, DefaultClock},
 };
 
-use crate::Error;
+use crate::error::Error;
 
 /// A rate such as `10/s`, `30/min` or `1000/h`: that many at once, refilled evenly over the
 /// period.
@@ -105,25 +95,6 @@ impl<K: Hash + Eq + Clone> KeyedLimit<K> {
             limiter.retain_recent();
             limiter.shrink_to_fit();
         }
-    }
-}
-
-/// Log lines about refused requests, which anyone can cause: at most 20 a second (a burst of
-/// 100), so a flood of bad requests cannot flood the log. The metrics count every refusal.
-static REFUSAL_LOG: LazyLock<(DefaultDirectRateLimiter, AtomicU64)> = LazyLock::new(|| {
-    let rate = Quota::per_second(NonZeroU32::new(20).unwrap_or(NonZeroU32::MIN))
-        .allow_burst(NonZeroU32::new(100).unwrap_or(NonZeroU32::MIN));
-    (RateLimiter::direct(rate), AtomicU64::new(0))
-});
-
-/// Whether a refusal may be logged now; if so, how many were left out since the last one.
-pub fn refusal_log() -> Option<u64> {
-    let (limiter, left_out) = &*REFUSAL_LOG;
-    if limiter.check().is_ok() {
-        Some(left_out.swap(0, Ordering::Relaxed))
-    } else {
-        left_out.fetch_add(1, Ordering::Relaxed);
-        None
     }
 }
 

@@ -1,25 +1,32 @@
 //! Composition: open the store, build the services, and serve them on one listener until told
-//! to stop. Also the two commands that touch only the database: `migrate` and `mint-token`.
+//! to stop. `serve` reads top to bottom: the parts, the routes, the transport, the background
+//! work; each is built by a function below it.
 
 use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
 
-use tokio::{net::TcpListener, sync::Notify};
+use axum::Router;
+use tokio::{net::TcpListener, sync::Notify, task::JoinHandle};
+use tokio_rustls::TlsAcceptor;
 use tonic::{service::Routes, transport::Server};
 
 use crate::{
-    Error, FILE_DESCRIPTOR_SET,
     api::{self, ExtAuthzApi, IdentityHeaders, IntrospectionApi, PersonalClientApi, SearchApi, TokenApi},
     auth::{self, Authenticator, Gate, Introspection, KeyVault, SigningKeys, external::ExternalIssuers},
-    clients::{ClientSettings, PersonalClients},
-    config::{Config, DatabaseUrl, IssuerArgs, KeyArgs, MeshArgs, check_token_ttl},
-    connections::{self, ConnectionLimits, Connections},
-    domain::RoleSet,
+    clients::{ClientSettings, ClientStatus, PersonalClients},
+    config::{Config, KeyArgs, MeshArgs, ServingArgs},
+    edge::{
+        admission::{AdmissionLayer, AdmissionLimits},
+        connections::{self, ConnectionLimits, Connections},
+        metrics::{JsonRoute, JsonRoutes, RecordRpcLayer},
+        tls,
+    },
+    error::Error,
     exchange::{ExchangeSettings, TokenExchange},
     grpc_methods::GrpcMethods,
     health::Health,
-    limits::{AdmissionLayer, AdmissionLimits},
-    metrics::{JsonRoute, JsonRoutes, Metrics, RecordRpcLayer},
+    metrics::Metrics,
     pb::{
+        FILE_DESCRIPTOR_SET,
         auth::{introspection_service_server::IntrospectionServiceServer, token_service_server::TokenServiceServer},
         envoy::service::auth::v3::authorization_server::AuthorizationServer,
         iam::{
@@ -27,8 +34,7 @@ use crate::{
             personal_client_service_server::PersonalClientServiceServer,
         },
     },
-    store::{OpenMode, Store},
-    tls,
+    store::{DatabaseUrl, OpenMode, Store},
 };
 
 /// Health and reflection: public, like the token exchange.
@@ -81,35 +87,122 @@ pub async fn serve(
         (Some(cert), Some(key)) => Some(tls::acceptor(cert, key)?),
         _ => None,
     };
-    // The JWKS client's TLS; a second install (another server in this process) changes nothing.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let issuer = config.issuer.issuer();
-    let audiences = vec![issuer.clone(), config.issuer.public_host.clone()];
-    let external = ExternalIssuers::load(&config.trust.trusted_jwks, audiences, config.trust.roles_claim.clone())
-        .await
-        .map_err(|message| Error::config("--trusted-jwks", message, None))?;
-    let database = &config.database.database_url;
-    let vault = key_vault(&config.keys)?;
-    let searches = config.serving.max_concurrent_searches;
-    let store = Store::open_with_searches(database, OpenMode::CreateIfMissing, searches).await?;
-    store.migrate().await?;
-    SigningKeys::prepare(&store, &vault).await?;
-    let keys = SigningKeys::load(store.clone(), vault, config.keys.schedule).await?;
-    let auth = Arc::new(Authenticator::new(keys, issuer.clone(), store.clone(), external));
+    let parts = Parts::open(&config).await?;
     // The port opens once the database is ready: whoever finds it open (a readiness probe, a
     // script running `mint-token`) finds the schema and the keys there.
     let listener = listen.into().bind().await?;
     let address = listener.local_addr().map_err(|e| Error::internal_with("cannot read the listening address", e))?;
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    let health = Health::default();
+    let (routes, json_routes) = routes(&config, &parts, health_service, health.clone())?;
+    tracing::info!(%address, database = %config.database.database_url, issuer = %parts.auth.issuer(), "serving");
+    let background = Background::start(&config, &parts, health, reporter).await;
+    let served = transport(&config.serving, &parts, json_routes, routes, listener, tls, shutdown).await;
+    background.stop(&parts).await;
+    served
+}
 
-    let names = health_names();
-    let methods = GrpcMethods::from_descriptor_sets(&[
-        FILE_DESCRIPTOR_SET,
-        tonic_health::pb::FILE_DESCRIPTOR_SET,
-        tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
-        tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
-    ])
-    .map_err(|e| Error::internal_with("cannot read the served descriptors", e))?;
-    let json_routes = api::json::contract_routes()?;
+/// What the services are made of: the store, the authenticator and the rules.
+struct Parts {
+    store: Store,
+    auth: Arc<Authenticator>,
+    methods: GrpcMethods,
+    metrics: Arc<Metrics>,
+    exchange: Arc<TokenExchange>,
+    clients: PersonalClients,
+}
+
+impl Parts {
+    /// Opens and migrates the database, loads the signing keys and the external issuers, and
+    /// builds the rules on them.
+    async fn open(config: &Config) -> Result<Self, Error> {
+        // The JWKS client's TLS; a second install (another server in this process) changes nothing.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let audiences = config.issuer.audiences();
+        let trust = &config.trust;
+        let external = ExternalIssuers::load(&trust.trusted_jwks, audiences.clone(), trust.roles_claim.clone())
+            .await
+            .map_err(|message| Error::config("--trusted-jwks", message, None))?;
+        let vault = KeyVault::from_args(&config.keys)?;
+        let searches = config.serving.max_concurrent_searches;
+        let store =
+            Store::open_with_searches(&config.database.database_url, OpenMode::CreateIfMissing, searches).await?;
+        store.migrate().await?;
+        SigningKeys::prepare(&store, &vault).await?;
+        let keys = SigningKeys::load(store.clone(), vault, config.keys.schedule).await?;
+        let issuer = config.issuer.issuer();
+        let auth = Arc::new(Authenticator::new(keys, issuer, ClientStatus::new(store.clone()), external));
+        let methods = GrpcMethods::from_descriptor_sets(&[
+            FILE_DESCRIPTOR_SET,
+            tonic_health::pb::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+        ])
+        .map_err(|e| Error::internal_with("cannot read the served descriptors", e))?;
+        let metrics =
+            Arc::new(Metrics::new(store.clone()).map_err(|e| Error::internal_with("cannot set up the metrics", e))?);
+        let credentials = &config.credentials;
+        let exchange = Arc::new(TokenExchange::new(
+            store.clone(),
+            Arc::clone(&auth),
+            ExchangeSettings {
+                audiences,
+                token_ttl: credentials.token_ttl,
+                trusted_proxies: trust.trusted_proxies.clone(),
+                rate_per_client: credentials.exchange_rate_per_client,
+                rate_per_source: credentials.exchange_rate_per_source,
+            },
+            Arc::clone(&metrics),
+        ));
+        let clients = PersonalClients::new(
+            store.clone(),
+            ClientSettings {
+                admin_role: credentials.admin_role.clone(),
+                public_host: config.issuer.public_host.clone(),
+                secret_namespace: credentials.secret_namespace.clone(),
+                max_clients_per_user: credentials.max_clients_per_user.0,
+                create_rate_per_user: credentials.create_rate_per_user,
+            },
+        );
+        Ok(Self { store, auth, methods, metrics, exchange, clients })
+    }
+}
+
+/// Every route on the one port: the gRPC services behind their authentication gate, the JSON
+/// routes of the same methods, and the plain HTTP endpoints; and the JSON routes' methods, for
+/// the metrics.
+fn routes(
+    config: &Config,
+    parts: &Parts,
+    health_service: tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
+    health: Health,
+) -> Result<(Router, JsonRoutes), Error> {
+    let introspection = Introspection::new(Arc::clone(&parts.auth), config.mesh.introspection_role.clone());
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_error = |e: tonic_reflection::server::Error| Error::internal_with("cannot build reflection", e);
+    let public: Vec<&'static str> = api::PUBLIC_SERVICES.into_iter().chain(OPERATIONS_SERVICES).collect();
+    let gate = Gate::new(Arc::clone(&parts.auth), parts.methods.clone(), &public);
+    let clients = &parts.clients;
+    let grpc = Routes::new(PersonalClientServiceServer::new(PersonalClientApi::new(
+        clients.clone(),
+        config.credentials.max_lifetime,
+    )))
+    .add_service(PersonalClientSearchServiceServer::new(SearchApi::new(clients.clone())))
+    .add_service(TokenServiceServer::new(TokenApi::new(Arc::clone(&parts.exchange))))
+    .add_service(IntrospectionServiceServer::new(IntrospectionApi::new(introspection.clone())))
+    .add_service(AuthorizationServer::new(ExtAuthzApi::new(Arc::clone(&parts.auth), identity_headers(&config.mesh))))
+    .add_service(health_service)
+    .add_service(reflection().build_v1().map_err(reflection_error)?)
+    .add_service(reflection().build_v1alpha().map_err(reflection_error)?)
+    .into_axum_router()
+    // Every gRPC service but the public ones requires a bearer token, checked before any
+    // handler runs. Paths no service serves fall through to `not_found`.
+    .route_layer(axum::middleware::from_fn_with_state(gate.clone(), auth::require_bearer));
+    let json_routes = api::json::routes::contract_routes()?;
     let json_targets = json_routes
         .iter()
         .map(|route| JsonRoute {
@@ -118,92 +211,71 @@ pub async fn serve(
             method: route.grpc_path.clone(),
         })
         .collect();
-    let metrics = Arc::new(
-        Metrics::new(store.clone(), methods.clone(), JsonRoutes::new(json_targets))
-            .map_err(|e| Error::internal_with("cannot set up the metrics", e))?,
+    let json = api::json::router(json_routes, grpc.clone(), gate)?;
+    let http = api::http::routes(
+        Arc::clone(&parts.exchange),
+        Arc::clone(&parts.auth),
+        introspection,
+        health,
+        Arc::clone(&parts.metrics),
     );
-    let exchange = Arc::new(TokenExchange::new(
-        store.clone(),
-        Arc::clone(&auth),
-        ExchangeSettings {
-            public_host: config.issuer.public_host.clone(),
-            issuer: issuer.clone(),
-            token_ttl: config.credentials.token_ttl,
-            trusted_proxies: config.trust.trusted_proxies.clone(),
-            rate_per_client: config.credentials.exchange_rate_per_client,
-            rate_per_source: config.credentials.exchange_rate_per_source,
-        },
-        Arc::clone(&metrics),
-    ));
-    let clients = PersonalClients::new(
-        store.clone(),
-        ClientSettings {
-            admin_role: config.credentials.admin_role.clone(),
-            public_host: config.issuer.public_host.clone(),
-            secret_namespace: config.credentials.secret_namespace.clone(),
-            max_clients_per_user: config.credentials.max_clients_per_user.0,
-            create_rate_per_user: config.credentials.create_rate_per_user,
-        },
-    );
+    Ok((grpc.merge(json).merge(http).fallback(api::http::not_found), JsonRoutes::new(json_targets)))
+}
 
-    let introspection = Introspection::new(Arc::clone(&auth), config.mesh.introspection_role.clone());
+/// The work a server does besides answering: following the database's health, writing
+/// `last_used_at` and forgetting idle rate counts, and keeping up the signing keys.
+struct Background {
+    tasks: [JoinHandle<()>; 3],
+}
 
-    let (reporter, health_service) = tonic_health::server::health_reporter();
-    let reflection = || {
-        tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-    };
-    let reflection_error = |e: tonic_reflection::server::Error| Error::internal_with("cannot build reflection", e);
-    let public: Vec<&'static str> = api::PUBLIC_SERVICES.into_iter().chain(OPERATIONS_SERVICES).collect();
-    let gate = Gate::new(Arc::clone(&auth), methods, &public);
-    let grpc = Routes::new(PersonalClientServiceServer::new(PersonalClientApi::new(
-        clients.clone(),
-        config.credentials.max_lifetime,
-    )))
-    .add_service(PersonalClientSearchServiceServer::new(SearchApi::new(clients.clone())))
-    .add_service(TokenServiceServer::new(TokenApi::new(Arc::clone(&exchange))))
-    .add_service(IntrospectionServiceServer::new(IntrospectionApi::new(introspection.clone())))
-    .add_service(AuthorizationServer::new(ExtAuthzApi::new(Arc::clone(&auth), identity_headers(&config.mesh))))
-    .add_service(health_service)
-    .add_service(reflection().build_v1().map_err(reflection_error)?)
-    .add_service(reflection().build_v1alpha().map_err(reflection_error)?)
-    .into_axum_router()
-    // Every gRPC service but the public ones requires a bearer token, checked before any
-    // handler runs. Paths no service serves fall through to `not_found`.
-    .route_layer(axum::middleware::from_fn_with_state(gate.clone(), auth::require_bearer));
-    let json = api::json::routes(json_routes, grpc.clone(), gate)?;
-    let health = Health::default();
-    let routes = grpc
-        .merge(json)
-        .merge(api::http::routes(
-            Arc::clone(&exchange),
-            Arc::clone(&auth),
-            introspection,
-            health.clone(),
-            Arc::clone(&metrics),
-        ))
-        .fallback(api::http::not_found);
-    tracing::info!(%address, database = %database, %issuer, "serving");
-
-    let watcher = health.watch(store.clone(), reporter, names, config.serving.health_interval).await;
-    let maintenance = tokio::spawn({
-        let (exchange, clients) = (Arc::clone(&exchange), clients.clone());
-        let interval = config.serving.usage_flush_interval;
-        async move {
-            let mut ticks = tokio::time::interval(interval);
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                ticks.tick().await;
-                exchange.maintain().await;
-                clients.maintain();
+impl Background {
+    async fn start(
+        config: &Config,
+        parts: &Parts,
+        health: Health,
+        reporter: tonic_health::server::HealthReporter,
+    ) -> Self {
+        let watcher = health.watch(parts.store.clone(), reporter, health_names(), config.serving.health_interval).await;
+        let maintenance = tokio::spawn({
+            let (exchange, clients) = (Arc::clone(&parts.exchange), parts.clients.clone());
+            let interval = config.serving.usage_flush_interval;
+            async move {
+                let mut ticks = tokio::time::interval(interval);
+                ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    ticks.tick().await;
+                    exchange.maintain().await;
+                    clients.maintain();
+                }
             }
+        });
+        let key_upkeep = tokio::spawn({
+            let (auth, rotation) = (Arc::clone(&parts.auth), config.serving.key_rotation_interval.0);
+            async move { auth.keys().keep_up(rotation).await }
+        });
+        Self { tasks: [maintenance, key_upkeep, watcher] }
+    }
+
+    /// Stops it, and writes what the exchange still holds in memory.
+    async fn stop(self, parts: &Parts) {
+        for task in self.tasks {
+            task.abort();
         }
-    });
-    let key_upkeep = tokio::spawn({
-        let (auth, rotation) = (Arc::clone(&auth), config.serving.key_rotation_interval.0);
-        async move { auth.keys().keep_up(rotation).await }
-    });
+        parts.exchange.maintain().await;
+    }
+}
+
+/// Serves `routes` on `listener` behind the edge (connections, admission, metrics), until
+/// `shutdown`, then for at most the grace period.
+async fn transport(
+    serving: &ServingArgs,
+    parts: &Parts,
+    json_routes: JsonRoutes,
+    routes: Router,
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
     let draining = Arc::new(Notify::new());
     let signal = {
         let draining = Arc::clone(&draining);
@@ -213,7 +285,6 @@ pub async fn serve(
             draining.notify_one();
         }
     };
-    let serving = &config.serving;
     let connections = Connections::new(ConnectionLimits {
         max_connections: connection_slots(serving.max_connections as usize),
         idle_timeout: serving.idle_timeout,
@@ -228,7 +299,7 @@ pub async fn serve(
         .http2_max_header_list_size(serving.max_header_bytes)
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
-        .layer(RecordRpcLayer::new(metrics))
+        .layer(RecordRpcLayer::new(Arc::clone(&parts.metrics), parts.methods.clone(), json_routes))
         .layer(AdmissionLayer::new(
             AdmissionLimits {
                 max_concurrent_requests: serving.max_concurrent_requests as usize,
@@ -249,19 +320,14 @@ pub async fn serve(
             Box::pin(router.serve_with_incoming_shutdown(incoming, signal))
         }
     };
-    let grace = config.serving.shutdown_grace;
-    let served = tokio::select! {
+    let grace = serving.shutdown_grace;
+    tokio::select! {
         result = server => result.map_err(|e| Error::internal_with("the server failed", e)),
         () = async { draining.notified().await; tokio::time::sleep(grace).await } => {
             tracing::warn!(?grace, "in-flight calls still running after the grace period; stopping");
             Ok(())
         }
-    };
-    maintenance.abort();
-    key_upkeep.abort();
-    watcher.abort();
-    exchange.maintain().await;
-    served
+    }
 }
 
 /// The server pings each HTTP/2 client this often (more often with a short `--idle-timeout`),
@@ -307,47 +373,12 @@ fn identity_headers(mesh: &MeshArgs) -> IdentityHeaders {
     }
 }
 
-/// The signing keys' protection at rest, read before the database is touched.
-pub fn key_vault(keys: &KeyArgs) -> Result<KeyVault, Error> {
-    keys.key_encryption_key_file.as_deref().map_or_else(|| Ok(KeyVault::unsealed()), KeyVault::from_file)
-}
-
 /// Brings the database schema up to date, creates the first signing key if needed, and seals
-/// the signing keys when given a key-encryption key.
+/// the signing keys when given a key-encryption key: what `serve` does first, and `migrate`
+/// alone.
 pub async fn migrate(database: &DatabaseUrl, keys: &KeyArgs) -> Result<(), Error> {
-    let vault = key_vault(keys)?;
+    let vault = KeyVault::from_args(keys)?;
     let store = Store::open(database, OpenMode::CreateIfMissing).await?;
     store.migrate().await?;
     SigningKeys::prepare(&store, &vault).await
-}
-
-/// The database of a server or `migrate`, for the commands that only use one: refused when it
-/// does not exist or its schema is not up to date.
-pub async fn open_set_up(database: &DatabaseUrl) -> Result<Store, Error> {
-    let store = Store::open(database, OpenMode::MustExist).await?;
-    if !store.is_migrated().await? {
-        return Err(Error::internal(format!(
-            "the database {database} is not set up: run `personal-clients migrate` (or start the server) with this --database-url first"
-        )));
-    }
-    Ok(store)
-}
-
-/// An access token for `user` with `roles`, signed with the service's current key: the
-/// bootstrap path for operators and scripts. The database must be one a server has set up: a
-/// token from keys no server uses would be refused everywhere.
-pub async fn mint_token(
-    database: &DatabaseUrl,
-    keys: &KeyArgs,
-    issuer: &IssuerArgs,
-    user: &str,
-    roles: &RoleSet,
-    ttl: Duration,
-) -> Result<String, Error> {
-    check_token_ttl("--ttl", ttl, &keys.schedule)?;
-    let vault = key_vault(keys)?;
-    let store = open_set_up(database).await?;
-    let keys = SigningKeys::load(store.clone(), vault, keys.schedule).await?;
-    let auth = Authenticator::new(keys, issuer.issuer(), store, ExternalIssuers::default());
-    Ok(auth.mint(user, roles, None, ttl).0)
 }

@@ -8,7 +8,7 @@ use tonic::{
 };
 use tonic_prost::{ProstCodec, ProstDecoder, ProstEncoder};
 
-use crate::{Error, domain::FieldViolation};
+use crate::{domain::FieldViolation, error::Error};
 
 /// The codec of every generated service and client.
 #[derive(Debug)]

@@ -6,12 +6,12 @@ use prost_types::Timestamp;
 use uuid::Uuid;
 
 use crate::{
-    Error,
     clients::NewClientRequest,
     domain::{
         CidrList, ClientChanges, DisplayName, MaxLifetime, PageRequest, PageSize, PageToken, PersonalClient, RoleSet,
         SearchFilter, Violations, quote,
     },
+    error::Error,
     pb::iam as pb,
 };
 

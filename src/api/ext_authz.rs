@@ -8,15 +8,12 @@ use std::sync::Arc;
 use tonic::{Code, Request, Response, Status};
 
 use crate::{
-    auth::{self, Authenticator, Challenge, VerifiedClaims},
+    auth::{self, Authenticator, VerifiedClaims},
+    error::answers::{Challenge, Denial, envoy_header as header, ext_authz_denial as deny},
     pb::{
-        envoy::{
-            config::core::v3::{HeaderValue, HeaderValueOption, header_value_option::HeaderAppendAction},
-            service::auth::v3::{
-                CheckRequest, CheckResponse, DeniedHttpResponse, OkHttpResponse, attribute_context::HttpRequest,
-                authorization_server::Authorization, check_response::HttpResponse,
-            },
-            r#type::v3::{HttpStatus, StatusCode},
+        envoy::service::auth::v3::{
+            CheckRequest, CheckResponse, OkHttpResponse, attribute_context::HttpRequest,
+            authorization_server::Authorization, check_response::HttpResponse,
         },
         google::rpc,
     },
@@ -73,7 +70,7 @@ impl Authorization for ExtAuthzApi {
         let Ok(token) = auth::bearer(Some(&authorization)) else {
             return Ok(Response::new(deny(Denial::Refused(Challenge::NotBearer))));
         };
-        let answer = match auth::live(&self.auth, token).await {
+        let answer = match self.auth.active(token).await {
             Ok(Some(claims)) => self.allow(&claims),
             Ok(None) => deny(Denial::Refused(Challenge::InvalidToken)),
             Err(err) => {
@@ -102,52 +99,4 @@ fn authorization(http: &HttpRequest) -> Option<String> {
         .map(|h| if h.value.is_empty() { String::from_utf8_lossy(&h.raw_value).into_owned() } else { h.value.clone() })
         .collect();
     (!copies.is_empty()).then(|| copies.join(","))
-}
-
-#[derive(Debug, Clone, Copy)]
-enum Denial {
-    Refused(Challenge),
-    Unavailable,
-}
-
-/// A denial as RFC 6750 §3 words it: 401 with a challenge, `error` only when a token came.
-fn deny(denial: Denial) -> CheckResponse {
-    let (code, http, challenge, body) = match denial {
-        Denial::Refused(challenge) => (
-            Code::Unauthenticated,
-            StatusCode::Unauthorized,
-            challenge.header(),
-            serde_json::json!({ "error": challenge.error() }).to_string(),
-        ),
-        Denial::Unavailable => (
-            Code::Unavailable,
-            StatusCode::ServiceUnavailable,
-            "",
-            serde_json::json!({ "error": "temporarily_unavailable" }).to_string(),
-        ),
-    };
-    let mut headers = vec![header("content-type", "application/json")];
-    if challenge.is_empty() {
-        headers.push(header("retry-after", "1"));
-    } else {
-        headers.push(header("www-authenticate", challenge));
-    }
-    CheckResponse {
-        status: Some(rpc::Status { code: code as i32, message: body.clone(), details: Vec::new() }),
-        http_response: Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
-            status: Some(HttpStatus { code: http as i32 }),
-            headers,
-            body,
-        })),
-    }
-}
-
-/// A header set over any copy the request already has.
-fn header(name: &str, value: &str) -> HeaderValueOption {
-    HeaderValueOption {
-        header: Some(HeaderValue { key: name.to_owned(), value: value.to_owned(), raw_value: Vec::new() }),
-        append: None,
-        append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
-        keep_empty_value: false,
-    }
 }

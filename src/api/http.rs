@@ -14,13 +14,15 @@ use axum::{
 };
 
 use crate::{
-    Error,
-    auth::{Authenticator, Challenge, Introspection},
-    connections,
-    error::OAuthError,
+    auth::{self, Authenticator, Introspection},
+    error::{
+        OAuthError,
+        answers::{bearer_refusal, oauth_json as json, oauth_response},
+    },
     exchange::{ExchangeRequest, RequestOrigin, TokenExchange},
     health::Health,
-    metrics::{self, Metrics, is_grpc},
+    metrics::{self, Metrics},
+    protocol::{self, Protocol},
 };
 
 /// Token requests are a few hundred bytes; anything near this is not one.
@@ -53,13 +55,11 @@ pub fn routes(
 
 /// What no route matched: gRPC callers get `UNIMPLEMENTED` as gRPC expects, anyone else a 404.
 pub async fn not_found(request: Request) -> Response {
-    if is_grpc(request.headers()) {
-        return tonic::Status::unimplemented(format!("no method {}", request.uri().path())).into_http();
+    match Protocol::of(request.headers(), request.uri().path()) {
+        Protocol::Grpc => tonic::Status::unimplemented(format!("no method {}", request.uri().path())).into_http(),
+        Protocol::Json => super::json::not_found(request.method(), request.uri().path()),
+        Protocol::Http => json(StatusCode::NOT_FOUND, &serde_json::json!({ "error": "not_found" })),
     }
-    if super::json::is_json_path(request.uri().path()) {
-        return super::json::not_found(request.method(), request.uri().path());
-    }
-    json(StatusCode::NOT_FOUND, &serde_json::json!({ "error": "not_found" }))
 }
 
 /// The Prometheus text format 0.0.4.
@@ -80,12 +80,12 @@ async fn healthz(State(state): State<HttpState>) -> Response {
 
 async fn token(State(state): State<HttpState>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
-    let peer = connections::peer(&parts.extensions).map(|addr| addr.ip());
+    let peer = protocol::peer(&parts.extensions).map(|addr| addr.ip());
     let origin =
         RequestOrigin::new(peer, parts.headers.get_all("x-forwarded-for").iter().map(|value| value.to_str().ok()));
     let form = match read_form(&parts.headers, body).await {
         Ok(form) => form,
-        Err(description) => return oauth_error(OAuthError::new(400, "invalid_request", description)),
+        Err(description) => return oauth_response(OAuthError::new(400, "invalid_request", description)),
     };
     let field = |name: &str| form.get(name).map(String::as_str).unwrap_or_default();
     let request = ExchangeRequest {
@@ -103,7 +103,7 @@ async fn token(State(state): State<HttpState>, request: Request) -> Response {
                 "expires_in": issued.expires_in,
             }),
         ),
-        Err(err) => oauth_error(OAuthError::from(err)),
+        Err(err) => oauth_response(OAuthError::from(err)),
     }
 }
 
@@ -114,36 +114,21 @@ async fn introspect(State(state): State<HttpState>, request: Request) -> Respons
     let authorization = parts.headers.get(header::AUTHORIZATION).and_then(|value| value.to_str().ok());
     let caller = match state.auth.authenticate(authorization).await {
         Ok(caller) => caller,
-        Err(err) => {
-            let mut response = oauth_error(OAuthError::from(err));
-            if response.status() == StatusCode::UNAUTHORIZED {
-                let challenge = Challenge::unauthenticated(authorization);
-                *response.body_mut() = Body::from(serde_json::json!({ "error": challenge.error() }).to_string());
-                response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge.header()));
-            }
-            return response;
-        }
+        Err(err) => return bearer_refusal(err, auth::challenge(authorization)),
     };
     let form = match read_form(&parts.headers, body).await {
         Ok(form) => form,
-        Err(description) => return oauth_error(OAuthError::new(400, "invalid_request", description)),
+        Err(description) => return oauth_response(OAuthError::new(400, "invalid_request", description)),
     };
     let Some(token) = form.get("token").filter(|token| !token.is_empty()) else {
-        return oauth_error(OAuthError::new(400, "invalid_request", "the token parameter is missing"));
+        return oauth_response(OAuthError::new(400, "invalid_request", "the token parameter is missing"));
     };
     match state.introspection.introspect(&caller, token).await {
         Ok(live) => {
             let answer = super::introspection::response(live.as_deref(), state.introspection.issuer());
             json(StatusCode::OK, &super::introspection::response_json(&answer))
         }
-        Err(Error::PermissionDenied(message)) => {
-            let challenge = Challenge::InsufficientScope;
-            let body = serde_json::json!({ "error": challenge.error(), "error_description": message });
-            let mut response = json(StatusCode::FORBIDDEN, &body);
-            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge.header()));
-            response
-        }
-        Err(err) => oauth_error(OAuthError::from(err)),
+        Err(err) => bearer_refusal(err, auth::challenge(authorization)),
     }
 }
 
@@ -183,26 +168,5 @@ async fn jwks(State(state): State<HttpState>) -> Response {
     if let Ok(value) = HeaderValue::try_from(cache) {
         headers.insert(header::CACHE_CONTROL, value);
     }
-    response
-}
-
-/// An OAuth2 error as JSON, with `Retry-After` when the caller should wait before retrying.
-pub fn oauth_error(err: OAuthError) -> Response {
-    let status = StatusCode::from_u16(err.http_status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let mut response = json(status, &serde_json::json!({ "error": err.error, "error_description": err.description }));
-    if let Some(seconds) = err.retry_after {
-        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
-    }
-    response
-}
-
-/// A JSON response that no cache keeps (RFC 6749 §5.1).
-fn json(status: StatusCode, body: &serde_json::Value) -> Response {
-    let mut response = Response::new(Body::from(body.to_string()));
-    *response.status_mut() = status;
-    let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
     response
 }

@@ -5,8 +5,8 @@ use tonic::{Request, Response, Status};
 
 use super::caller;
 use crate::{
-    Error,
     auth::{Introspection, VerifiedClaims},
+    error::Error,
     pb::auth::{IntrospectRequest, IntrospectResponse, introspection_service_server::IntrospectionService},
 };
 

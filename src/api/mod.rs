@@ -8,7 +8,6 @@ mod ext_authz;
 pub mod http;
 pub mod introspection;
 pub mod json;
-pub mod openapi;
 mod personal_client;
 mod search;
 mod token;
@@ -22,8 +21,8 @@ pub use search::SearchApi;
 pub use token::TokenApi;
 
 use crate::{
-    Error,
     domain::Principal,
+    error::Error,
     pb::{
         auth::{introspection_service_server, token_service_server},
         envoy::service::auth::v3::authorization_server,

@@ -1,3 +1,6 @@
+//! `c1.api.iam.v1.PersonalClientService`: Create, Get, List, Update and Delete of a user's own
+//! personal clients, translated to and from `clients`.
+
 use chrono::Utc;
 use tonic::{Request, Response, Status};
 

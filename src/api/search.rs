@@ -1,3 +1,6 @@
+//! `c1.api.iam.v1.PersonalClientSearchService`: Search across users, for admins, translated to
+//! and from `clients`.
+
 use tonic::{Request, Response, Status};
 
 use super::{caller, convert};

@@ -1,3 +1,6 @@
+//! `c1.api.auth.v1.TokenService`: the token exchange over gRPC, translated to and from
+//! `exchange`.
+
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};

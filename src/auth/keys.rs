@@ -22,12 +22,9 @@ use super::{
     vault::KeyVault,
 };
 use crate::{
-    Error,
     audit::{self, Action},
-    domain::{
-        KeyLife, KeyRingChange, KeySchedule, KeyState, KeyTimeline, KeyTimes, NewSigningKey, StoredKey, delta,
-        round_to_micros,
-    },
+    domain::{KeyLife, KeyRingChange, KeySchedule, KeyTimeline, NewSigningKey, StoredKey, delta, round_to_micros},
+    error::Error,
     error::chain,
     store::Store,
 };
@@ -333,223 +330,6 @@ impl SigningKeys {
         }
         Ok(())
     }
-
-    /// `keys list`: every stored key with its state at `now`.
-    pub async fn list(store: &Store, schedule: &KeySchedule) -> Result<Vec<KeyListing>, Error> {
-        let timeline = KeyTimeline::new(store.key_times().await?);
-        let now = Utc::now();
-        Ok(timeline
-            .iter()
-            .map(|key| KeyListing {
-                times: key.times.clone(),
-                state: key.state(now),
-                signs_until: key.signs_until,
-                published_until: key.published_until(schedule),
-            })
-            .collect())
-    }
-
-    /// `keys add`: stores a new key that signs `activate_in` from now. The vault must open the
-    /// stored keys, and seals the new one as they are sealed, so every replica can read it.
-    pub async fn add(store: &Store, vault: &KeyVault, activate_in: Duration) -> Result<KeyTimes, Error> {
-        check_vault(&store.key_ring().await?, vault)?;
-        store
-            .change_key_ring(|_| {
-                let now = round_to_micros(Utc::now());
-                let stored = new_key(vault)?;
-                let times = KeyTimes {
-                    kid: stored.kid.clone(),
-                    created_at: now,
-                    activates_at: round_to_micros(now + delta(activate_in)),
-                    retired_at: None,
-                };
-                let add = NewSigningKey { stored, created_at: now, activates_at: times.activates_at };
-                Ok((KeyRingChange { add: Some(add), ..KeyRingChange::default() }, times))
-            })
-            .await
-    }
-
-    /// `keys retire KID`. A key that will sign is retired at once. The key that signs hands over
-    /// to the next key as soon as that key has been published for the activation lead; without a
-    /// next key it is refused, since no key would sign. Nothing that would leave a moment without
-    /// a signing key is done.
-    pub async fn retire(store: &Store, schedule: &KeySchedule, kid: &str) -> Result<Retirement, Error> {
-        store
-            .change_key_ring(|keys| {
-                let now = round_to_micros(Utc::now());
-                let timeline = KeyTimeline::new(keys);
-                let Some(key) = timeline.get(kid) else {
-                    return Ok((KeyRingChange::default(), Retirement::Refused(format!("there is no signing key {kid}"))));
-                };
-                let mut change = KeyRingChange::default();
-                match key.state(now) {
-                    KeyState::Retired => {
-                        let since = key.signs_until.unwrap_or(now);
-                        return Ok((change, Retirement::Already { since, published_until: key.published_until(schedule) }));
-                    }
-                    KeyState::Next => change.retire.push((kid.to_owned(), now)),
-                    KeyState::Current => {
-                        let Some(next) = timeline.next(now).next() else {
-                            return Ok((
-                                change,
-                                Retirement::Refused(format!(
-                                    "{kid} is the key that signs tokens, and no key is waiting to take over: add one with `personal-clients keys add`, then retire {kid}; it hands over once the new key has been published for {}",
-                                    humantime::format_duration(schedule.activation_lead())
-                                )),
-                            ));
-                        };
-                        // Not before the next key has been published for the lead.
-                        let ready = next.times.created_at + delta(schedule.activation_lead());
-                        let at = next.times.activates_at.min(ready.max(now));
-                        if at < next.times.activates_at {
-                            change.activate.push((next.kid().to_owned(), at));
-                        }
-                        change.retire.push((kid.to_owned(), at));
-                    }
-                }
-                let changed = KeyTimeline::new(apply(timeline.iter().map(|key| key.times.clone()).collect(), &change));
-                if let Some(gap) = changed.first_gap(now) {
-                    return Ok((
-                        KeyRingChange::default(),
-                        Retirement::Refused(format!(
-                            "retiring {kid} would leave no key to sign tokens from {}",
-                            gap.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-                        )),
-                    ));
-                }
-                let retired = changed.get(kid).map(|key| (key.signs_until.unwrap_or(now), key.published_until(schedule)));
-                let successor = changed.signing_at(retired.map_or(now, |(at, _)| at)).map(|key| key.kid().to_owned());
-                let (at, published_until) = retired.unwrap_or((now, None));
-                Ok((change, Retirement::Retired { at, successor, published_until }))
-            })
-            .await
-    }
-
-    /// `keys withdraw KID`, for a key that may have leaked: removes it now, so that each replica
-    /// stops publishing it, signing with it and accepting its tokens at its next re-read. The
-    /// other keys keep the lives they had: those it took over from stay retired. When it was the
-    /// key that signs, the next key takes over now, or, without one, a new key that signs at
-    /// once, which relying parties holding an older copy of the JWKS do not know yet. The vault
-    /// must open the stored keys when a new key is needed (see [`Self::add`]).
-    pub async fn withdraw(
-        store: &Store,
-        vault: &KeyVault,
-        schedule: &KeySchedule,
-        kid: &str,
-    ) -> Result<Withdrawal, Error> {
-        let needs_new_key = |timeline: &KeyTimeline, now| {
-            timeline.signing_at(now).is_some_and(|key| key.kid() == kid)
-                && timeline.next(now).all(|key| key.kid() == kid)
-        };
-        let ring = store.key_ring().await?;
-        let times = ring.iter().map(|(times, _)| times.clone()).collect();
-        if needs_new_key(&KeyTimeline::new(times), Utc::now()) {
-            check_vault(&ring, vault)?;
-        }
-        store
-            .change_key_ring(|keys| {
-                let now = round_to_micros(Utc::now());
-                let timeline = KeyTimeline::new(keys);
-                let Some(key) = timeline.get(kid) else {
-                    return Ok((KeyRingChange::default(), Withdrawal::Refused(format!("there is no signing key {kid}"))));
-                };
-                let was = key.state(now);
-                let mut change = KeyRingChange { remove: vec![kid.to_owned()], ..KeyRingChange::default() };
-                // Keys that stopped signing keep their end, which may have been this key's activation.
-                for other in timeline.iter().filter(|other| other.kid() != kid) {
-                    if let Some(until) = other.signs_until.filter(|until| *until <= now)
-                        && other.times.retired_at != Some(until)
-                    {
-                        change.retire.push((other.kid().to_owned(), until));
-                    }
-                }
-                let mut successor = None;
-                if was == KeyState::Current {
-                    if let Some(next) = timeline.next(now).find(|next| next.kid() != kid) {
-                        change.activate.push((next.kid().to_owned(), now));
-                        let early = next.times.created_at + delta(schedule.activation_lead()) > now;
-                        successor = Some(Successor { kid: next.kid().to_owned(), made: false, early });
-                    } else {
-                        let stored = new_key(vault)?;
-                        successor = Some(Successor { kid: stored.kid.clone(), made: true, early: true });
-                        change.add = Some(NewSigningKey { stored, created_at: now, activates_at: now });
-                    }
-                }
-                let after = KeyTimeline::new(apply(timeline.iter().map(|key| key.times.clone()).collect(), &change));
-                if let Some(gap) = after.first_gap(now) {
-                    return Ok((
-                        KeyRingChange::default(),
-                        Withdrawal::Refused(format!(
-                            "withdrawing {kid} would leave no key to sign tokens from {}: add a key with `personal-clients keys add --activate-in 0s` first",
-                            gap.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-                        )),
-                    ));
-                }
-                Ok((change, Withdrawal::Withdrawn { was, successor }))
-            })
-            .await
-    }
-}
-
-/// What `keys withdraw` did, or why it did nothing.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Withdrawal {
-    /// Removed, in the state it was in; `successor` is the key that signs in its place, when it
-    /// was the one that signed.
-    Withdrawn { was: KeyState, successor: Option<Successor> },
-    /// Nothing was changed, for this reason.
-    Refused(String),
-}
-
-/// The key that signs in place of a withdrawn one.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Successor {
-    pub kid: String,
-    /// Made for that, rather than the next key.
-    pub made: bool,
-    /// Signing before it has been published for the activation lead.
-    pub early: bool,
-}
-
-/// Checks that `vault` opens every key of `ring`, as stored, and would seal a new one as they are sealed, so
-/// every replica can read a key added with it.
-fn check_vault(ring: &[(KeyTimes, StoredKey)], vault: &KeyVault) -> Result<(), Error> {
-    for (_, stored) in ring {
-        vault.open(stored)?;
-    }
-    if let Some((_, clear)) = ring.iter().find(|(_, stored)| vault.should_seal(stored)) {
-        return Err(Error::config(
-            "--key-encryption-key-file",
-            format!(
-                "signing key {} is stored in the clear, so the servers run without a key-encryption key and could not open a sealed key: start them with it first (they seal the stored keys), or add the key without it",
-                clear.kid
-            ),
-            None,
-        ));
-    }
-    Ok(())
-}
-
-/// What `keys retire` did, or why it did nothing.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Retirement {
-    /// It stops signing at `at` (now, or when `successor` takes over) and leaves the JWKS at
-    /// `published_until`.
-    Retired { at: DateTime<Utc>, successor: Option<String>, published_until: Option<DateTime<Utc>> },
-    /// It stopped signing at `since` already.
-    Already { since: DateTime<Utc>, published_until: Option<DateTime<Utc>> },
-    /// Nothing was changed, for this reason.
-    Refused(String),
-}
-
-/// A stored key as `keys list` shows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KeyListing {
-    pub times: KeyTimes,
-    pub state: KeyState,
-    /// When it stops (or stopped) signing, if that is known.
-    pub signs_until: Option<DateTime<Utc>>,
-    pub published_until: Option<DateTime<Utc>>,
 }
 
 /// The upkeep due at `now`: when a new key should activate, if one is to be added, and the keys
@@ -582,27 +362,7 @@ fn next_rotation(timeline: &KeyTimeline, now: DateTime<Utc>, every: Duration, le
     (earliest >= turn).then_some(turn.max(earliest))
 }
 
-/// `keys` with `change` applied, as they would be stored.
-fn apply(mut keys: Vec<KeyTimes>, change: &KeyRingChange) -> Vec<KeyTimes> {
-    keys.retain(|key| !change.remove.contains(&key.kid));
-    for key in &mut keys {
-        if let Some((_, at)) = change.activate.iter().find(|(kid, _)| *kid == key.kid) {
-            key.activates_at = *at;
-        }
-        if let Some((_, at)) = change.retire.iter().find(|(kid, _)| *kid == key.kid) {
-            key.retired_at = Some(*at);
-        }
-    }
-    keys.extend(change.add.as_ref().map(|new| KeyTimes {
-        kid: new.stored.kid.clone(),
-        created_at: new.created_at,
-        activates_at: new.activates_at,
-        retired_at: None,
-    }));
-    keys
-}
-
-fn new_key(vault: &KeyVault) -> Result<StoredKey, Error> {
+pub(super) fn new_key(vault: &KeyVault) -> Result<StoredKey, Error> {
     let kid = Uuid::now_v7().to_string();
     let material = vault.seal(&kid, &SigningKey::generate(&mut OsRng))?;
     Ok(StoredKey { kid, material })
@@ -611,6 +371,7 @@ fn new_key(vault: &KeyVault) -> Result<StoredKey, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::KeyTimes;
 
     fn at(seconds: i64) -> DateTime<Utc> {
         DateTime::from_timestamp(1_800_000_000 + seconds, 0).unwrap()

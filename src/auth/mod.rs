@@ -5,6 +5,7 @@ mod cache;
 pub mod external;
 mod introspection;
 pub mod jws;
+pub mod key_admin;
 mod keys;
 pub mod vault;
 
@@ -16,15 +17,17 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 pub use cache::VerifiedClaims;
-pub use introspection::{Introspection, live};
-pub use keys::{KeyListing, Retirement, SigningKeys, Successor, Withdrawal};
+pub use introspection::Introspection;
+pub use keys::SigningKeys;
 pub use vault::KeyVault;
 
 use crate::{
-    Error,
+    clients::ClientStatus,
+    config::{IssuerArgs, KeyArgs, check_token_ttl},
     domain::{ClientId, Principal, RoleSet},
+    error::{Challenge, Error},
     grpc_methods::GrpcMethods,
-    store::Store,
+    store::{DatabaseUrl, Store},
 };
 use cache::VerifiedTokens;
 use external::ExternalIssuers;
@@ -86,14 +89,15 @@ enum Checked {
 pub struct Authenticator {
     keys: SigningKeys,
     issuer: String,
-    store: Store,
+    /// Whether the personal client a token was obtained by is still usable.
+    clients: ClientStatus,
     external: ExternalIssuers,
     verified: VerifiedTokens,
 }
 
 impl Authenticator {
-    pub fn new(keys: SigningKeys, issuer: String, store: Store, external: ExternalIssuers) -> Self {
-        Self { keys, issuer, store, external, verified: VerifiedTokens::default() }
+    pub fn new(keys: SigningKeys, issuer: String, clients: ClientStatus, external: ExternalIssuers) -> Self {
+        Self { keys, issuer, clients, external, verified: VerifiedTokens::default() }
     }
 
     pub fn keys(&self) -> &SigningKeys {
@@ -131,12 +135,15 @@ impl Authenticator {
         })
     }
 
-    /// The claims of `token` if it is a live access token of this service now, by the same
-    /// rules as [`Self::authenticate`]; a token of any other issuer is not one.
-    pub async fn live_token(&self, token: &str) -> Result<Arc<VerifiedClaims>, Error> {
-        match self.check(token).await? {
-            Checked::Own(claims) => Ok(claims),
-            Checked::Foreign(_) => Err(denied("token from another issuer")),
+    /// The claims of `token` if it is an active access token of this service now, by the same
+    /// rules as [`Self::authenticate`]; `None` if it is not (a token of any other issuer is not
+    /// one). A database that cannot answer is an error, not a verdict: the caller should ask
+    /// again, not turn a user away.
+    pub async fn active(&self, token: &str) -> Result<Option<Arc<VerifiedClaims>>, Error> {
+        match self.check(token).await {
+            Ok(Checked::Own(claims)) => Ok(Some(claims)),
+            Ok(Checked::Foreign(_)) | Err(Error::Unauthenticated(_)) => Ok(None),
+            Err(err) => Err(err),
         }
     }
 
@@ -169,12 +176,11 @@ impl Authenticator {
             return Err(denied("token signed by a withdrawn key"));
         }
         // A revoked credential stops working at once, including the tokens it already obtained:
-        // asked of the database on every call, whichever replica revoked it.
-        if let Some(client_id) = &claims.client_id {
-            let client = self.store.find_client(client_id).await?;
-            if !client.is_some_and(|client| client.user_id == claims.sub && client.check_live(now).is_ok()) {
-                return Err(denied("token of a revoked, expired or unknown personal client"));
-            }
+        // asked on every call, whichever replica revoked it.
+        if let Some(client_id) = &claims.client_id
+            && !self.clients.is_usable(client_id, &claims.sub, now).await?
+        {
+            return Err(denied("token of a revoked, expired or unknown personal client"));
         }
         Ok(Checked::Own(claims))
     }
@@ -225,6 +231,25 @@ impl Authenticator {
     }
 }
 
+/// An access token for `user` with `roles`, signed with the service's current key: the
+/// bootstrap path for operators and scripts (`mint-token`). The database must be one a server
+/// has set up: a token from keys no server uses would be refused everywhere.
+pub async fn mint_token(
+    database: &DatabaseUrl,
+    keys: &KeyArgs,
+    issuer: &IssuerArgs,
+    user: &str,
+    roles: &RoleSet,
+    ttl: Duration,
+) -> Result<String, Error> {
+    check_token_ttl("--ttl", ttl, &keys.schedule)?;
+    let vault = KeyVault::from_args(keys)?;
+    let store = Store::open_set_up(database).await?;
+    let signing = SigningKeys::load(store.clone(), vault, keys.schedule).await?;
+    let auth = Authenticator::new(signing, issuer.issuer(), ClientStatus::new(store), ExternalIssuers::default());
+    Ok(auth.mint(user, roles, None, ttl).0)
+}
+
 fn denied(reason: &str) -> Error {
     Error::Unauthenticated(reason.to_owned())
 }
@@ -238,55 +263,12 @@ pub fn bearer(authorization: Option<&str>) -> Result<&str, Error> {
     }
 }
 
-/// How a request refused for its bearer token is told so (RFC 6750 §3): the
-/// `WWW-Authenticate` challenge and the `error` code, the same on every surface.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Challenge {
-    /// No credentials: a bare challenge, no error code (§3.1).
-    NoToken,
-    /// Credentials of another scheme, or no token after `Bearer`.
-    NotBearer,
-    /// A bearer token that is not a live access token here.
-    InvalidToken,
-    /// A live token that does not grant what was asked.
-    InsufficientScope,
-}
-
-impl Challenge {
-    /// Why a request with this `authorization` header was refused as unauthenticated.
-    pub fn unauthenticated(authorization: Option<&str>) -> Self {
-        match authorization {
-            None => Self::NoToken,
-            Some(value) if bearer(Some(value)).is_err() => Self::NotBearer,
-            Some(_) => Self::InvalidToken,
-        }
-    }
-
-    /// The `WWW-Authenticate` value.
-    pub fn header(self) -> &'static str {
-        match self {
-            Self::NoToken => "Bearer",
-            Self::NotBearer => {
-                r#"Bearer error="invalid_request", error_description="the authorization header is not a bearer token""#
-            }
-            Self::InvalidToken => {
-                r#"Bearer error="invalid_token", error_description="the access token is invalid, expired or revoked""#
-            }
-            Self::InsufficientScope => {
-                r#"Bearer error="insufficient_scope", error_description="the access token does not grant this""#
-            }
-        }
-    }
-
-    /// The OAuth `error` of a JSON body: `unauthorized` without credentials, which RFC 6750
-    /// gives no code.
-    pub fn error(self) -> &'static str {
-        match self {
-            Self::NoToken => "unauthorized",
-            Self::NotBearer => "invalid_request",
-            Self::InvalidToken => "invalid_token",
-            Self::InsufficientScope => "insufficient_scope",
-        }
+/// How a request with this `authorization` header, refused as unauthenticated, is told so.
+pub fn challenge(authorization: Option<&str>) -> Challenge {
+    match authorization {
+        None => Challenge::NoToken,
+        Some(value) if bearer(Some(value)).is_err() => Challenge::NotBearer,
+        Some(_) => Challenge::InvalidToken,
     }
 }
 

@@ -12,7 +12,7 @@ use ring::{
     rand::{SecureRandom, SystemRandom},
 };
 
-use crate::{Error, domain::StoredKey};
+use crate::{config::KeyArgs, domain::StoredKey, error::Error};
 
 /// The first byte of a sealed key: its format.
 const SEALED_V1: u8 = 1;
@@ -33,6 +33,11 @@ impl KeyVault {
     /// Keys stored as they are.
     pub fn unsealed() -> Self {
         Self { key: None }
+    }
+
+    /// The protection `--key-encryption-key-file` asks for, read before the database is touched.
+    pub fn from_args(keys: &KeyArgs) -> Result<Self, Error> {
+        keys.key_encryption_key_file.as_deref().map_or_else(|| Ok(Self::unsealed()), Self::from_file)
     }
 
     /// Seals with the key in `path`: 32 bytes, base64 (`openssl rand -base64 32`).

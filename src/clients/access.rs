@@ -10,8 +10,8 @@
 //! that it exists.
 
 use crate::{
-    Error,
     domain::{Owner, Principal, Role, RoleSet},
+    error::Error,
 };
 
 /// What one caller may do.

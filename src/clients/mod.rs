@@ -5,18 +5,40 @@ pub mod access;
 
 use std::sync::Arc;
 
+use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::{
-    Error,
     domain::{
         CidrList, ClientChanges, ClientSecret, DisplayName, NewPersonalClient, Page, PageRequest, PageToken,
         PersonalClient, Principal, Role, RoleSet, SearchFilter,
     },
+    error::Error,
     rate::{KeyedLimit, RateLimit},
     store::Store,
 };
 use access::Access;
+
+/// Whether a personal client may still be used: what the bearer check asks of every token a
+/// personal client obtained, on every call, so a revocation on any replica refuses its tokens at
+/// once.
+#[derive(Debug, Clone)]
+pub struct ClientStatus {
+    store: Store,
+}
+
+impl ClientStatus {
+    pub fn new(store: Store) -> Self {
+        Self { store }
+    }
+
+    /// Whether `client_id` exists, belongs to `user`, and is neither revoked nor expired at
+    /// `now`.
+    pub async fn is_usable(&self, client_id: &str, user: &str, now: DateTime<Utc>) -> Result<bool, Error> {
+        let client = self.store.find_client(client_id).await?;
+        Ok(client.is_some_and(|client| client.user_id == user && client.check_usable(now).is_ok()))
+    }
+}
 
 /// A valid Create request.
 #[derive(Debug)]
@@ -24,7 +46,7 @@ pub struct NewClientRequest {
     pub display_name: DisplayName,
     pub allow_source_cidr: CidrList,
     pub scoped_roles: RoleSet,
-    pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub expires_at: Option<DateTime<Utc>>,
 }
 
 /// What the service's configuration says about personal clients.

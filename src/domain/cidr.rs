@@ -1,3 +1,5 @@
+//! The source networks a personal client may be used from: a list of CIDRs, each one valid.
+
 use std::net::IpAddr;
 
 use ipnet::{IpNet, Ipv4Net};

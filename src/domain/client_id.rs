@@ -1,3 +1,5 @@
+//! OAuth2 client ids of personal clients, as Create draws them.
+
 use rand_core::{OsRng, RngCore};
 
 const ADJECTIVES: &[&str] = &[

@@ -1,3 +1,5 @@
+//! Display names of personal clients, and the characters they may hold.
+
 /// The owner's name for a credential: 1-200 characters, no control characters.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DisplayName(String);

@@ -1,3 +1,6 @@
+//! When a personal client expires: the longest lifetime the service allows, and the expiry a
+//! request asks for, checked against it.
+
 use std::{fmt, str::FromStr, time::Duration};
 
 use chrono::{DateTime, TimeDelta, Utc};

@@ -1,3 +1,5 @@
+//! Paging: page sizes, and page tokens bound to the caller and the query.
+
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;

@@ -1,3 +1,5 @@
+//! A personal client as the service knows it, what Create stores, and what Update changes.
+
 use chrono::{DateTime, TimeDelta, Utc};
 use ed25519_dalek::VerifyingKey;
 use uuid::Uuid;
@@ -35,7 +37,7 @@ impl PersonalClient {
 
     /// Whether it may still be used at `now`: not revoked, and not expired or within a second
     /// of it (a token lasts at least a second). Returns how long it has left, if it expires.
-    pub fn check_live(&self, now: DateTime<Utc>) -> Result<Option<TimeDelta>, Rejection> {
+    pub fn check_usable(&self, now: DateTime<Utc>) -> Result<Option<TimeDelta>, Rejection> {
         if self.deleted_at.is_some() {
             return Err(Rejection::ClientRevoked);
         }

@@ -1,3 +1,5 @@
+//! The authenticated caller.
+
 use super::{ClientId, Role, RoleSet};
 
 /// The authenticated caller, as the bearer token describes it.

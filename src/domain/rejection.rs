@@ -1,3 +1,5 @@
+//! Why the token exchange refused a client: the reason logs, metrics and audit events name.
+
 use std::fmt;
 
 /// Why a client failed to authenticate: for the log and metrics, never for the caller, who only

@@ -1,3 +1,5 @@
+//! IAM role names, and sets of them.
+
 use std::fmt;
 
 use super::{EntryViolation, parse_entries};

@@ -1,3 +1,5 @@
+//! What an admin searches for: text, owners and whether revoked clients count.
+
 use sha2::{Digest, Sha256};
 
 use super::EntryViolation;

@@ -1,3 +1,5 @@
+//! The secret of a personal client: an Ed25519 private key, as the caller receives it once.
+
 use std::fmt;
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};

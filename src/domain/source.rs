@@ -1,3 +1,5 @@
+//! The address a token request came from, as trusted proxies report it.
+
 use std::net::IpAddr;
 
 use ipnet::IpNet;

@@ -1,3 +1,5 @@
+//! The service's own token signing keys, as stored and as published.
+
 use std::fmt;
 
 use ed25519_dalek::SigningKey;

@@ -14,9 +14,9 @@ use chrono::{DateTime, Utc};
 pub use usage::UsageRecorder;
 
 use crate::{
-    Error,
     auth::Authenticator,
     domain::{PersonalClient, Rejection, SourceAddress, Violations, round_to_micros},
+    error::Error,
     error::chain,
     metrics::Metrics,
     rate::{KeyedLimit, RateLimit},
@@ -64,10 +64,8 @@ pub struct IssuedToken {
 /// What the service's configuration says about the exchange.
 #[derive(Debug, Clone)]
 pub struct ExchangeSettings {
-    /// `--public-host`: the audience ConductorOne's SDKs send.
-    pub public_host: String,
-    /// `--issuer`: the audience of draft-ietf-oauth-rfc7523bis.
-    pub issuer: String,
+    /// Values an assertion's `aud` may take ([`crate::config::IssuerArgs::audiences`]).
+    pub audiences: Vec<String>,
     /// Lifetime of the access tokens issued.
     pub token_ttl: Duration,
     /// Proxies whose `X-Forwarded-For` is believed.
@@ -86,8 +84,6 @@ pub struct TokenExchange {
     settings: ExchangeSettings,
     usage: UsageRecorder,
     metrics: Arc<Metrics>,
-    /// Values `aud` may take: the public host (with and without a port) and the issuer.
-    audiences: Vec<String>,
     per_client: KeyedLimit<uuid::Uuid>,
     per_source: KeyedLimit<IpAddr>,
     /// Checks assertions for client ids that do not exist; it matches no client's key.
@@ -101,14 +97,6 @@ const DECODED_KEYS: usize = 16_384;
 
 impl TokenExchange {
     pub fn new(store: Store, auth: Arc<Authenticator>, settings: ExchangeSettings, metrics: Arc<Metrics>) -> Self {
-        let host = settings.public_host.clone();
-        let mut audiences = vec![host.clone(), settings.issuer.clone()];
-        if let Some((without_port, port)) = host.rsplit_once(':')
-            && port.chars().all(|c| c.is_ascii_digit())
-            && !without_port.contains(':')
-        {
-            audiences.push(without_port.to_owned());
-        }
         let per_client = KeyedLimit::new(settings.rate_per_client, "token requests per client");
         let per_source = KeyedLimit::new(settings.rate_per_source, "token requests per source address");
         let stand_in_key = ed25519_dalek::SigningKey::generate(&mut rand_core::OsRng).verifying_key();
@@ -118,7 +106,6 @@ impl TokenExchange {
             settings,
             usage: UsageRecorder::default(),
             metrics,
-            audiences,
             per_client,
             per_source,
             stand_in_key,
@@ -167,7 +154,7 @@ impl TokenExchange {
         match &result {
             Ok(_) => {}
             Err(Error::InvalidClient(reason)) => {
-                if let Some(left_out) = crate::rate::refusal_log() {
+                if let Some(left_out) = crate::error::refusal_log() {
                     crate::audit::exchange_refused(
                         request.client_id,
                         source.map(SourceAddress::ip),
@@ -177,7 +164,7 @@ impl TokenExchange {
                 }
             }
             Err(Error::RateLimited { .. }) => {
-                if let Some(left_out) = crate::rate::refusal_log() {
+                if let Some(left_out) = crate::error::refusal_log() {
                     crate::audit::exchange_refused(
                         request.client_id,
                         source.map(SourceAddress::ip),
@@ -218,13 +205,13 @@ impl TokenExchange {
         };
         let verifying_key = self.verifying_key(&client)?;
         let now = round_to_micros(Utc::now());
-        let audiences: Vec<&str> = self.audiences.iter().map(String::as_str).collect();
+        let audiences: Vec<&str> = self.settings.audiences.iter().map(String::as_str).collect();
         let verified =
             assertion.verify(&verifying_key, client_id, &audiences, now.timestamp()).map_err(Error::InvalidClient)?;
         // Counted only for assertions its key signed: anyone could spend a client's allowance,
         // or learn that it exists, with junk. Junk is bounded per source address instead.
         self.per_client.check(&client.id)?;
-        let lifetime_left = client.check_live(now).map_err(Error::InvalidClient)?;
+        let lifetime_left = client.check_usable(now).map_err(Error::InvalidClient)?;
         client.allow_source_cidr.check(source).map_err(Error::InvalidClient)?;
         let spent_until = DateTime::from_timestamp(verified.spent_until, 0).unwrap_or(now);
         if !self.store.spend_one_time_value(client.id, &verified.one_time_value, spent_until).await? {

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::{
-    Error,
+    error::Error,
     store::{LAST_USED_CHUNK, Store},
 };
 

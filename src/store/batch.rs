@@ -12,7 +12,7 @@ use std::{fmt, future::Future, pin::Pin, sync::Arc};
 use sea_orm::DbErr;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-use crate::Error;
+use crate::error::Error;
 
 /// A call waiting in a batch: its input and where its answer goes.
 struct Job<I, O> {

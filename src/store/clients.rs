@@ -23,11 +23,11 @@ use super::{
     write_turn,
 };
 use crate::{
-    Error,
     domain::{
         CidrList, ClientChanges, ClientId, DisplayName, NewPersonalClient, Owner, PersonalClient, RoleSet,
         SearchFilter, round_to_micros,
     },
+    error::Error,
 };
 
 /// How many random client ids Create tries before giving up (a collision is already rare).
@@ -48,17 +48,13 @@ impl Store {
         self.batches.create.call(NewRow { new, public_host: public_host.to_owned(), max_held }).await
     }
 
-    /// A live (not deleted) client of `owner`.
+    /// Client `id`, if it is [`visible_to`] `owner`.
     pub async fn get_client(&self, id: Uuid, owner: Owner<'_>) -> Result<PersonalClient, Error> {
-        let client = self.batches.by_id.call(id).await?.ok_or(Error::NotFound)?;
-        let owned = match owner {
-            Owner::User(user) => client.user_id == user,
-            Owner::Anyone => true,
+        let owner = match owner {
+            Owner::User(user) => Some(user.to_owned()),
+            Owner::Anyone => None,
         };
-        if client.deleted_at.is_some() || !owned {
-            return Err(Error::NotFound);
-        }
-        Ok(client)
+        self.batches.by_id.call(Visible { id, owner }).await?.ok_or(Error::NotFound)
     }
 
     /// The client with OAuth2 client id `client_id`, deleted or not.
@@ -66,7 +62,8 @@ impl Store {
         self.batches.by_client_id.call(client_id.to_owned()).await
     }
 
-    /// Up to `limit` live clients of `user` with ids after `after`, oldest first.
+    /// Up to `limit` clients of `user` that are not revoked, with ids after `after`, oldest
+    /// first.
     #[instrument(skip_all, fields(%user))]
     pub async fn list_clients(
         &self,
@@ -74,10 +71,10 @@ impl Store {
         after: Option<Uuid>,
         limit: u64,
     ) -> Result<Vec<PersonalClient>, Error> {
-        page_after(&self.db, personal_client::Entity::find().filter(live(Owner::User(user))), after, limit).await
+        page_after(&self.db, personal_client::Entity::find().filter(visible_to(Owner::User(user))), after, limit).await
     }
 
-    /// Applies `changes` to a live client of `owner`.
+    /// Applies `changes` to a client visible to `owner`.
     #[instrument(skip_all, fields(%id))]
     pub async fn update_client(&self, id: Uuid, owner: &str, changes: &ClientChanges) -> Result<PersonalClient, Error> {
         let mut update = personal_client::Entity::update_many();
@@ -101,13 +98,13 @@ impl Store {
         self.update_one(id, Owner::User(owner), update, None).await
     }
 
-    /// Revokes a live client of `owner` at once; returns it as it now is.
+    /// Revokes a client visible to `owner` at once; returns it as it now is.
     #[instrument(skip_all, fields(%id))]
     pub async fn delete_client(&self, id: Uuid, owner: Owner<'_>) -> Result<PersonalClient, Error> {
         self.update_one(id, owner, personal_client::Entity::update_many(), Some(Column::DeletedAt)).await
     }
 
-    /// Runs `update` on the live client `id` of `owner` as `UPDATE ... RETURNING` (SQLite and
+    /// Runs `update` on client `id`, if visible to `owner`, as `UPDATE ... RETURNING` (SQLite and
     /// PostgreSQL both have it), so the row comes back from the statement that changed it.
     ///
     /// `updated_at` (and `also_stamp`, if given) becomes the row's next instant: now, or one
@@ -123,7 +120,7 @@ impl Store {
         update: UpdateMany<personal_client::Entity>,
         also_stamp: Option<Column>,
     ) -> Result<PersonalClient, Error> {
-        let update = update.filter(Column::Id.eq(id)).filter(live(owner));
+        let update = update.filter(Column::Id.eq(id)).filter(visible_to(owner));
         let stamped = |next: SimpleExpr| {
             let update = update.col_expr(Column::UpdatedAt, next.clone());
             match also_stamp {
@@ -144,7 +141,7 @@ impl Store {
             // single step for every process on the file, with nothing to upgrade or deadlock on.
             let txn = begin_immediate(&self.db).await?;
             let current = personal_client::Entity::find_by_id(id)
-                .filter(live(owner))
+                .filter(visible_to(owner))
                 .select_only()
                 .column(Column::UpdatedAt)
                 .into_tuple::<chrono::DateTime<Utc>>()
@@ -173,12 +170,18 @@ pub(super) async fn page_after(
     query.order_by_asc(Column::Id).limit(limit).all(db).await?.into_iter().map(TryInto::try_into).collect()
 }
 
-/// Not deleted, and belonging to `owner`.
-fn live(owner: Owner<'_>) -> Condition {
-    let not_deleted = Condition::all().add(Column::DeletedAt.is_null());
+/// Not revoked: the one way every query says it. Revoked rows stay, with `deleted_at` set.
+pub(super) fn not_revoked() -> SimpleExpr {
+    Column::DeletedAt.is_null()
+}
+
+/// What `owner` may read and change: clients not revoked, and, for a user, their own. Every
+/// lookup by id, page and change filters by it in its statement.
+fn visible_to(owner: Owner<'_>) -> Condition {
+    let not_revoked = Condition::all().add(not_revoked());
     match owner {
-        Owner::User(user) => not_deleted.add(Column::UserId.eq(user)),
-        Owner::Anyone => not_deleted,
+        Owner::User(user) => not_revoked.add(Column::UserId.eq(user)),
+        Owner::Anyone => not_revoked,
     }
 }
 
@@ -216,10 +219,34 @@ pub(super) struct NewRow {
     max_held: Option<u64>,
 }
 
-/// Clients by id, in one query.
-pub(super) async fn clients_by_id(db: DatabaseConnection, ids: Vec<Uuid>) -> Result<Answers<PersonalClient>, DbErr> {
-    let rows = personal_client::Entity::find().filter(Column::Id.is_in(ids.iter().copied())).all(&db).await?;
-    Ok(answer_each(&ids, rows, |row| row.id))
+/// A Get waiting for its batch: client `id`, as visible to `owner` (`None`: anyone).
+#[derive(Debug)]
+pub(super) struct Visible {
+    id: Uuid,
+    owner: Option<String>,
+}
+
+/// Clients by id, each as visible to its caller, in one query. A row that comes back is filed
+/// under its owner and under "anyone": a caller finds it only under its own key, which the
+/// statement made sure it may see.
+pub(super) async fn clients_by_id(
+    db: DatabaseConnection,
+    asked: Vec<Visible>,
+) -> Result<Answers<PersonalClient>, DbErr> {
+    let visible = asked.iter().fold(Condition::any(), |any, visible| {
+        let owner = visible.owner.as_deref().map_or(Owner::Anyone, Owner::User);
+        any.add(Condition::all().add(Column::Id.eq(visible.id)).add(visible_to(owner)))
+    });
+    let rows = personal_client::Entity::find().filter(visible).all(&db).await?;
+    let mut found: HashMap<(Uuid, Option<String>), personal_client::Model> = HashMap::new();
+    for row in rows {
+        found.insert((row.id, None), row.clone());
+        found.insert((row.id, Some(row.user_id.clone())), row);
+    }
+    Ok(asked
+        .into_iter()
+        .map(|visible| found.get(&(visible.id, visible.owner)).cloned().map(PersonalClient::try_from).transpose())
+        .collect())
 }
 
 /// Clients by OAuth2 client id, in one query.
@@ -336,7 +363,7 @@ async fn held_by<'a>(
         .column(Column::UserId)
         .column_as(Column::Id.count(), "held")
         .filter(Column::UserId.is_in(users))
-        .filter(Column::DeletedAt.is_null())
+        .filter(not_revoked())
         .group_by(Column::UserId)
         .into_tuple()
         .all(txn)

@@ -6,8 +6,8 @@ use tracing::instrument;
 
 use super::{Store, entity::signing_key};
 use crate::{
-    Error,
     domain::{KeyRingChange, KeyTimes, StoredKey},
+    error::Error,
 };
 
 impl Store {

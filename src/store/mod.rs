@@ -8,6 +8,7 @@
 
 mod batch;
 mod clients;
+mod database_url;
 pub mod entity;
 mod keys;
 pub mod migration;
@@ -15,6 +16,7 @@ mod replay;
 mod search;
 mod usage;
 
+pub use database_url::DatabaseUrl;
 pub use usage::LAST_USED_CHUNK;
 
 use std::{
@@ -35,12 +37,10 @@ use sea_orm::{
 use sea_orm_migration::MigratorTrait;
 use tokio::sync::{Mutex, MutexGuard, Semaphore, SemaphorePermit};
 use tracing::instrument;
-use uuid::Uuid;
 
 use crate::{
-    Error,
-    config::DatabaseUrl,
     domain::PersonalClient,
+    error::Error,
     error::{chain, is_sqlite_busy},
 };
 use batch::Batcher;
@@ -103,7 +103,7 @@ struct Searches {
 /// [`batch`]).
 #[derive(Debug)]
 struct Batches {
-    by_id: Batcher<Uuid, Option<PersonalClient>>,
+    by_id: Batcher<clients::Visible, Option<PersonalClient>>,
     by_client_id: Batcher<String, Option<PersonalClient>>,
     spend: Batcher<replay::OneTimeValue, bool>,
     create: Batcher<clients::NewRow, Option<PersonalClient>>,
@@ -172,6 +172,18 @@ impl Store {
     /// that do not migrate.
     pub async fn is_migrated(&self) -> Result<bool, Error> {
         Ok(Migrator::get_pending_migrations_read_only(&self.db).await?.is_empty())
+    }
+
+    /// The database of a server or `migrate`, for the commands that only use one: refused when
+    /// it does not exist or its schema is not up to date.
+    pub async fn open_set_up(database: &DatabaseUrl) -> Result<Self, Error> {
+        let store = Self::open(database, OpenMode::MustExist).await?;
+        if !store.is_migrated().await? {
+            return Err(Error::internal(format!(
+                "the database {database} is not set up: run `personal-clients migrate` (or start the server) with this --database-url first"
+            )));
+        }
+        Ok(store)
     }
 
     /// A transaction that holds the database's write lock from its first statement, for work

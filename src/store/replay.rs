@@ -14,7 +14,7 @@ use tracing::instrument;
 use uuid::Uuid;
 
 use super::{Store, entity::assertion_replay, write_turn};
-use crate::Error;
+use crate::error::Error;
 
 impl Store {
     /// Marks an assertion's one-time value as used; `false` when it already was, by this

@@ -29,12 +29,12 @@ use uuid::Uuid;
 
 use super::{
     Store,
-    clients::page_after,
+    clients::{not_revoked, page_after},
     entity::personal_client::{self, Column},
 };
 use crate::{
-    Error,
     domain::{PersonalClient, SearchFilter},
+    error::Error,
 };
 
 /// On SQLite, the most candidates a Search with text reads through the trigram index; with more
@@ -58,7 +58,7 @@ impl Store {
         let (_turn, db) = self.search_turn().await?;
         let mut query = personal_client::Entity::find();
         if !filter.include_deleted {
-            query = query.filter(Column::DeletedAt.is_null());
+            query = query.filter(not_revoked());
         }
         if !filter.users.is_empty() {
             query = query.filter(Column::UserId.is_in(filter.users.iter().cloned()));

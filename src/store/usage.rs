@@ -6,7 +6,7 @@ use tracing::instrument;
 use uuid::Uuid;
 
 use super::Store;
-use crate::Error;
+use crate::error::Error;
 
 /// Rows per statement: each statement is its own short transaction, so a writer waiting for the
 /// flush (on SQLite, any writer; on PostgreSQL, an Update of one of these rows) waits for one

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
 use personal_clients::{
+    auth,
     pb::iam::{self as pb, personal_client_search_service_client::PersonalClientSearchServiceClient},
     server,
 };
@@ -183,7 +184,7 @@ async fn a_client_token_is_only_good_for_its_own_owner(db: TestDb) {
 }
 
 /// Starting the service on `config` fails, naming `flag`.
-async fn refused_start(config: personal_clients::Config, flag: &str) {
+async fn refused_start(config: personal_clients::config::Config, flag: &str) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let err = server::serve(config, listener, std::future::pending()).await.expect_err("the start is refused");
     assert!(err.to_string().contains(flag), "{err}");
@@ -223,7 +224,7 @@ async fn signing_keys_can_be_sealed_at_rest(db: TestDb) {
     wrong.keys.key_encryption_key_file = Some(other);
     refused_start(wrong, "--key-encryption-key-file").await;
     let config = db.config();
-    let minted = server::mint_token(
+    let minted = auth::mint_token(
         &config.database.database_url,
         &config.keys,
         &config.issuer,

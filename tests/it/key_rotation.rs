@@ -19,11 +19,11 @@ use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use chrono::{DateTime, Utc};
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use personal_clients::{
-    Config,
+    auth::key_admin,
     auth::{KeyVault, SigningKeys},
+    config::Config,
     config::RotationInterval,
     domain::{KeyRingChange, KeySchedule, KeyState, KeyTimeline, KeyTimes, NewSigningKey, StoredKey, delta},
-    key_commands,
     store::{OpenMode, Store},
 };
 use serde_json::Value;
@@ -308,7 +308,7 @@ async fn a_withdrawn_keys_tokens_stop_working_at_the_next_reread(db: TestDb) {
     let list = || personal_clients::pb::iam::PersonalClientServiceListRequest::default();
     client.list(authed(list(), &token)).await.expect("the token works, and its claims are cached");
 
-    let done = key_commands::withdraw(&db.database_url(), &config.keys, &leaked).await.unwrap();
+    let done = key_admin::withdraw(&db.database_url(), &config.keys, &leaked).await.unwrap();
     assert!(done.is_ok(), "{done:?}");
     eventually(Duration::from_secs(10), "the withdrawn key leaves the JWKS", || async {
         !fetch_jwks(&http, server.addr).await.keys.contains_key(&leaked)
@@ -473,7 +473,7 @@ async fn a_new_key_is_published_for_a_cache_lifetime_before_it_signs(db: TestDb)
     assert_eq!(jwks.max_age, Duration::from_secs(1), "the max-age the schedule allows for");
     assert_eq!(jwks.keys.keys().collect::<Vec<_>>(), [&first]);
 
-    let added = key_commands::add(&db.database_url(), &config.keys, None).await.unwrap();
+    let added = key_admin::add(&db.database_url(), &config.keys, None).await.unwrap();
     // Poll the JWKS and the exchange until the new key signs: it must be seen published a full
     // max-age before the first token it signs is asked for.
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -516,7 +516,7 @@ async fn a_retired_key_stays_published_until_its_tokens_have_expired(db: TestDb)
 
     // A key that signs at once takes over; the old one's tokens live on for up to the longest
     // token lifetime, and it stays published for all of that.
-    let taking_over = key_commands::add(&database, &config.keys, Some(Duration::ZERO)).await.unwrap();
+    let taking_over = key_admin::add(&database, &config.keys, Some(Duration::ZERO)).await.unwrap();
     let stopped = taking_over.activates_at;
     let needed_until = stopped + delta(schedule.max_token_ttl);
     eventually(Duration::from_secs(10), "the new key signs", || async {
@@ -533,12 +533,12 @@ async fn a_retired_key_stays_published_until_its_tokens_have_expired(db: TestDb)
 
     // A next key retired by hand signs nothing, and leaves the JWKS once no replica may have
     // signed with it.
-    let next = key_commands::add(&database, &config.keys, None).await.unwrap();
+    let next = key_admin::add(&database, &config.keys, None).await.unwrap();
     eventually(Duration::from_secs(10), "the next key is published", || async {
         fetch_jwks(&client, server.addr).await.keys.contains_key(&next.kid)
     })
     .await;
-    let retired = key_commands::retire(&database, &schedule, &next.kid).await.unwrap().expect("a next key is retired");
+    let retired = key_admin::retire(&database, &schedule, &next.kid).await.unwrap().expect("a next key is retired");
     assert!(retired.contains("stays in the JWKS until"), "{retired}");
     let retired_at = Utc::now();
     let signer = tokio::spawn({

@@ -15,6 +15,7 @@ mod external_issuer;
 mod hostile_traffic;
 mod json_api;
 mod key_rotation;
+mod layers;
 mod lifecycle;
 mod mesh;
 mod operations;
@@ -46,6 +47,7 @@ fn main() -> ExitCode {
         hostile_traffic::tests(),
         json_api::tests(),
         key_rotation::tests(),
+        layers::tests(),
         lifecycle::tests(),
         mesh::tests(),
         operations::tests(),

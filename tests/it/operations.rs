@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use crate::common::{TestDb, TestServer, oauth::http, proxy::TcpProxy, sample};
-use personal_clients::{Config, server::health_names};
+use personal_clients::{config::Config, server::health_names};
 use prost::Message;
 use tonic::{codegen::tokio_stream, transport::Channel};
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
@@ -236,7 +236,7 @@ async fn reflection_streams_are_bounded_in_bytes_time_and_number(db: TestDb) {
     let server = TestServer::start(db.config()).await;
     let connection = channel(&server).await;
     let mut open = Vec::new();
-    for _ in 0..personal_clients::limits::REFLECTION_STREAMS {
+    for _ in 0..personal_clients::edge::reflection::REFLECTION_STREAMS {
         open.push(open_stream(&connection).await.expect("a place"));
     }
     let refused = open_stream(&connection).await.expect_err("no place left");

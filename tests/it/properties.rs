@@ -23,12 +23,12 @@ use icu_properties::{
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use personal_clients::{
-    Error,
     api::convert::{timestamp, update_request},
     auth::jws::{self, Header},
     domain::{
         CidrList, ClientSecret, DisplayName, MaxLifetime, PageToken, Rejection, Role, RoleSet, SourceAddress, quote,
     },
+    error::Error,
     exchange::assertion::{ClientAssertion, MAX_LIFETIME_SECS, SKEW_SECS},
     pb::iam as pb,
 };

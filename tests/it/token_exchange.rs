@@ -15,7 +15,7 @@ use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use ed25519_dalek::SigningKey;
 use hmac::{Hmac, Mac};
 use personal_clients::{
-    Config,
+    config::Config,
     pb::{
         auth::{TokenRequest, TokenResponse, token_service_client::TokenServiceClient},
         iam as pb,

@@ -3,7 +3,9 @@
 use std::time::{Duration, Instant};
 
 use crate::common::{TestDb, TestServer, authed, create_request, eventually, proxy::TcpProxy};
-use personal_clients::{Config, pb::iam as pb, pb::iam::personal_client_service_client::PersonalClientServiceClient};
+use personal_clients::{
+    config::Config, pb::iam as pb, pb::iam::personal_client_service_client::PersonalClientServiceClient,
+};
 use tonic::{
     Code,
     transport::{Certificate, Channel, ClientTlsConfig},

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use personal_clients::{Config, pb::iam as pb};
+use personal_clients::{config::Config, pb::iam as pb};
 use sea_orm::{Database, SqliteTransactionMode, TransactionOptions, TransactionTrait};
 use tonic::Code;
 

@@ -15,11 +15,12 @@ use std::{
 use libtest_mimic::{Failed, Trial};
 use personal_clients::rate::RateLimit;
 use personal_clients::{
-    Config,
-    config::DatabaseUrl,
+    auth,
+    config::Config,
     domain::{Role, RoleSet, TokenKey},
     pb::iam::{self as pb, personal_client_service_client::PersonalClientServiceClient},
     server,
+    store::DatabaseUrl,
     store::{OpenMode, Store},
 };
 use sea_orm::{ConnectionTrait, Database};
@@ -243,7 +244,7 @@ pub struct TestServer {
     pub addr: SocketAddr,
     pub config: Config,
     shutdown: Option<oneshot::Sender<()>>,
-    handle: Option<JoinHandle<Result<(), personal_clients::Error>>>,
+    handle: Option<JoinHandle<Result<(), personal_clients::error::Error>>>,
 }
 
 impl TestServer {
@@ -370,7 +371,7 @@ impl Drop for TestServer {
 /// A user access token minted as `mint-token` does, for the database of `config`.
 pub async fn mint(config: &Config, user: &str, roles: &[&str], ttl: Duration) -> String {
     let roles: RoleSet = roles.iter().map(|r| Role::parse(r).expect("role")).collect();
-    server::mint_token(&config.database.database_url, &config.keys, &config.issuer, user, &roles, ttl)
+    auth::mint_token(&config.database.database_url, &config.keys, &config.issuer, user, &roles, ttl)
         .await
         .expect("mint token")
 }

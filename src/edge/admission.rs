@@ -1,4 +1,5 @@
-//! Admission: what a request must do before a handler spends anything on it.
+//! Admission: what a request must do before a handler spends anything on it, and the answer,
+//! in its own protocol, of one refused.
 //!
 //! 1. Its body arrives whole within `--request-timeout`, no larger than `--max-request-bytes`,
 //!    into a memory budget shared by every request (`--max-concurrent-requests` times
@@ -8,11 +9,8 @@
 //! 2. Then it takes one of `--max-concurrent-requests` places, or is refused at once.
 //! 3. It is answered within what is left of `--request-timeout`.
 //!
-//! A reflection stream, whose messages go to the handler as they come, takes one of
-//! [`REFLECTION_STREAMS`] places of its own for as long as it is open, may send at most
-//! `--max-request-bytes` in all, and ends at `--request-timeout` (checked as the handler reads
-//! it: one whose caller grants no flow-control window for the answers is not read, and keeps its
-//! place until its connection closes).
+//! A reflection stream, whose messages go to the handler as they come, is held to limits of its
+//! own instead ([`reflection`]).
 //!
 //! Health checks skip the queue: an orchestrator that cannot reach one restarts a server that is
 //! merely busy.
@@ -31,27 +29,17 @@ use tokio::{
     sync::{OwnedSemaphorePermit, Semaphore},
     time::Instant,
 };
-use tonic::Status;
 
+use super::{
+    connections::Connections,
+    reflection::{self, REFLECTION_STREAMS, StreamAnswer, StreamedBody},
+};
 use crate::{
-    Error,
-    api::{http::oauth_error, json},
-    connections::{Connections, peer},
-    error::OAuthError,
-    metrics::is_grpc,
+    error::{Error, answers},
+    protocol::{Protocol, peer},
 };
 
 const ALWAYS_ANSWERED: [&str; 2] = ["/grpc.health.v1.Health/", "/healthz"];
-
-/// Methods whose request is a stream the caller keeps open while it reads the answers (gRPC
-/// reflection, as grpcurl uses it): their bodies go to the handler as they come instead of being
-/// received whole first, bounded by [`StreamedBody`].
-const STREAMED_REQUESTS: [&str; 2] =
-    ["/grpc.reflection.v1.ServerReflection/", "/grpc.reflection.v1alpha.ServerReflection/"];
-
-/// Reflection streams open at once. They have places of their own, so callers without a
-/// credential holding them all keep reflection, not the API, from others.
-pub const REFLECTION_STREAMS: usize = 32;
 
 /// How much work the server takes on at once.
 #[derive(Debug, Clone, Copy)]
@@ -124,20 +112,11 @@ where
         Box::pin(async move {
             let limits = layer.limits;
             let deadline = Instant::now() + limits.request_timeout;
-            let grpc = is_grpc(request.headers());
-            let json_api = json::is_json_path(request.uri().path());
-            let refuse = |err: Error| {
-                Ok(if grpc {
-                    Status::from(err).into_http()
-                } else if json_api {
-                    json::refusal(err).map(tonic::body::Body::new)
-                } else {
-                    oauth_error(OAuthError::from(err)).map(tonic::body::Body::new)
-                })
-            };
+            let protocol = Protocol::of(request.headers(), request.uri().path());
+            let refuse = |err: Error| Ok(answers::refusal(protocol, err));
             let exempt = ALWAYS_ANSWERED.iter().any(|path| request.uri().path().starts_with(path));
             let _in_flight = peer(request.extensions()).and_then(|peer| layer.connections.request_started(peer));
-            let streamed = STREAMED_REQUESTS.iter().any(|path| request.uri().path().starts_with(path));
+            let streamed = reflection::is_streamed(request.uri().path());
             let (parts, body) = request.into_parts();
             let mut stream = None;
             let (body, _body_memory) = if streamed {
@@ -151,7 +130,16 @@ where
                 };
                 let ended = Arc::new(std::sync::OnceLock::new());
                 stream = Some((place, Arc::clone(&ended)));
-                (tonic::body::Body::new(StreamedBody::new(body, limits, deadline, ended)), None)
+                (
+                    tonic::body::Body::new(StreamedBody::new(
+                        body,
+                        limits.max_request_bytes,
+                        limits.request_timeout,
+                        deadline,
+                        ended,
+                    )),
+                    None,
+                )
             } else {
                 let received =
                     tokio::time::timeout_at(deadline, receive(body, &layer.body_budget, limits.max_request_bytes));
@@ -222,93 +210,4 @@ where
         received.extend_from_slice(&data);
     }
     Ok((received.freeze(), held))
-}
-
-/// The request of a reflection stream as the handler reads it: at most `--max-request-bytes` in
-/// all, until the deadline. Past either the stream ends, and [`StreamAnswer`] ends the answer
-/// with the status saying why.
-struct StreamedBody<B> {
-    inner: Pin<Box<B>>,
-    left: usize,
-    limits: AdmissionLimits,
-    deadline: Pin<Box<tokio::time::Sleep>>,
-    ended: Arc<std::sync::OnceLock<Status>>,
-}
-
-impl<B> StreamedBody<B> {
-    fn new(inner: B, limits: AdmissionLimits, deadline: Instant, ended: Arc<std::sync::OnceLock<Status>>) -> Self {
-        let deadline = Box::pin(tokio::time::sleep_until(deadline));
-        Self { inner: Box::pin(inner), left: limits.max_request_bytes, limits, deadline, ended }
-    }
-
-    fn end(&self, status: Status) -> Poll<Option<Result<http_body::Frame<Bytes>, Status>>> {
-        let _ = self.ended.set(status.clone());
-        Poll::Ready(Some(Err(status)))
-    }
-}
-
-impl<B> http_body::Body for StreamedBody<B>
-where
-    B: http_body::Body<Data = Bytes>,
-{
-    type Data = Bytes;
-    type Error = Status;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Status>>> {
-        if self.deadline.as_mut().poll(cx).is_ready() {
-            return self.end(Status::from(Error::TimedOut(self.limits.request_timeout)));
-        }
-        match self.inner.as_mut().poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                let size = frame.data_ref().map_or(0, Bytes::len);
-                if size > self.left {
-                    return self.end(Status::from(Error::TooLarge(self.limits.max_request_bytes)));
-                }
-                self.left -= size;
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Poll::Ready(Some(Err(_))) => self.end(Status::cancelled("the request stream could not be read")),
-            Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
-        }
-    }
-}
-
-/// The answer of a reflection stream, holding its place until it ends, and ending with the
-/// status of the limit its request ran into, if it did.
-struct StreamAnswer {
-    body: tonic::body::Body,
-    ended: Arc<std::sync::OnceLock<Status>>,
-    _place: OwnedSemaphorePermit,
-}
-
-impl http_body::Body for StreamAnswer {
-    type Data = Bytes;
-    type Error = Status;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Status>>> {
-        let frame = std::task::ready!(Pin::new(&mut self.body).poll_frame(cx));
-        Poll::Ready(match (frame, self.ended.get()) {
-            (Some(Ok(frame)), Some(status)) if frame.is_trailers() => {
-                let mut trailers = http::HeaderMap::new();
-                let _ = status.add_header(&mut trailers);
-                Some(Ok(http_body::Frame::trailers(trailers)))
-            }
-            (frame, _) => frame,
-        })
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.body.size_hint()
-    }
 }

@@ -8,7 +8,7 @@
 //! - A connection whose peer sends nothing for `--idle-timeout` while it has no request in flight
 //!   is closed: silent sockets, idle keep-alive connections, unfinished TLS handshakes. A live
 //!   HTTP/2 client is never idle: it answers the server's keep-alive pings. (A request that
-//!   stalls is ended by `--request-timeout`; see [`crate::limits`].)
+//!   stalls is ended by `--request-timeout`; see [`super::admission`].)
 
 use std::{
     collections::HashMap,
@@ -31,10 +31,7 @@ use tokio::{
     time::Sleep,
 };
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
-use tonic::{
-    codegen::tokio_stream::wrappers::ReceiverStream,
-    transport::server::{Connected, TcpConnectInfo, TlsConnectInfo},
-};
+use tonic::{codegen::tokio_stream::wrappers::ReceiverStream, transport::server::Connected};
 
 /// How long the accept loop waits for a connection it closed to let go of its slot before it
 /// closes the next one (a connection busy writing a response notices a moment later).
@@ -163,14 +160,6 @@ impl Drop for Registration {
     fn drop(&mut self) {
         self.connections.open.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&self.peer);
     }
-}
-
-/// The TCP peer of a request, plain or over TLS, from what tonic put into its extensions.
-pub fn peer(extensions: &http::Extensions) -> Option<SocketAddr> {
-    extensions
-        .get::<TcpConnectInfo>()
-        .or_else(|| extensions.get::<TlsConnectInfo<TcpConnectInfo>>().map(TlsConnectInfo::get_ref))
-        .and_then(TcpConnectInfo::remote_addr)
 }
 
 /// A connection the service holds: it fails with `TimedOut` once its peer has been silent for

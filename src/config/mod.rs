@@ -1,18 +1,26 @@
 //! The service's configuration, in argument groups that each command takes only as it needs:
 //! the database, the names the service issues under, the rules for credentials, whom it
 //! trusts, and how it serves. Every flag has a `PC_*` environment twin; a value that cannot
-//! work is refused as a usage error that names its flag.
+//! work is refused as a usage error that names its flag: [`values`] parses each value alone,
+//! [`rules`] checks the flags against each other.
 
-use std::{fmt, net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
+mod rules;
+mod values;
+
+use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, CommandFactory, FromArgMatches, Parser};
 use ipnet::IpNet;
 
+pub use rules::check_token_ttl;
+pub use values::{CountLimit, RotationInterval, TrustedJwks, parse_listen, parse_local_user, parse_non_blank};
+
 use crate::{
-    Error,
     domain::{KeySchedule, MaxLifetime, Role},
     rate::RateLimit,
+    store::DatabaseUrl,
 };
+use values::{parse_header_name, parse_namespace, parse_positive_duration, parse_public_host};
 
 /// The embedded default: a SQLite file in the working directory, created at first start.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://personal-clients.db?mode=rwc";
@@ -40,6 +48,21 @@ pub struct IssuerArgs {
 impl IssuerArgs {
     pub fn issuer(&self) -> String {
         self.issuer.clone().unwrap_or_else(|| format!("http://{}", self.public_host))
+    }
+
+    /// The names this service answers to as an audience, of client assertions and of external
+    /// issuers' tokens alike: the public host (with and without its port; ConductorOne's SDKs
+    /// send the host) and the issuer (draft-ietf-oauth-rfc7523bis).
+    pub fn audiences(&self) -> Vec<String> {
+        let host = &self.public_host;
+        let mut audiences = vec![host.clone(), self.issuer()];
+        if let Some((without_port, port)) = host.rsplit_once(':')
+            && port.chars().all(|c| c.is_ascii_digit())
+            && !without_port.contains(':')
+        {
+            audiences.push(without_port.to_owned());
+        }
+        audiences
     }
 }
 
@@ -243,273 +266,9 @@ impl Config {
     }
 }
 
-impl Config {
-    /// The rules between flags and the key schedule: no token outlives the publication of the
-    /// key that signed it, and a rotation leaves each key time to be published before it signs.
-    pub fn check(&self) -> Result<(), Error> {
-        let schedule = &self.keys.schedule;
-        check_token_ttl("--token-ttl", self.credentials.token_ttl, schedule)?;
-        if let RotationInterval(Some(every)) = self.serving.key_rotation_interval
-            && every < schedule.activation_lead()
-        {
-            return Err(Error::config(
-                "--key-rotation-interval",
-                format!(
-                    "must be at least {} (or `off`): a new key is published that long before it signs",
-                    humantime::format_duration(schedule.activation_lead())
-                ),
-                None,
-            ));
-        }
-        let mesh = &self.mesh;
-        let names = [&mesh.identity_user_header, &mesh.identity_client_header, &mesh.identity_roles_header];
-        if names[0] == names[1] || names[0] == names[2] || names[1] == names[2] {
-            return Err(Error::config(
-                "--identity-user-header",
-                "--identity-user-header, --identity-client-header and --identity-roles-header must name three different headers",
-                None,
-            ));
-        }
-        Ok(())
-    }
-}
-
-/// A token lifetime (`flag`) within the longest the key schedule allows: a key stops being
-/// published that long after it stops signing, so a longer-lived token would outlive its key.
-pub fn check_token_ttl(flag: &'static str, ttl: Duration, schedule: &KeySchedule) -> Result<(), Error> {
-    if ttl > schedule.max_token_ttl {
-        return Err(Error::config(
-            flag,
-            format!(
-                "must be at most {}: a signing key stays published that long after it stops signing, and a token must not outlive its key",
-                humantime::format_duration(schedule.max_token_ttl)
-            ),
-            None,
-        ));
-    }
-    Ok(())
-}
-
-/// How often `serve` adds a new signing key: a duration, or `off`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RotationInterval(pub Option<Duration>);
-
-impl FromStr for RotationInterval {
-    type Err = String;
-
-    fn from_str(value: &str) -> Result<Self, Self::Err> {
-        if value.eq_ignore_ascii_case("off") {
-            return Ok(Self(None));
-        }
-        parse_positive_duration(value).map(|every| Self(Some(every))).map_err(|err| format!("{err}, or `off`"))
-    }
-}
-
-fn parse_public_host(value: &str) -> Result<String, String> {
-    if value.is_empty() || value.contains(['/', '@', ' ', '?', '#']) {
-        return Err("must be a host name with an optional port (pc.example.com, localhost:50051)".into());
-    }
-    Ok(value.to_owned())
-}
-
-/// An HTTP header name, lower-cased as HTTP/2 and Envoy write them; not one of the pseudo or
-/// hop-by-hop headers, nor `authorization`.
-fn parse_header_name(value: &str) -> Result<String, String> {
-    let name = http::HeaderName::from_bytes(value.as_bytes())
-        .map_err(|_| format!("{value:?} is not an HTTP header name"))?
-        .as_str()
-        .to_owned();
-    if ["authorization", "host", "connection", "te", "transfer-encoding", "content-length"].contains(&name.as_str()) {
-        return Err(format!("{name} is a header with a meaning of its own; choose another name, like x-user-id"));
-    }
-    Ok(name)
-}
-
-fn parse_namespace(value: &str) -> Result<String, String> {
-    if value.is_empty() || value.contains([':', ' ']) {
-        return Err("must be non-empty, without ':' or spaces".into());
-    }
-    Ok(value.to_owned())
-}
-
-/// A bound on how many of something there may be: a positive number, or `off`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CountLimit(pub Option<u32>);
-
-impl FromStr for CountLimit {
-    type Err = String;
-
-    fn from_str(value: &str) -> Result<Self, Self::Err> {
-        if value.eq_ignore_ascii_case("off") {
-            return Ok(Self(None));
-        }
-        match value.parse::<u32>() {
-            Ok(count) if count > 0 => Ok(Self(Some(count))),
-            _ => Err(format!("{value:?} is not a positive whole number or `off`")),
-        }
-    }
-}
-
-/// A local user id, as `mint-token` names one: not blank, and without `#`, which only the ids
-/// of external issuers' users hold (`ISSUER#SUBJECT`).
-pub fn parse_local_user(value: &str) -> Result<String, String> {
-    if value.contains('#') {
-        return Err("must not contain '#': ISSUER#SUBJECT names a user of an external issuer".into());
-    }
-    parse_non_blank(value)
-}
-
-/// A value that says something: not empty, not only spaces.
-pub fn parse_non_blank(value: &str) -> Result<String, String> {
-    if value.trim().is_empty() { Err("must not be empty".into()) } else { Ok(value.to_owned()) }
-}
-
-fn parse_positive_duration(value: &str) -> Result<Duration, String> {
-    match humantime::parse_duration(value) {
-        Ok(duration) if duration.is_zero() => Err("must be longer than zero".into()),
-        Ok(duration) => Ok(duration),
-        Err(err) => Err(format!("{err}; use a duration like 90s, 15m or 1h")),
-    }
-}
-
-/// `ISSUER=PATH_OR_URL` of an external identity provider's JWK Set.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TrustedJwks {
-    pub issuer: String,
-    pub source: String,
-}
-
-impl FromStr for TrustedJwks {
-    type Err = String;
-
-    fn from_str(value: &str) -> Result<Self, Self::Err> {
-        let (issuer, source) = value
-            .split_once('=')
-            .ok_or("must be ISSUER=PATH_OR_URL, e.g. https://idp.example=https://idp.example/jwks.json")?;
-        if issuer.is_empty() || source.is_empty() {
-            return Err("both the issuer and the JWKS path or URL are required".into());
-        }
-        if issuer.contains('#') {
-            return Err(format!("the issuer {issuer:?} has a '#'; an issuer identifier has no fragment"));
-        }
-        if source.starts_with("http://") && !is_loopback_url(source) {
-            return Err(format!(
-                "{source} is plain HTTP, which anyone on the path could answer; use https:// (http:// only for this host: localhost, 127.0.0.0/8, [::1])"
-            ));
-        }
-        Ok(Self { issuer: issuer.to_owned(), source: source.to_owned() })
-    }
-}
-
-fn is_loopback_url(url: &str) -> bool {
-    let Some(host) = reqwest::Url::parse(url).ok().and_then(|url| url.host_str().map(str::to_owned)) else {
-        return false;
-    };
-    let address = host.trim_start_matches('[').trim_end_matches(']');
-    host.eq_ignore_ascii_case("localhost") || address.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
-}
-
-impl fmt::Display for TrustedJwks {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}={}", self.issuer, self.source)
-    }
-}
-
-/// Where a command listens: `serve` on a fixed port, `bench` on any free one.
-pub fn parse_listen(value: &str) -> Result<SocketAddr, String> {
-    value.parse().map_err(|_| "must be an address and port, e.g. 127.0.0.1:50051 or 0.0.0.0:50051".to_owned())
-}
-
-/// A database URL whose password never appears in `Debug` or `Display`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct DatabaseUrl(String);
-
-impl DatabaseUrl {
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-
-    pub fn is_sqlite(&self) -> bool {
-        self.0.starts_with("sqlite:")
-    }
-
-    /// The file of a SQLite URL: `sqlite://data/pc.db?mode=rwc` is `data/pc.db`.
-    pub fn sqlite_path(&self) -> Option<&str> {
-        let rest = self.0.strip_prefix("sqlite://").or_else(|| self.0.strip_prefix("sqlite:"))?;
-        Some(rest.split('?').next().unwrap_or(rest))
-    }
-}
-
-impl FromStr for DatabaseUrl {
-    type Err = String;
-
-    fn from_str(url: &str) -> Result<Self, Self::Err> {
-        if url.starts_with("sqlite:") && (url.contains(":memory:") || url.contains("mode=memory")) {
-            return Err("in-memory SQLite is not supported: every connection would see a database of its own; use a file (sqlite://FILE?mode=rwc)".into());
-        }
-        let supported = ["sqlite:", "postgres://", "postgresql://"];
-        if supported.iter().any(|prefix| url.starts_with(prefix)) {
-            Ok(Self(url.to_owned()))
-        } else {
-            Err("must start with sqlite:, postgres:// or postgresql://".into())
-        }
-    }
-}
-
-impl fmt::Display for DatabaseUrl {
-    /// `postgres://user:secret@host/db?sslpassword=x` shows as
-    /// `postgres://user:***@host/db?sslpassword=***`.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let (url, query) = match self.0.split_once('?') {
-            Some((url, query)) => (url, Some(query)),
-            None => (self.0.as_str(), None),
-        };
-        match url.split_once("://") {
-            Some((scheme, rest)) => {
-                let authority_end = rest.find('/').unwrap_or(rest.len());
-                let userinfo_end = rest[..authority_end].rfind('@');
-                match userinfo_end.and_then(|at| rest[..at].split_once(':').map(|(user, _)| (user, at))) {
-                    Some((user, at)) => write!(f, "{scheme}://{user}:***{}", &rest[at..])?,
-                    None => f.write_str(url)?,
-                }
-            }
-            None => f.write_str(url)?,
-        }
-        let Some(query) = query else { return Ok(()) };
-        let parameters: Vec<String> = query
-            .split('&')
-            .map(|parameter| match parameter.split_once('=') {
-                Some((name, _)) if name.to_ascii_lowercase().contains("password") => format!("{name}=***"),
-                _ => parameter.to_owned(),
-            })
-            .collect();
-        write!(f, "?{}", parameters.join("&"))
-    }
-}
-
-impl fmt::Debug for DatabaseUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "DatabaseUrl({self})")
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn database_password_never_prints() {
-        let url: DatabaseUrl = "postgres://pc:hunter2@db:5432/pc?sslmode=require".parse().unwrap();
-        assert_eq!(url.to_string(), "postgres://pc:***@db:5432/pc?sslmode=require");
-        assert!(!format!("{url:?}").contains("hunter2"));
-        let no_password: DatabaseUrl = "postgres://postgres@127.0.0.1:5432/test".parse().unwrap();
-        assert_eq!(no_password.to_string(), "postgres://postgres@127.0.0.1:5432/test");
-        let sqlite: DatabaseUrl = "sqlite://personal-clients.db?mode=rwc".parse().unwrap();
-        assert_eq!(sqlite.to_string(), "sqlite://personal-clients.db?mode=rwc");
-        let in_query: DatabaseUrl = "postgres://db/pc?user=pc&password=hunter2&sslpassword=x".parse().unwrap();
-        assert_eq!(in_query.to_string(), "postgres://db/pc?user=pc&password=***&sslpassword=***");
-        assert_eq!(sqlite.sqlite_path(), Some("personal-clients.db"));
-    }
 
     #[test]
     fn defaults_follow_the_spec() {

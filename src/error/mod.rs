@@ -1,14 +1,26 @@
-//! The service's one error type, by meaning, and the only place that turns it into a
-//! `tonic::Status` or an OAuth2 error response.
+//! The service's one error type, by meaning, and how it is logged; [`answers`] is the only
+//! place that turns it into any protocol's answer.
 
-use std::{fmt::Write as _, time::Duration};
+pub mod answers;
+
+use std::{
+    fmt::Write as _,
+    num::NonZeroU32,
+    sync::{
+        LazyLock,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
 use sea_orm::{
     DbErr, RuntimeErr,
     sqlx::{self, postgres::PgDatabaseError, sqlite::SqliteError},
 };
-use tonic::{Code, Status};
-use tonic_types::{ErrorDetails, StatusExt};
+
+pub use answers::{Challenge, OAuthError, retry_seconds};
 
 use crate::domain::{FieldViolation, Rejection, quote};
 
@@ -170,11 +182,30 @@ fn is_transient_sqlstate(code: &str) -> bool {
         || matches!(code, "40001" | "40P01" | "53300" | "55P03" | "57014" | "57P01" | "57P02" | "57P03")
 }
 
+/// Log lines about refused requests, which anyone can cause: at most 20 a second (a burst of
+/// 100), so a flood of bad requests cannot flood the log. The metrics count every refusal.
+static REFUSAL_LOG: LazyLock<(DefaultDirectRateLimiter, AtomicU64)> = LazyLock::new(|| {
+    let rate = Quota::per_second(NonZeroU32::new(20).unwrap_or(NonZeroU32::MIN))
+        .allow_burst(NonZeroU32::new(100).unwrap_or(NonZeroU32::MIN));
+    (RateLimiter::direct(rate), AtomicU64::new(0))
+});
+
+/// Whether a refusal may be logged now; if so, how many were left out since the last one.
+pub fn refusal_log() -> Option<u64> {
+    let (limiter, left_out) = &*REFUSAL_LOG;
+    if limiter.check().is_ok() {
+        Some(left_out.swap(0, Ordering::Relaxed))
+    } else {
+        left_out.fetch_add(1, Ordering::Relaxed);
+        None
+    }
+}
+
 /// Logs what the caller is not told.
 fn log_hidden(err: &Error) {
     match err {
         Error::Unauthenticated(reason) => {
-            if let Some(left_out) = crate::rate::refusal_log() {
+            if let Some(left_out) = refusal_log() {
                 tracing::info!(reason = %quote(reason), left_out, "request rejected: unauthenticated");
             }
         }
@@ -183,116 +214,6 @@ fn log_hidden(err: &Error) {
             tracing::error!(error = %chain(err), "internal error");
         }
         _ => {}
-    }
-}
-
-/// An OAuth2 error response (RFC 6749 §5.2) for the HTTP token endpoint.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OAuthError {
-    pub http_status: u16,
-    pub error: &'static str,
-    pub description: String,
-    /// For `Retry-After`, in whole seconds.
-    pub retry_after: Option<u64>,
-}
-
-impl OAuthError {
-    pub fn new(http_status: u16, error: &'static str, description: impl Into<String>) -> Self {
-        Self { http_status, error, description: description.into(), retry_after: None }
-    }
-}
-
-fn slow_request(limit: Duration) -> String {
-    format!("the request did not arrive whole within {}, the most this server waits", humantime::format_duration(limit))
-}
-
-fn timed_out(limit: Duration) -> String {
-    format!(
-        "the request was not answered within {}, the most this server allows; retry later",
-        humantime::format_duration(limit)
-    )
-}
-
-fn too_large(limit: usize) -> String {
-    format!("the request is larger than {limit} bytes, the most this service accepts")
-}
-
-/// Whole seconds to wait, at least one: what `Retry-After` can say.
-pub fn retry_seconds(retry_after: Duration) -> u64 {
-    (retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0)).max(1)
-}
-
-impl From<Error> for OAuthError {
-    fn from(err: Error) -> Self {
-        log_hidden(&err);
-        let retry_after = match &err {
-            Error::RateLimited { retry_after, .. } | Error::Overloaded { retry_after, .. } => {
-                Some(retry_seconds(*retry_after))
-            }
-            Error::Unavailable(_) | Error::TimedOut(_) => Some(1),
-            _ => None,
-        };
-        let (http_status, error, description) = match err {
-            Error::InvalidArgument(violations) => (400, "invalid_request", summary(&violations)),
-            Error::UnsupportedGrantType(grant_type) => (
-                400,
-                "unsupported_grant_type",
-                format!("{} is not supported; use client_credentials", quote(&grant_type)),
-            ),
-            Error::InvalidClient(_) | Error::Unauthenticated(_) | Error::NotFound | Error::PermissionDenied(_) => {
-                (401, "invalid_client", "client authentication failed".to_owned())
-            }
-            Error::RateLimited { message, .. } => (429, "temporarily_unavailable", message),
-            Error::QuotaExceeded(message) => (429, "invalid_request", message),
-            Error::Overloaded { message, .. } => (503, "temporarily_unavailable", message),
-            Error::SlowRequest(limit) => (408, "invalid_request", slow_request(limit)),
-            Error::TooLarge(limit) => (413, "invalid_request", too_large(limit)),
-            Error::TimedOut(limit) => (503, "temporarily_unavailable", timed_out(limit)),
-            Error::Unavailable(_) => {
-                (503, "temporarily_unavailable", "the service is unavailable; retry later".to_owned())
-            }
-            Error::Database(_) | Error::Config { .. } | Error::Internal { .. } => {
-                (500, "server_error", "internal error".to_owned())
-            }
-        };
-        Self { http_status, error, description, retry_after }
-    }
-}
-
-impl From<Error> for Status {
-    fn from(err: Error) -> Self {
-        log_hidden(&err);
-        match err {
-            Error::InvalidArgument(violations) => {
-                let mut details = ErrorDetails::new();
-                for violation in &violations {
-                    details.add_bad_request_violation(&violation.field, &violation.description);
-                }
-                Status::with_error_details(Code::InvalidArgument, summary(&violations), details)
-            }
-            Error::Unauthenticated(_) => Status::unauthenticated("missing or invalid bearer token"),
-            Error::UnsupportedGrantType(grant_type) => {
-                let mut details = ErrorDetails::new();
-                let description =
-                    format!("unsupported_grant_type: {}; only client_credentials is supported", quote(&grant_type));
-                details.add_bad_request_violation("grant_type", &description);
-                Status::with_error_details(Code::InvalidArgument, format!("grant_type: {description}"), details)
-            }
-            Error::InvalidClient(_) => Status::unauthenticated("invalid_client: client authentication failed"),
-            Error::PermissionDenied(message) => Status::permission_denied(message),
-            Error::NotFound => Status::not_found("personal client not found"),
-            Error::RateLimited { message, retry_after } | Error::Overloaded { message, retry_after } => {
-                let mut details = ErrorDetails::new();
-                details.set_retry_info(Some(retry_after));
-                Status::with_error_details(Code::ResourceExhausted, message, details)
-            }
-            Error::QuotaExceeded(message) => Status::resource_exhausted(message),
-            Error::SlowRequest(limit) => Status::deadline_exceeded(slow_request(limit)),
-            Error::TooLarge(limit) => Status::resource_exhausted(too_large(limit)),
-            Error::TimedOut(limit) => Status::deadline_exceeded(timed_out(limit)),
-            Error::Unavailable(_) => Status::unavailable("the database is unavailable or busy; retry later"),
-            Error::Database(_) | Error::Config { .. } | Error::Internal { .. } => Status::internal("internal error"),
-        }
     }
 }
 

@@ -7,10 +7,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use prost_reflect::{DescriptorPool, FieldDescriptor, Kind, MessageDescriptor};
 use serde_json::{Map, Value, json};
 
-use super::{
-    PUBLIC_SERVICES,
-    json::{HttpRoute, RouteBody},
-};
+use super::routes::{FieldPath, HttpRoute, RouteBody};
+use crate::api::PUBLIC_SERVICES;
 
 /// The document for `routes`, whose messages come from `pool`.
 pub fn document(pool: &DescriptorPool, routes: &[HttpRoute]) -> Value {
@@ -53,7 +51,7 @@ pub fn document(pool: &DescriptorPool, routes: &[HttpRoute]) -> Value {
 /// `{client.id}`), unless two variables would share it. OpenAPI takes paths that differ only in
 /// a variable's name for the same path, so Update's `{client.id}` and Get's `{id}` are one path.
 fn parameter_names(route: &HttpRoute) -> Vec<String> {
-    let leaf = |path: &super::json::FieldPath| path.0.last().map(|f| f.name().to_owned()).unwrap_or_default();
+    let leaf = |path: &FieldPath| path.0.last().map(|f| f.name().to_owned()).unwrap_or_default();
     route
         .variables
         .iter()

@@ -15,13 +15,14 @@ use tonic::{
     transport::Channel,
 };
 
-use crate::{
-    Error,
+use personal_clients::{
+    auth,
     config::{
-        Config, CountLimit, CredentialArgs, DatabaseArgs, DatabaseUrl, IssuerArgs, KeyArgs, MeshArgs, ServingArgs,
-        TrustArgs, parse_listen,
+        Config, CountLimit, CredentialArgs, DatabaseArgs, IssuerArgs, KeyArgs, MeshArgs, ServingArgs, TrustArgs,
+        parse_listen,
     },
     domain::{ClientSecret, Role, RoleSet},
+    error::Error,
     exchange::assertion::ClientAssertion,
     pb::{
         auth::{TokenRequest, token_service_client::TokenServiceClient},
@@ -31,6 +32,8 @@ use crate::{
         },
     },
     rate::RateLimit,
+    server,
+    store::DatabaseUrl,
 };
 
 /// What to measure, and the service to measure: the same options as `serve`, but for the
@@ -109,17 +112,17 @@ async fn measure(config: Config, options: &BenchArgs) -> Result<(), Error> {
         .map_err(|e| Error::internal_with(format!("cannot listen on {}", options.listen), e))?;
     let address = listener.local_addr().map_err(|e| internal(&e))?;
     let database = &config.database.database_url;
-    crate::server::migrate(database, &config.keys).await?;
+    server::migrate(database, &config.keys).await?;
     let (keys, issuer) = (&config.keys, &config.issuer);
     let mint = |user: &'static str, role: Role| async move {
         let roles: RoleSet = [role].into_iter().collect();
-        crate::server::mint_token(database, keys, issuer, user, &roles, Duration::from_secs(3600)).await
+        auth::mint_token(database, keys, issuer, user, &roles, Duration::from_secs(3600)).await
     };
     let token = mint("bench-user", Role::parse("bench").map_err(Error::internal)?).await?;
     let admin_token = mint("bench-admin", config.credentials.admin_role.clone()).await?;
     let audience = config.issuer.public_host.clone();
     let (stop, stopped) = oneshot::channel::<()>();
-    let server = tokio::spawn(crate::server::serve(config.clone(), listener, async {
+    let server = tokio::spawn(server::serve(config.clone(), listener, async {
         let _ = stopped.await;
     }));
     let channel = Channel::from_shared(format!("http://{address}"))
@@ -199,9 +202,9 @@ async fn measure(config: Config, options: &BenchArgs) -> Result<(), Error> {
         async move {
             let assertion = ClientAssertion::sign(&key, &client_id, &audience, 60, chrono::Utc::now().timestamp());
             let request = TokenRequest {
-                grant_type: crate::exchange::CLIENT_CREDENTIALS.into(),
+                grant_type: personal_clients::exchange::CLIENT_CREDENTIALS.into(),
                 client_id,
-                client_assertion_type: crate::exchange::JWT_BEARER.into(),
+                client_assertion_type: personal_clients::exchange::JWT_BEARER.into(),
                 client_assertion: assertion,
             };
             tokens.token(request).await.map(drop)
