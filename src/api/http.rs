@@ -15,6 +15,7 @@ use axum::{
 
 use crate::{
     auth::{self, Authenticator, Introspection},
+    domain::echo,
     error::{
         OAuthError,
         answers::{bearer_refusal, oauth_json as json, oauth_response},
@@ -56,7 +57,7 @@ pub fn routes(
 /// What no route matched: gRPC callers get `UNIMPLEMENTED` as gRPC expects, anyone else a 404.
 pub async fn not_found(request: Request) -> Response {
     match Protocol::of(request.headers(), request.uri().path()) {
-        Protocol::Grpc => tonic::Status::unimplemented(format!("no method {}", request.uri().path())).into_http(),
+        Protocol::Grpc => tonic::Status::unimplemented(format!("no method {}", echo(request.uri().path()))).into_http(),
         Protocol::Json => super::json::not_found(request.method(), request.uri().path()),
         Protocol::Http => json(StatusCode::NOT_FOUND, &serde_json::json!({ "error": "not_found" })),
     }

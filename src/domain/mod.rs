@@ -34,16 +34,75 @@ pub use secret::ClientSecret;
 pub use source::SourceAddress;
 pub use token_key::{StoredKey, TokenKey};
 
+/// The most characters of a caller's input that an answer or a log line repeats.
+const ECHO_CHARS: usize = 64;
+
 /// Input quoted for an error message or a log line: escaped (no newline or terminal escape gets
 /// through) and cut to 64 characters, so no caller can make a message or a log line long.
 pub fn quote(input: &str) -> String {
-    const MAX_CHARS: usize = 64;
     let chars = input.chars().count();
-    if chars <= MAX_CHARS {
+    if chars <= ECHO_CHARS {
         return format!("{input:?}");
     }
-    let head: String = input.chars().take(MAX_CHARS).collect();
+    let head: String = input.chars().take(ECHO_CHARS).collect();
     format!("{head:?}… ({chars} characters)")
+}
+
+/// Input repeated where it stands as a name, as in a field's path (`client.<name>`): escaped
+/// and cut as [`quote`] does, without the quotes.
+pub fn echo(input: &str) -> String {
+    let quoted = quote(input);
+    // `"head"`, or `"head"… (N characters)`: the suffix holds no quote.
+    match quoted.strip_prefix('"').and_then(|rest| rest.rsplit_once('"')) {
+        Some((head, suffix)) => format!("{head}{suffix}"),
+        None => quoted,
+    }
+}
+
+/// A library's error message, which may repeat input between double quotes or backticks
+/// (serde's `invalid type: string "…"`), with each such run cut as [`quote`] cuts input.
+pub fn cut_quoted(message: &str) -> String {
+    let mut cut = String::with_capacity(message.len().min(512));
+    let mut rest = message;
+    while let Some(open) = rest.find(['"', '`']) {
+        let mark = if rest[open..].starts_with('"') { '"' } else { '`' };
+        cut.push_str(&rest[..=open]);
+        let inner = &rest[open + 1..];
+        let close = closing(inner, mark);
+        let run = &inner[..close.unwrap_or(inner.len())];
+        let chars = run.chars().count();
+        if chars <= ECHO_CHARS {
+            cut.push_str(run);
+        } else {
+            let head: String = run.chars().take(ECHO_CHARS).collect();
+            // An escape cut in half would escape the closing quote.
+            cut.push_str(head.trim_end_matches('\\'));
+        }
+        if close.is_some() {
+            cut.push(mark);
+        }
+        if chars > ECHO_CHARS {
+            cut.push_str(&format!("… ({chars} characters)"));
+        }
+        rest = close.map_or("", |at| &inner[at + 1..]);
+    }
+    cut.push_str(rest);
+    cut
+}
+
+/// Where the run opened by `mark` ends in `text`: the next `mark` not escaped by a backslash
+/// (double quotes only; a backtick has no escape).
+fn closing(text: &str, mark: char) -> Option<usize> {
+    let mut escaped = false;
+    for (at, c) in text.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if mark == '"' => escaped = true,
+            c if c == mark => return Some(at),
+            _ => {}
+        }
+    }
+    None
 }
 
 /// One thing wrong with one field of a request, named by its path in the request.
@@ -141,5 +200,31 @@ impl Violations {
 
     pub fn into_vec(self) -> Vec<FieldViolation> {
         self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn echoed_input_is_cut_to_the_same_length_everywhere() {
+        let long = "x".repeat(50_000);
+        assert_eq!(quote("a\nb"), r#""a\nb""#);
+        assert_eq!(echo("a\nb"), r"a\nb");
+        assert_eq!(echo(&long), format!("{}… (50000 characters)", "x".repeat(64)));
+        assert_eq!(quote(&long), format!("\"{}\"… (50000 characters)", "x".repeat(64)));
+        let message = format!("invalid type: string {long:?}, expected a list at line 1 column 9");
+        assert_eq!(
+            cut_quoted(&message),
+            format!(
+                "invalid type: string \"{}\"… (50000 characters), expected a list at line 1 column 9",
+                "x".repeat(64)
+            )
+        );
+        assert_eq!(cut_quoted(r#"string "a\"b", expected `x`"#), r#"string "a\"b", expected `x`"#);
+        let escapes = format!("string {:?} here", "\n".repeat(100));
+        assert_eq!(cut_quoted(&escapes), format!("string \"{}\"… (200 characters) here", r"\n".repeat(32)));
+        assert_eq!(cut_quoted("unclosed \"abc"), "unclosed \"abc");
     }
 }

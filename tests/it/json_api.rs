@@ -23,6 +23,7 @@ pub fn tests() -> Vec<libtest_mimic::Trial> {
     ));
     trials.extend(tests_on!(Sqlite:
         unknown_fields_are_refused_by_name_with_what_is_allowed,
+        echoed_input_is_cut_as_grpc_cuts_it,
         malformed_values_say_what_form_is_expected,
         query_parameters_are_the_request_fields_outside_path_and_body,
         the_path_names_the_client_to_update,
@@ -341,6 +342,40 @@ async fn unknown_fields_are_refused_by_name_with_what_is_allowed(db: TestDb) {
     assert!(description.contains("c1.api.iam.v1.PersonalClient, which has id, clientId"), "{description}");
     let still = ok(&call(&server, "GET", &path, Some(&alice), "").await);
     assert_eq!(still["client"]["displayName"], "x", "nothing of a refused request is written");
+    server.stop().await;
+}
+
+async fn echoed_input_is_cut_as_grpc_cuts_it(db: TestDb) {
+    let server = TestServer::start(db.config()).await;
+    let alice = server.token("alice", &[]).await;
+    let created = ok(&call(&server, "POST", CLIENTS, Some(&alice), r#"{"displayName": "x"}"#).await);
+    let path = format!("{CLIENTS}/{}", created["client"]["id"].as_str().unwrap());
+    let long = "x".repeat(50_000);
+    let head = "x".repeat(64);
+    let cut = format!("{head}… (50000 characters)");
+    // What each answer names or repeats, and what it must say in its place.
+    let cases = [
+        ("POST", CLIENTS.to_owned(), json!({ &long: 1 }).to_string(), cut.clone()),
+        ("POST", path.clone(), json!({ "client": { &long: 1 } }).to_string(), format!("client.{head}")),
+        (
+            "POST",
+            CLIENTS.to_owned(),
+            json!({ "displayName": "x", "allowSourceCidr": &long }).to_string(),
+            format!("{head}\"… (50000"),
+        ),
+        ("GET", format!("{CLIENTS}?{}=1", &long[..20_000]), String::new(), format!("{head}… (20000 characters)")),
+        ("GET", format!("{CLIENTS}?pageSize={}", &long[..20_000]), String::new(), format!("{head}\"… (20000")),
+    ];
+    for (method, path, body, says) in cases {
+        let answer = call(&server, method, &path, Some(&alice), &body).await;
+        let status = status(&answer, 400, 3);
+        assert!(answer.body.len() < 1_000, "{} bytes: {}", answer.body.len(), &answer.body[..1_000]);
+        let (field, description) = violations(&status).remove(0);
+        assert!(field.contains(&says) || description.contains(&says), "{field}: {description}");
+    }
+    let answer = call(&server, &long[..3_000].to_uppercase(), CLIENTS, Some(&alice), "").await;
+    assert_eq!(answer.status, 405, "{}", &answer.body[..200.min(answer.body.len())]);
+    assert!(answer.body.len() < 1_000 && answer.body.contains("… (3000 characters)"), "{}", answer.body.len());
     server.stop().await;
 }
 

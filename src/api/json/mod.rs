@@ -29,7 +29,7 @@ use tonic::{Code, Status};
 
 use crate::{
     auth::{self, Gate},
-    domain::quote,
+    domain::{echo, quote},
     error::{Error, answers},
     pb, protocol,
 };
@@ -131,7 +131,11 @@ impl Gateway {
 /// A known path asked with a verb it does not take: 405, with the verbs it takes.
 fn method_not_allowed(method: &Method, allowed: &[Method]) -> Response {
     let names: Vec<&str> = allowed.iter().map(Method::as_str).collect();
-    let status = Status::unimplemented(format!("{method} is not served here; this path takes {}", names.join(", ")));
+    let status = Status::unimplemented(format!(
+        "{} is not served here; this path takes {}",
+        echo(method.as_str()),
+        names.join(", ")
+    ));
     let mut response = answers::json_status(&status, None);
     *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
     if let Ok(allow) = HeaderValue::from_str(&names.join(", ")) {
@@ -142,7 +146,7 @@ fn method_not_allowed(method: &Method, allowed: &[Method]) -> Response {
 
 /// The answer a gRPC client gets for a path no gRPC method has.
 fn grpc_unimplemented(path: &str) -> Response {
-    Status::unimplemented(format!("no method {path}")).into_http::<Body>()
+    Status::unimplemented(format!("no method {}", echo(path))).into_http::<Body>()
 }
 
 /// A path under `/api/` that no route serves.

@@ -14,7 +14,7 @@ use prost_reflect::{DeserializeOptions, DynamicMessage, FieldDescriptor, Kind, M
 
 use super::routes::{FieldPath, HttpRoute, RouteBody};
 use crate::{
-    domain::{FieldViolation, quote},
+    domain::{FieldViolation, cut_quoted, echo, quote},
     error::Error,
 };
 
@@ -97,29 +97,32 @@ fn parse_json(message: MessageDescriptor, headers: &HeaderMap, bytes: &[u8]) -> 
         let path = track.path().to_string();
         // `?` stands where the input stopped being JSON at all: that is the body's fault.
         let path = (path != "." && !path.contains('?') && !err.is_syntax() && !err.is_eof()).then_some(path);
-        let mut description = err.to_string();
+        let said = err.to_string();
+        // Input the error repeats is cut, as every answer cuts it.
+        let mut description = cut_quoted(&said);
         // The path ends at the object that holds the unknown name: name the field itself, and
         // what that object may hold.
-        let unknown = description
+        let unknown = said
             .strip_prefix("unrecognized field name '")
-            .and_then(|rest| rest.split_once('\''))
-            .map(|(name, _)| name.to_owned());
+            .and_then(|rest| rest.rsplit_once('\''))
+            .map(|(name, _)| name);
         let field = match (unknown, &path) {
             (Some(name), _) => {
-                if let Some(holder) = message_at(&message, path.as_deref()) {
-                    description = format!(
+                description = match message_at(&message, path.as_deref()) {
+                    Some(holder) => format!(
                         "is not a field of {}, which has {} (or their proto names)",
                         holder.full_name(),
                         holder.fields().map(|f| f.json_name().to_owned()).collect::<Vec<_>>().join(", ")
-                    );
-                }
-                path.map_or(name.clone(), |path| format!("{path}.{name}"))
+                    ),
+                    None => "is not a field of the message here".to_owned(),
+                };
+                path.map_or(echo(name), |path| format!("{}.{}", echo(&path), echo(name)))
             }
             (None, Some(path)) => {
                 if let Some(form) = field_at(&message, path).and_then(|field| json_form(&field)) {
                     description = format!("{description}; {form}");
                 }
-                path.clone()
+                echo(path)
             }
             (None, None) => "body".to_owned(),
         };
@@ -201,13 +204,13 @@ fn bound_fields(
         // The decoder puts U+FFFD where the bytes were not UTF-8; a path value that is not is
         // refused, and so is a query value.
         if name.contains('\u{FFFD}') || value.contains('\u{FFFD}') {
-            return Err(Error::invalid(&name, "is not valid UTF-8 once percent-decoded"));
+            return Err(Error::invalid(&echo(&name), "is not valid UTF-8 once percent-decoded"));
         }
         let path =
             allowed.iter().find(|path| path.json_name() == name || path.proto_name() == name).ok_or_else(|| {
                 let names: Vec<String> = allowed.iter().map(FieldPath::json_name).collect();
                 Error::invalid(
-                    &name,
+                    &echo(&name),
                     if names.is_empty() {
                         format!("is not a query parameter of {} {}, which takes none", route.verb, route.template)
                     } else {
@@ -222,9 +225,9 @@ fn bound_fields(
             })?;
         let repeated = path.last().is_some_and(FieldDescriptor::is_list);
         if given.insert(path.json_name(), path.clone()).is_some() && !repeated {
-            return Err(Error::invalid(&name, "is given more than once"));
+            return Err(Error::invalid(&echo(&name), "is given more than once"));
         }
-        values.push((name.into_owned(), path.clone(), scalar_json(path, &value)));
+        values.push((echo(&name), path.clone(), scalar_json(path, &value)));
     }
     let input = route.method.input();
     let mut tree = serde_json::Map::new();
@@ -233,12 +236,16 @@ fn bound_fields(
         insert_json(&mut one, &path.0, value.clone());
         if let Err(err) = DynamicMessage::deserialize(input.clone(), serde_json::Value::Object(one)) {
             let kind = path.last().map_or_else(String::new, |field| format!(" {:?}", field.kind()).to_lowercase());
-            return Err(Error::invalid(&name, format!("{value} is not a valid{kind}: {err}")));
+            let given = value.as_str().map_or_else(|| value.to_string(), quote);
+            return Err(Error::invalid(
+                &name,
+                format!("{given} is not a valid{kind}: {}", cut_quoted(&err.to_string())),
+            ));
         }
         insert_json(&mut tree, &path.0, value);
     }
     DynamicMessage::deserialize(input, serde_json::Value::Object(tree))
-        .map_err(|err| Error::invalid("query", err.to_string()))
+        .map_err(|err| Error::invalid("query", cut_quoted(&err.to_string())))
 }
 
 /// A path or query value as the JSON value the mapping expects for the field: booleans are
