@@ -105,6 +105,13 @@ fn closing(text: &str, mark: char) -> Option<usize> {
     None
 }
 
+/// Refuses text with a NUL byte where it names something stored (a client id, a user id): no
+/// stored text holds one (PostgreSQL's cannot), so such a value is the caller's mistake, said
+/// before any query is made with it.
+pub fn refuse_nul(input: &str, what: &str) -> Result<(), String> {
+    if input.contains('\0') { Err(format!("contains a NUL byte, which no {what} can contain")) } else { Ok(()) }
+}
+
 /// One thing wrong with one field of a request, named by its path in the request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FieldViolation {

@@ -58,14 +58,14 @@ impl SearchFilter {
         folded
     }
 
-    /// User ids to filter on: at most 100, none empty; duplicates dropped.
+    /// User ids to filter on: at most 100, none empty or with a NUL byte; duplicates dropped.
     pub fn parse_users<S: AsRef<str>>(ids: &[S]) -> Result<Vec<String>, Vec<EntryViolation>> {
         super::parse_entries(ids, Self::MAX_USERS, |id| {
             if id.is_empty() || id.len() > 256 {
-                Err("must be a user id of 1-256 bytes".to_owned())
-            } else {
-                Ok(id.to_owned())
+                return Err("must be a user id of 1-256 bytes".to_owned());
             }
+            super::refuse_nul(id, "user id")?;
+            Ok(id.to_owned())
         })
     }
 

@@ -132,8 +132,29 @@ pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
 
 impl From<DbErr> for Error {
     fn from(err: DbErr) -> Self {
-        if is_transient_db_err(&err) { Self::Unavailable(err) } else { Self::Database(err) }
+        if is_transient_db_err(&err) {
+            Self::Unavailable(err)
+        } else if is_nul_in_text(&err) {
+            // Every request's text is checked for NUL bytes before it is used; should one get
+            // through, it is still the caller's mistake and no fault of the server's.
+            if let Some(left_out) = refusal_log() {
+                tracing::warn!(left_out, "text with a NUL byte reached the database: a field is not checked for one");
+            }
+            Self::invalid("request", "contains a NUL byte, which no text stored here can contain")
+        } else {
+            Self::Database(err)
+        }
     }
+}
+
+/// PostgreSQL's refusal of text with a NUL byte, which its text cannot hold: SQLSTATE 22021,
+/// "invalid byte sequence for encoding "UTF8": 0x00" (Rust strings are UTF-8, so a NUL is the
+/// only way to it).
+fn is_nul_in_text(err: &DbErr) -> bool {
+    let (DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e))) = err else {
+        return false;
+    };
+    matches!(e.as_ref(), sqlx::Error::Database(db) if db.try_downcast_ref::<PgDatabaseError>().is_some_and(|pg| pg.code() == "22021"))
 }
 
 /// The error SQLite gives while another connection holds a lock it needs: SQLITE_BUSY (5) or

@@ -118,6 +118,10 @@ impl<'a> ClientAssertion<'a> {
         let one_time_value = one_time_value
             .filter(|value| !value.is_empty() && value.len() <= MAX_ONE_TIME_VALUE)
             .ok_or(Rejection::MissingOneTimeValue)?;
+        // Kept as text, which holds no NUL byte.
+        if one_time_value.contains('\0') {
+            return Err(Rejection::MalformedAssertion);
+        }
         Ok(VerifiedAssertion { one_time_value: one_time_value.to_owned(), spent_until: exp.saturating_add(SKEW_SECS) })
     }
 }
@@ -210,6 +214,7 @@ mod tests {
         assert_eq!(with(json!({"jti": null})), Err(Rejection::MissingOneTimeValue));
         assert_eq!(with(json!({"jti": ""})), Err(Rejection::MissingOneTimeValue));
         assert_eq!(with(json!({"jti": 7})), Err(Rejection::MalformedAssertion));
+        assert_eq!(with(json!({"jti": "j\u{0}1"})), Err(Rejection::MalformedAssertion));
     }
 
     #[test]

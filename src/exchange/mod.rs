@@ -15,7 +15,7 @@ pub use usage::UsageRecorder;
 
 use crate::{
     auth::Authenticator,
-    domain::{PersonalClient, Rejection, SourceAddress, Violations, round_to_micros},
+    domain::{PersonalClient, Rejection, SourceAddress, Violations, refuse_nul, round_to_micros},
     error::Error,
     error::chain,
     metrics::Metrics,
@@ -141,41 +141,33 @@ impl TokenExchange {
                 v.push(field, "is required");
             }
         }
-        if !v.is_empty() {
-            return Err(Error::InvalidArgument(v.into_vec()));
+        v.field("client_id", refuse_nul(request.client_id, "client id"));
+        let source = SourceAddress::resolve(origin.peer, &origin.forwarded_for, &self.settings.trusted_proxies);
+        let result =
+            if v.is_empty() { self.admit(&request, source).await } else { Err(Error::InvalidArgument(v.into_vec())) };
+        let refused = match &result {
+            Err(Error::InvalidClient(reason)) => Some(reason.as_str()),
+            Err(Error::RateLimited { .. }) => Some("rate_limited"),
+            Err(Error::InvalidArgument(_)) => Some("invalid_request"),
+            _ => None,
+        };
+        // Anyone may send these, so they are logged at the refusal log's rate.
+        if let Some(reason) = refused
+            && let Some(left_out) = crate::error::refusal_log()
+        {
+            crate::audit::exchange_refused(request.client_id, source.map(SourceAddress::ip), reason, left_out);
         }
+        result
+    }
+
+    /// A well-formed request: its grant type, the sender's allowance, then its client.
+    async fn admit(&self, request: &ExchangeRequest<'_>, source: Option<SourceAddress>) -> Result<IssuedToken, Error> {
         if request.grant_type != CLIENT_CREDENTIALS {
             return Err(Error::UnsupportedGrantType(request.grant_type.to_owned()));
         }
-        let source = SourceAddress::resolve(origin.peer, &origin.forwarded_for, &self.settings.trusted_proxies);
         // Before any work: a sender without a credential can only spend its own allowance.
         self.per_source.check(&source.map_or(IpAddr::V6(Ipv6Addr::UNSPECIFIED), SourceAddress::sender_network))?;
-        let result = self.authenticate(&request, source).await;
-        match &result {
-            Ok(_) => {}
-            Err(Error::InvalidClient(reason)) => {
-                if let Some(left_out) = crate::error::refusal_log() {
-                    crate::audit::exchange_refused(
-                        request.client_id,
-                        source.map(SourceAddress::ip),
-                        reason.as_str(),
-                        left_out,
-                    );
-                }
-            }
-            Err(Error::RateLimited { .. }) => {
-                if let Some(left_out) = crate::error::refusal_log() {
-                    crate::audit::exchange_refused(
-                        request.client_id,
-                        source.map(SourceAddress::ip),
-                        "rate_limited",
-                        left_out,
-                    );
-                }
-            }
-            Err(_) => {}
-        }
-        result
+        self.authenticate(request, source).await
     }
 
     async fn authenticate(
@@ -195,6 +187,10 @@ impl TokenExchange {
         }
         if client_id != claimed {
             return refuse(Rejection::ClientIdMismatch);
+        }
+        // An issuer no client id can be (the request's own client_id was checked before).
+        if refuse_nul(client_id, "client id").is_err() {
+            return refuse(Rejection::MalformedAssertion);
         }
         let Some(client) = self.store.find_client(client_id).await? else {
             // The same work as for a known client, so the time of the answer does not tell

@@ -28,6 +28,7 @@ pub fn tests() -> Vec<libtest_mimic::Trial> {
         the_name_index_follows_renames_and_revocations,
         search_agrees_with_a_scan_of_every_row,
         searches_beyond_the_limit_wait_their_turn,
+        a_nul_byte_is_invalid_input_wherever_it_comes,
     ));
     trials.extend(tests_on!(Postgres: a_user_who_may_not_create_pg_trgm_is_told_what_to_run));
     trials
@@ -141,6 +142,36 @@ async fn search_requires_the_admin_role(db: TestDb) {
     assert_eq!(violated_fields(&invalid), ["users[1].id", "page_size"], "validation comes before authorisation");
     let anonymous = search_api.search(search("", &[], false)).await.unwrap_err();
     assert_eq!(anonymous.code(), Code::Unauthenticated);
+    server.stop().await;
+}
+
+/// No stored id holds a NUL byte, and PostgreSQL's text cannot: a Search naming one is told so,
+/// and the store answers invalid input, not an internal error, should one ever reach it.
+async fn a_nul_byte_is_invalid_input_wherever_it_comes(db: TestDb) {
+    let server = TestServer::start(db.config()).await;
+    let admin = server.token("root", &["admin"]).await;
+    let mut search_api = PersonalClientSearchServiceClient::new(server.channel().await);
+    let invalid = search_api.search(authed(search("", &["alice", "al\0ice"], false), &admin)).await.unwrap_err();
+    let said = "contains a NUL byte, which no user id can contain";
+    assert_eq!(crate::common::violations(&invalid), [("users[1].id".to_owned(), said.to_owned())]);
+
+    let store = Store::open(&db.database_url(), OpenMode::MustExist).await.unwrap();
+    let nul = "al\0ice";
+    let answers = [
+        store.find_client(nul).await.map(|found| found.is_some()),
+        store.list_clients(nul, None, 10).await.map(|found| !found.is_empty()),
+    ];
+    for answer in answers {
+        match answer {
+            // SQLite's text may hold a NUL: nothing matches.
+            Ok(found) => assert!(db.url.starts_with("sqlite") && !found),
+            Err(err) => assert!(
+                matches!(&err, personal_clients::error::Error::InvalidArgument(v) if v[0].description.contains("NUL byte")),
+                "{}",
+                chain(&err)
+            ),
+        }
+    }
     server.stop().await;
 }
 

@@ -51,6 +51,7 @@ pub fn tests() -> Vec<libtest_mimic::Trial> {
         source_outside_the_cidrs,
         spoofed_forwarded_for_from_an_untrusted_peer,
         unknown_client_id,
+        a_nul_byte_in_a_client_id_is_a_malformed_request,
         an_unknown_client_id_takes_as_long_to_refuse_as_a_bad_signature,
         malformed_form_body,
         wrong_grant_type,
@@ -483,6 +484,41 @@ async fn unknown_client_id(db: TestDb) {
     let http = post_token(f.server.addr, &token_form(ghost, &f.assertion_with(|_| {})), &[]).await;
     assert_eq!(http.status, 401);
     assert_eq!(f.server.exchanges("client_id_mismatch").await, 1.0);
+    f.server.stop().await;
+}
+
+/// No client id holds a NUL byte, and PostgreSQL's text cannot: a request that names one is
+/// malformed, the same on both databases, never an internal error.
+async fn a_nul_byte_in_a_client_id_is_a_malformed_request(db: TestDb) {
+    let f = Fixture::new(&db).await;
+    let nul_id = format!("{}\0", f.client_id());
+    let assertion = f.assertion_with(|c| {
+        c["iss"] = json!(nul_id);
+        c["sub"] = json!(nul_id);
+    });
+    let said = "contains a NUL byte, which no client id can contain";
+    let http = post_token(f.server.addr, &token_form(&nul_id, &assertion), &[]).await;
+    assert_eq!(http.status, 400, "{}", http.body);
+    assert_eq!(http.json(), json!({"error": "invalid_request", "error_description": format!("client_id: {said}")}));
+    let mut tokens = TokenServiceClient::connect(format!("http://{}", f.server.addr)).await.unwrap();
+    let request = TokenRequest {
+        grant_type: "client_credentials".into(),
+        client_id: nul_id.clone(),
+        client_assertion_type: "urn:ietf:params:oauth:client-assertion-type:jwt-bearer".into(),
+        client_assertion: assertion.clone(),
+    };
+    let status = tokens.token(request).await.unwrap_err();
+    assert_eq!(crate::common::violations(&status), [("client_id".to_owned(), said.to_owned())]);
+    assert_eq!(f.server.exchanges("invalid_request").await, 2.0);
+
+    // Without a client_id beside it, the assertion's issuer is the client id: one no client can
+    // have is a malformed assertion. So is a one-time value with a NUL byte, even one the
+    // client's own key signed.
+    let http = post_token(f.server.addr, &token_form("", &assertion), &[]).await;
+    assert_eq!((http.status, http.json()["error"].as_str()), (401, Some("invalid_client")), "{}", http.body);
+    assert_eq!(f.server.exchanges("malformed_assertion").await, 1.0);
+    f.assert_refused(&f.assertion_with(|c| c["jti"] = json!("j\0")), "malformed_assertion").await;
+    assert!(f.grpc(&sdk_assertion(&f.key, f.client_id()), None).await.is_ok(), "the client itself still works");
     f.server.stop().await;
 }
 
