@@ -64,11 +64,9 @@ impl ExtAuthzApi {
 impl Authorization for ExtAuthzApi {
     async fn check(&self, request: Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
         let http = request.get_ref().attributes.as_ref().and_then(|a| a.request.as_ref()).and_then(|r| r.http.as_ref());
-        let Some(authorization) = http.and_then(authorization) else {
-            return Ok(Response::new(deny(Denial::Refused(Challenge::NoToken))));
-        };
-        let Ok(token) = auth::bearer(Some(&authorization)) else {
-            return Ok(Response::new(deny(Denial::Refused(Challenge::NotBearer))));
+        let authorization = http.map_or(auth::Authorization::Absent, authorization);
+        let Ok(token) = authorization.bearer() else {
+            return Ok(Response::new(deny(Denial::Refused(authorization.challenge()))));
         };
         let answer = match self.auth.active(token).await {
             Ok(Some(claims)) => self.allow(&claims),
@@ -82,21 +80,19 @@ impl Authorization for ExtAuthzApi {
     }
 }
 
-/// The request's `authorization` header: from the header map Envoy sends by default (several
-/// copies joined by commas, which no token survives), or from the raw header list it sends when
-/// told to encode raw headers, where several copies are joined the same way: a service behind
-/// may read another copy than the one checked here.
-fn authorization(http: &HttpRequest) -> Option<String> {
+/// The request's `Authorization`: from the header map Envoy sends by default, where it has
+/// joined several copies with commas, or from the raw header list it sends when told to encode
+/// raw headers, where each copy is an entry of its own. Several copies are refused, as every
+/// surface of this service refuses them: a service behind may read another copy than the one
+/// checked here.
+fn authorization(http: &HttpRequest) -> auth::Authorization<'_> {
     if let Some(value) = http.headers.get("authorization") {
-        return Some(value.clone());
+        return auth::Authorization::of_joined(value);
     }
-    let copies: Vec<String> = http
-        .header_map
-        .as_ref()?
-        .headers
-        .iter()
-        .filter(|h| h.key.eq_ignore_ascii_case("authorization"))
-        .map(|h| if h.value.is_empty() { String::from_utf8_lossy(&h.raw_value).into_owned() } else { h.value.clone() })
-        .collect();
-    (!copies.is_empty()).then(|| copies.join(","))
+    let copies = http.header_map.as_ref().map(|map| map.headers.as_slice()).unwrap_or_default();
+    auth::Authorization::of_copies(
+        copies.iter().filter(|h| h.key.eq_ignore_ascii_case("authorization")).map(|h| {
+            if h.value.is_empty() { std::str::from_utf8(&h.raw_value).unwrap_or("") } else { h.value.as_str() }
+        }),
+    )
 }

@@ -14,7 +14,7 @@ use axum::{
 };
 
 use crate::{
-    auth::{self, Authenticator, Introspection},
+    auth::{Authenticator, Authorization, Introspection},
     domain::echo,
     error::{
         OAuthError,
@@ -112,10 +112,10 @@ async fn token(State(state): State<HttpState>, request: Request) -> Response {
 /// bearer token and names the token to look at in the form's `token`.
 async fn introspect(State(state): State<HttpState>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
-    let authorization = parts.headers.get(header::AUTHORIZATION).and_then(|value| value.to_str().ok());
+    let authorization = Authorization::of(&parts.headers);
     let caller = match state.auth.authenticate(authorization).await {
         Ok(caller) => caller,
-        Err(err) => return bearer_refusal(err, auth::challenge(authorization)),
+        Err(err) => return bearer_refusal(err, authorization.challenge()),
     };
     let form = match read_form(&parts.headers, body).await {
         Ok(form) => form,
@@ -129,7 +129,7 @@ async fn introspect(State(state): State<HttpState>, request: Request) -> Respons
             let answer = super::introspection::response(live.as_deref(), state.introspection.issuer());
             json(StatusCode::OK, &super::introspection::response_json(&answer))
         }
-        Err(err) => bearer_refusal(err, auth::challenge(authorization)),
+        Err(err) => bearer_refusal(err, authorization.challenge()),
     }
 }
 

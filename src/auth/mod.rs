@@ -121,9 +121,9 @@ impl Authenticator {
         (self.keys.sign(&claims), ttl)
     }
 
-    /// Turns the `authorization` header value into the caller, or `UNAUTHENTICATED`.
-    pub async fn authenticate(&self, authorization: Option<&str>) -> Result<Principal, Error> {
-        let token = bearer(authorization)?;
+    /// Turns the request's `Authorization` into the caller, or `UNAUTHENTICATED`.
+    pub async fn authenticate(&self, authorization: Authorization<'_>) -> Result<Principal, Error> {
+        let token = authorization.bearer()?;
         let claims = match self.check(token).await? {
             Checked::Own(claims) => claims,
             Checked::Foreign(issuer) => return self.authenticate_external(&issuer, token).await,
@@ -254,21 +254,64 @@ fn denied(reason: &str) -> Error {
     Error::Unauthenticated(reason.to_owned())
 }
 
-/// The token of an `authorization` header value: `Bearer <token>`, the scheme in any case.
-pub fn bearer(authorization: Option<&str>) -> Result<&str, Error> {
-    let header = authorization.ok_or_else(|| denied("no authorization header"))?;
-    match header.split_once(' ') {
-        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => Ok(token.trim()),
-        _ => Err(denied("authorization is not a bearer token")),
-    }
+/// What a request's `Authorization` headers hold, read the one way every surface reads them:
+/// the gRPC gate, the JSON API, introspection over HTTP and the mesh's check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Authorization<'a> {
+    /// None was sent.
+    Absent,
+    /// One, as text: a value that is not visible ASCII, which no bearer token is, reads as "".
+    One(&'a str),
+    /// More than one. Which of them a service behind would read is anyone's guess, so none is
+    /// taken: the request is refused.
+    Several,
 }
 
-/// How a request with this `authorization` header, refused as unauthenticated, is told so.
-pub fn challenge(authorization: Option<&str>) -> Challenge {
-    match authorization {
-        None => Challenge::NoToken,
-        Some(value) if bearer(Some(value)).is_err() => Challenge::NotBearer,
-        Some(_) => Challenge::InvalidToken,
+impl<'a> Authorization<'a> {
+    /// The `Authorization` headers of an HTTP request (gRPC metadata included).
+    pub fn of(headers: &'a http::HeaderMap) -> Self {
+        Self::of_copies(headers.get_all(http::header::AUTHORIZATION).iter().map(|value| value.to_str().unwrap_or("")))
+    }
+
+    /// Each copy of the header a request carried, in order.
+    pub fn of_copies(mut copies: impl Iterator<Item = &'a str>) -> Self {
+        match (copies.next(), copies.next()) {
+            (None, _) => Self::Absent,
+            (Some(value), None) => Self::One(value),
+            (Some(_), Some(_)) => Self::Several,
+        }
+    }
+
+    /// One value in which a proxy has joined every copy with commas, as HTTP allows for repeated
+    /// headers: a bearer token never holds a comma, so a bearer value with one is several.
+    pub fn of_joined(value: &'a str) -> Self {
+        match Self::One(value).bearer() {
+            Ok(token) if token.contains(',') => Self::Several,
+            _ => Self::One(value),
+        }
+    }
+
+    /// The bearer token: `Bearer <token>`, the scheme in any case.
+    pub fn bearer(self) -> Result<&'a str, Error> {
+        let value = match self {
+            Self::Absent => return Err(denied("no authorization header")),
+            Self::Several => return Err(Error::AmbiguousCredentials),
+            Self::One(value) => value,
+        };
+        match value.split_once(' ') {
+            Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => Ok(token.trim()),
+            _ => Err(denied("authorization is not a bearer token")),
+        }
+    }
+
+    /// How a request with these headers, refused as unauthenticated, is told so.
+    pub fn challenge(self) -> Challenge {
+        match self {
+            Self::Absent => Challenge::NoToken,
+            Self::Several => Challenge::SeveralAuthorizations,
+            Self::One(_) if self.bearer().is_err() => Challenge::NotBearer,
+            Self::One(_) => Challenge::InvalidToken,
+        }
     }
 }
 
@@ -294,8 +337,7 @@ impl Gate {
         if !self.requires_token(path) {
             return Ok(None);
         }
-        let header = headers.get(http::header::AUTHORIZATION).and_then(|value| value.to_str().ok());
-        self.auth.authenticate(header).await.map(Some)
+        self.auth.authenticate(Authorization::of(headers)).await.map(Some)
     }
 
     /// Whether a call of `path` needs a bearer token: a method served here, of a service that is

@@ -65,6 +65,8 @@ pub enum Challenge {
     NotBearer,
     /// A bearer token that is not a live access token here.
     InvalidToken,
+    /// More than one `Authorization` header: which to read is not guessed.
+    SeveralAuthorizations,
     /// A live token that does not grant what was asked.
     InsufficientScope,
 }
@@ -80,6 +82,9 @@ impl Challenge {
             Self::InvalidToken => {
                 r#"Bearer error="invalid_token", error_description="the access token is invalid, expired or revoked""#
             }
+            Self::SeveralAuthorizations => {
+                r#"Bearer error="invalid_request", error_description="more than one Authorization header""#
+            }
             Self::InsufficientScope => {
                 r#"Bearer error="insufficient_scope", error_description="the access token does not grant this""#
             }
@@ -91,7 +96,7 @@ impl Challenge {
     pub fn error(self) -> &'static str {
         match self {
             Self::NoToken => "unauthorized",
-            Self::NotBearer => "invalid_request",
+            Self::NotBearer | Self::SeveralAuthorizations => "invalid_request",
             Self::InvalidToken => "invalid_token",
             Self::InsufficientScope => "insufficient_scope",
         }
@@ -102,6 +107,9 @@ impl Challenge {
         response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(self.header()));
     }
 }
+
+/// What a request with more than one `Authorization` header is told, on every surface.
+const SEVERAL_AUTHORIZATIONS: &str = "more than one Authorization header";
 
 // OAuth2 errors, for the token and introspection endpoints.
 
@@ -161,6 +169,7 @@ impl From<Error> for OAuthError {
             Error::InvalidClient(_) | Error::Unauthenticated(_) | Error::NotFound | Error::PermissionDenied(_) => {
                 (401, "invalid_client", "client authentication failed".to_owned())
             }
+            Error::AmbiguousCredentials => (401, "invalid_request", SEVERAL_AUTHORIZATIONS.to_owned()),
             Error::RateLimited { message, .. } => (429, "temporarily_unavailable", message),
             Error::QuotaExceeded(message) => (429, "invalid_request", message),
             Error::Overloaded { message, .. } => (503, "temporarily_unavailable", message),
@@ -197,6 +206,11 @@ pub fn bearer_refusal(err: Error, challenge: Challenge) -> Response {
         Error::Unauthenticated(_) => {
             log_hidden(&err);
             (StatusCode::UNAUTHORIZED, serde_json::json!({ "error": challenge.error() }))
+        }
+        Error::AmbiguousCredentials => {
+            log_hidden(&err);
+            let body = serde_json::json!({ "error": "invalid_request", "error_description": SEVERAL_AUTHORIZATIONS });
+            (StatusCode::UNAUTHORIZED, body)
         }
         Error::PermissionDenied(message) => (
             StatusCode::FORBIDDEN,
@@ -235,6 +249,7 @@ impl From<Error> for Status {
                 Status::with_error_details(Code::InvalidArgument, summary(&violations), details)
             }
             Error::Unauthenticated(_) => Status::unauthenticated("missing or invalid bearer token"),
+            Error::AmbiguousCredentials => Status::unauthenticated(SEVERAL_AUTHORIZATIONS),
             Error::UnsupportedGrantType(grant_type) => {
                 let mut details = ErrorDetails::new();
                 let description =

@@ -34,6 +34,10 @@ pub enum Error {
     /// No valid credential. The reason is for the log only: the caller learns nothing.
     #[error("unauthenticated: {0}")]
     Unauthenticated(String),
+    /// The request carries more than one `Authorization` header. Unlike [`Error::Unauthenticated`]
+    /// the caller is told what is wrong: it is the request's form, not its token.
+    #[error("unauthenticated: more than one authorization header")]
+    AmbiguousCredentials,
     /// A token request names a grant type other than `client_credentials`.
     #[error("unsupported grant type {0:?}")]
     UnsupportedGrantType(String),
@@ -228,6 +232,11 @@ fn log_hidden(err: &Error) {
         Error::Unauthenticated(reason) => {
             if let Some(left_out) = refusal_log() {
                 tracing::info!(reason = %quote(reason), left_out, "request rejected: unauthenticated");
+            }
+        }
+        Error::AmbiguousCredentials => {
+            if let Some(left_out) = refusal_log() {
+                tracing::info!(left_out, "request rejected: more than one authorization header");
             }
         }
         Error::Unavailable(_) => tracing::warn!(error = %chain(err), "database unavailable"),

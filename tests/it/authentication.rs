@@ -17,14 +17,16 @@ use tonic::{Code, Request, metadata::MetadataValue};
 use crate::common::{Backend, TestDb, TestServer, authed, create_request, mint, oauth};
 
 pub fn tests() -> Vec<libtest_mimic::Trial> {
-    backend_tests!(
+    let mut trials = backend_tests!(
         bad_tokens_are_unauthenticated,
         each_bearer_rule_holds_alone,
         every_protected_method_needs_a_token,
         a_client_token_is_only_good_for_its_own_owner,
         signing_keys_can_be_sealed_at_rest,
         a_token_accepted_before_is_refused_once_expired,
-    )
+    );
+    trials.extend(tests_on!(Sqlite: several_authorization_headers_are_refused_on_every_surface));
+    trials
 }
 
 /// Claims of a user token as this service mints them, for tests to break one at a time.
@@ -256,5 +258,70 @@ async fn a_token_accepted_before_is_refused_once_expired(db: TestDb) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_unauthenticated(&server, &token, "expired after it was accepted").await;
+    server.stop().await;
+}
+
+/// Two `Authorization` headers, each with a good token: which one a service behind would read is
+/// anyone's guess, so the API over gRPC and JSON, introspection and the mesh's check all refuse
+/// the request alike, and say why.
+async fn several_authorization_headers_are_refused_on_every_surface(db: TestDb) {
+    use crate::mesh::{allowed, check_request, denied};
+    use envoy_types::pb::envoy::{
+        config::core::v3::{HeaderMap, HeaderValue},
+        service::auth::v3::authorization_client::AuthorizationClient,
+    };
+
+    const SAID: &str = "more than one Authorization header";
+    const CHALLENGE: &str = r#"Bearer error="invalid_request", error_description="more than one Authorization header""#;
+    let server = TestServer::start(db.config()).await;
+    let (alice, gateway) = (server.token("alice", &[]).await, server.token("orders-api", &["resource-server"]).await);
+    let (one, other) = (format!("Bearer {alice}"), format!("Bearer {gateway}"));
+
+    // gRPC.
+    let mut client = server.client().await;
+    let mut request = Request::new(pb::PersonalClientServiceListRequest::default());
+    for value in [&one, &other] {
+        request.metadata_mut().append("authorization", MetadataValue::try_from(value.as_str()).unwrap());
+    }
+    let status = client.list(request).await.unwrap_err();
+    assert_eq!((status.code(), status.message()), (Code::Unauthenticated, SAID));
+    assert!(list_with(&server, &alice).await.is_ok(), "one is enough");
+
+    // The JSON API.
+    let path = "/api/v1/iam/personal_clients";
+    let answer = oauth::http(server.addr, "GET", path, &[("Authorization", &one), ("Authorization", &other)], "").await;
+    assert_eq!(answer.status, 401, "{}", answer.body);
+    assert_eq!(answer.header("www-authenticate"), Some(CHALLENGE));
+    assert_eq!((answer.json()["code"].as_i64(), answer.json()["message"].as_str()), (Some(16), Some(SAID)));
+    assert_eq!(oauth::http(server.addr, "GET", path, &[("Authorization", &one)], "").await.status, 200);
+
+    // Introspection over HTTP.
+    let form = ("Content-Type", "application/x-www-form-urlencoded");
+    let body = format!("token={alice}");
+    let introspect = |headers: Vec<(&'static str, String)>| {
+        let (addr, body) = (server.addr, body.clone());
+        async move {
+            let mut all: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            all.push(form);
+            oauth::http(addr, "POST", "/auth/v1/introspect", &all, &body).await
+        }
+    };
+    let answer = introspect(vec![("Authorization", other.clone()), ("Authorization", one.clone())]).await;
+    assert_eq!(answer.status, 401, "{}", answer.body);
+    assert_eq!(answer.json(), json!({"error": "invalid_request", "error_description": SAID}));
+    assert_eq!(answer.header("www-authenticate"), Some(CHALLENGE));
+    assert_eq!(introspect(vec![("Authorization", other.clone())]).await.json()["active"], true);
+
+    // The mesh's check: copies joined by commas in Envoy's header map, or listed raw.
+    let mut mesh = AuthorizationClient::new(server.channel().await);
+    let joined = format!("{one},{other}");
+    let answer = mesh.check(check_request(&[("authorization", &joined)])).await.unwrap().into_inner();
+    assert_eq!(denied(&answer), (401, Some(CHALLENGE.to_owned())));
+    let mut raw = check_request(&[]);
+    let http = raw.attributes.as_mut().unwrap().request.as_mut().unwrap().http.as_mut().unwrap();
+    let copy = |value: &str| HeaderValue { key: "Authorization".into(), value: value.into(), raw_value: Vec::new() };
+    http.header_map = Some(HeaderMap { headers: vec![copy(&one), copy(&other)] });
+    assert_eq!(denied(&mesh.check(raw).await.unwrap().into_inner()), (401, Some(CHALLENGE.to_owned())));
+    allowed(&mesh.check(check_request(&[("authorization", &one)])).await.unwrap().into_inner());
     server.stop().await;
 }

@@ -151,7 +151,7 @@ async fn introspection_is_for_resource_servers(db: TestDb) {
 }
 
 /// A Check of a request with these headers, as Envoy sends it.
-fn check_request(headers: &[(&str, &str)]) -> CheckRequest {
+pub fn check_request(headers: &[(&str, &str)]) -> CheckRequest {
     let headers: HashMap<String, String> = headers.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
     CheckRequest {
         attributes: Some(AttributeContext {
@@ -171,7 +171,7 @@ fn check_request(headers: &[(&str, &str)]) -> CheckRequest {
 }
 
 /// The headers an allowing answer sets, and those it removes.
-fn allowed(answer: &CheckResponse) -> (HashMap<String, String>, Vec<String>) {
+pub fn allowed(answer: &CheckResponse) -> (HashMap<String, String>, Vec<String>) {
     assert_eq!(answer.status.as_ref().map(|s| s.code), Some(0), "{answer:?}");
     let Some(HttpResponse::OkResponse(ok)) = &answer.http_response else { panic!("no OK response: {answer:?}") };
     let set = ok
@@ -190,7 +190,7 @@ fn allowed(answer: &CheckResponse) -> (HashMap<String, String>, Vec<String>) {
 }
 
 /// The HTTP status and `WWW-Authenticate` of a denial.
-fn denied(answer: &CheckResponse) -> (i32, Option<String>) {
+pub fn denied(answer: &CheckResponse) -> (i32, Option<String>) {
     assert_ne!(answer.status.as_ref().map(|s| s.code), Some(0), "{answer:?}");
     let Some(HttpResponse::DeniedResponse(denial)) = &answer.http_response else { panic!("no denial: {answer:?}") };
     let challenge = denial

@@ -28,7 +28,7 @@ use axum::{
 use tonic::{Code, Status};
 
 use crate::{
-    auth::{self, Gate},
+    auth::{Authorization, Gate},
     domain::{echo, quote},
     error::{Error, answers},
     pb, protocol,
@@ -106,8 +106,7 @@ impl Gateway {
             return grpc_unimplemented(request.uri().path());
         }
         let (parts, body) = request.into_parts();
-        let authorization =
-            parts.headers.get(header::AUTHORIZATION).map(|value| value.to_str().unwrap_or_default().to_owned());
+        let challenge = Authorization::of(&parts.headers).challenge();
         let answer = match transcode::request_message(route, params, &parts.headers, parts.uri.query(), body).await {
             Ok(message) => call::call(&self.grpc, route, parts, message).await,
             // As over gRPC, where the gate runs before the request is decoded, a caller without
@@ -123,7 +122,7 @@ impl Gateway {
                 response.extensions_mut().insert(Code::Ok);
                 response
             }
-            Err(status) => answers::json_status(&status, Some(auth::challenge(authorization.as_deref()))),
+            Err(status) => answers::json_status(&status, Some(challenge)),
         }
     }
 }
