@@ -9,6 +9,7 @@ use tonic::{Code, Request, Response, Status};
 
 use crate::{
     auth::{self, Authenticator, VerifiedClaims},
+    domain::quote,
     error::answers::{Challenge, Denial, envoy_header as header, ext_authz_denial as deny},
     pb::{
         envoy::service::auth::v3::{
@@ -39,24 +40,39 @@ impl ExtAuthzApi {
     }
 
     /// Through, with the identity headers set over any the caller sent, and those without a
-    /// value here removed.
-    fn allow(&self, claims: &VerifiedClaims) -> CheckResponse {
-        let mut set = vec![header(&self.headers.user, &claims.sub)];
+    /// value here removed; `None` when an identity cannot be written into a header as it is.
+    fn allow(&self, claims: &VerifiedClaims) -> Option<CheckResponse> {
+        let mut set = vec![header(&self.headers.user, &claims.sub)?];
         let mut remove = Vec::new();
         match &claims.client_id {
-            Some(client_id) => set.push(header(&self.headers.client, client_id)),
+            Some(client_id) => set.push(header(&self.headers.client, client_id)?),
             None => remove.push(self.headers.client.clone()),
         }
         let roles = claims.roles.to_strings().join(",");
         if roles.is_empty() {
             remove.push(self.headers.roles.clone());
         } else {
-            set.push(header(&self.headers.roles, &roles));
+            set.push(header(&self.headers.roles, &roles)?);
         }
-        CheckResponse {
+        Some(CheckResponse {
             status: Some(rpc::Status { code: Code::Ok as i32, ..Default::default() }),
             http_response: Some(HttpResponse::OkResponse(OkHttpResponse { headers: set, headers_to_remove: remove })),
+        })
+    }
+
+    /// A live token whose identity holds a control character (an owner stored before such
+    /// subjects were refused): denied, since the identity cannot be passed on as it is, and
+    /// never passed on in part.
+    fn unwritable(claims: &VerifiedClaims) -> CheckResponse {
+        if let Some(left_out) = crate::error::refusal_log() {
+            tracing::warn!(
+                user_id = %quote(&claims.sub),
+                client_id = %quote(claims.client_id.as_deref().unwrap_or_default()),
+                left_out,
+                "the mesh's check denied a live token: its identity holds a control character, which no header may"
+            );
         }
+        deny(Denial::Refused(Challenge::InvalidToken))
     }
 }
 
@@ -69,7 +85,7 @@ impl Authorization for ExtAuthzApi {
             return Ok(Response::new(deny(Denial::Refused(authorization.challenge()))));
         };
         let answer = match self.auth.active(token).await {
-            Ok(Some(claims)) => self.allow(&claims),
+            Ok(Some(claims)) => self.allow(&claims).unwrap_or_else(|| Self::unwritable(&claims)),
             Ok(None) => deny(Denial::Refused(Challenge::InvalidToken)),
             Err(err) => {
                 let status = Status::from(err);

@@ -15,7 +15,7 @@ use jsonwebtoken::{
 };
 use serde_json::Value;
 
-use crate::config::TrustedJwks;
+use crate::{config::TrustedJwks, domain::Principal};
 
 /// Least time between two fetches of one provider's JWKS.
 const REFETCH_INTERVAL: Duration = Duration::from_secs(30);
@@ -123,6 +123,8 @@ impl ExternalIssuers {
             jsonwebtoken::decode::<Value>(token, &key, &validation).map_err(|e| format!("token refused: {e}"))?.claims;
         let subject =
             claims.get("sub").and_then(Value::as_str).filter(|s| !s.is_empty()).ok_or("token has no subject")?;
+        // It becomes a user id: an owner of credentials, and a header behind the mesh.
+        Principal::check_user_id(subject).map_err(|why| format!("the subject {why}"))?;
         Ok(ExternalClaims { subject: subject.to_owned(), roles: roles_at(&claims, &self.roles_claim) })
     }
 }

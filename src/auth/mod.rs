@@ -243,6 +243,7 @@ pub async fn mint_token(
     ttl: Duration,
 ) -> Result<String, Error> {
     check_token_ttl("--ttl", ttl, &keys.schedule)?;
+    Principal::check_user_id(user).map_err(|message| Error::config("--user", message, None))?;
     let vault = KeyVault::from_args(keys)?;
     let store = Store::open_set_up(database).await?;
     let signing = SigningKeys::load(store.clone(), vault, keys.schedule).await?;

@@ -20,6 +20,15 @@ impl Principal {
         format!("{issuer}#{subject}")
     }
 
+    /// Whether `user_id` may name a user: not if it holds a control character, which would end
+    /// a header it is written into (`x-user-id`) and begin another, or break a line of the log.
+    pub fn check_user_id(user_id: &str) -> Result<(), String> {
+        match user_id.chars().find(|c| c.is_control()) {
+            Some(c) => Err(format!("contains a control character (U+{:04X}), which no user id may hold", u32::from(c))),
+            None => Ok(()),
+        }
+    }
+
     pub fn has_role(&self, role: &Role) -> bool {
         self.roles.contains(role)
     }

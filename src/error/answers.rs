@@ -395,10 +395,10 @@ pub fn ext_authz_denial(denial: Denial) -> CheckResponse {
             serde_json::json!({ "error": "temporarily_unavailable" }).to_string(),
         ),
     };
-    let mut headers = vec![envoy_header("content-type", "application/json")];
+    let mut headers = vec![overwrite("content-type", "application/json")];
     match challenge {
-        Some(challenge) => headers.push(envoy_header("www-authenticate", challenge.header())),
-        None => headers.push(envoy_header("retry-after", "1")),
+        Some(challenge) => headers.push(overwrite("www-authenticate", challenge.header())),
+        None => headers.push(overwrite("retry-after", "1")),
     }
     CheckResponse {
         status: Some(rpc::Status { code: code as i32, message: body.clone(), details: Vec::new() }),
@@ -410,8 +410,16 @@ pub fn ext_authz_denial(denial: Denial) -> CheckResponse {
     }
 }
 
-/// A header Envoy sets over any copy the request already has.
-pub fn envoy_header(name: &str, value: &str) -> HeaderValueOption {
+/// A header Envoy sets over any copy the request already has, or `None` when `value` holds a
+/// control character: a CR or LF would end the header and begin another of the value's choosing,
+/// so no such value is ever written into a header, whatever it came from.
+pub fn envoy_header(name: &str, value: &str) -> Option<HeaderValueOption> {
+    (!value.chars().any(char::is_control)).then(|| overwrite(name, value))
+}
+
+/// A header Envoy sets over any copy the request already has, of a value that cannot hold a
+/// control character.
+fn overwrite(name: &str, value: &str) -> HeaderValueOption {
     HeaderValueOption {
         header: Some(EnvoyHeader { key: name.to_owned(), value: value.to_owned(), raw_value: Vec::new() }),
         append: None,

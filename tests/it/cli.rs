@@ -79,6 +79,7 @@ async fn configuration_mistakes_are_usage_errors_naming_the_flag() {
         (&["mint-token", "--user", "alice", "--roles", "not a role"][..], "--roles"),
         (&["mint-token", "--user", " "][..], "--user"),
         (&["mint-token", "--user", "https://idp.example.com#alice"][..], "--user"),
+        (&["mint-token", "--user", "alice\r\nx-user-id: root"][..], "--user"),
         (&["serve", "--trusted-jwks", "https://idp#x=jwks.json"][..], "--trusted-jwks"),
         (&["serve", "--trusted-jwks", "https://idp=http://idp.example.com/jwks.json"][..], "--trusted-jwks"),
         (&["serve", "--max-connections", "0"][..], "--max-connections"),

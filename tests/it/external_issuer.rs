@@ -24,6 +24,7 @@ pub fn tests() -> Vec<libtest_mimic::Trial> {
         external_tokens_of_every_algorithm_are_accepted,
         external_tokens_are_checked_like_our_own,
         the_same_subject_at_two_issuers_is_two_users,
+        a_subject_with_a_control_character_names_no_user,
     ));
     trials.extend(tests_on!(Sqlite:
         a_jwks_url_is_refetched_for_a_new_key_at_a_bounded_rate,
@@ -279,6 +280,48 @@ async fn the_same_subject_at_two_issuers_is_two_users(db: TestDb) {
     let still = api.get(authed(pb::PersonalClientServiceGetRequest { id: created.id.clone() }, &alice)).await;
     let still = still.unwrap().into_inner().client.unwrap();
     assert!(still.allow_source_cidr.is_empty() && still.deleted_at.is_none(), "untouched: {still:?}");
+    server.stop().await;
+}
+
+/// A subject becomes a user id, which becomes a credential's owner and, behind the mesh, the
+/// `x-user-id` header: one with a control character (a CR LF that would end that header and
+/// begin another) names no user, and nothing is stored for it.
+async fn a_subject_with_a_control_character_names_no_user(db: TestDb) {
+    let idp = Provider::new();
+    let dir = tempfile::tempdir().unwrap();
+    let jwks = dir.path().join("jwks.json");
+    std::fs::write(&jwks, json!({"keys": [idp.jwk("EdDSA", "ed-1")]}).to_string()).unwrap();
+    let mut config = db.config();
+    config.trust.trusted_jwks = vec![format!("{IDP}={}", jwks.display()).parse().unwrap()];
+    let server = TestServer::start(config).await;
+    let mut api = server.client().await;
+
+    for subject in ["mallory\r\nx-user-id: root", "mallory\0", "mallory\u{7f}", "mallory\u{85}", "\tmallory"] {
+        let token = idp.token("EdDSA", "ed-1", &user_claims(subject, json!(["reader"])));
+        let status = api.create(authed(create_request("smuggled"), &token)).await.unwrap_err();
+        assert_eq!(status.code(), Code::Unauthenticated, "{subject:?}: {status:?}");
+        assert_eq!(status.message(), "missing or invalid bearer token", "{subject:?}");
+        assert_eq!(list(&server, &token).await.unwrap_err().code(), Code::Unauthenticated, "{subject:?}");
+        let answer = crate::common::oauth::http(
+            server.addr,
+            "GET",
+            "/api/v1/iam/personal_clients",
+            &[("Authorization", &format!("Bearer {token}"))],
+            "",
+        )
+        .await;
+        assert_eq!(answer.status, 401, "{subject:?}: {}", answer.body);
+    }
+    let mut search =
+        personal_clients::pb::iam::personal_client_search_service_client::PersonalClientSearchServiceClient::new(
+            server.channel().await,
+        );
+    let admin = server.token("root", &["admin"]).await;
+    let all = search.search(authed(pb::PersonalClientSearchServiceSearchRequest::default(), &admin)).await.unwrap();
+    assert!(all.into_inner().list.is_empty(), "nothing was stored for those subjects");
+    // The same provider's ordinary subjects are users as before.
+    let carol = idp.token("EdDSA", "ed-1", &user_claims("carol", json!(["reader"])));
+    assert!(api.create(authed(create_request("fine"), &carol)).await.is_ok());
     server.stop().await;
 }
 

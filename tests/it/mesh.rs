@@ -28,6 +28,7 @@ pub fn tests() -> Vec<libtest_mimic::Trial> {
     trials.extend(backend_tests!(
         introspection_tells_a_live_token_from_every_other,
         the_mesh_lets_live_tokens_through_with_the_callers_identity,
+        an_identity_that_is_no_header_value_is_denied_not_written,
     ));
     trials.extend(tests_on!(Sqlite:
         introspection_is_for_resource_servers,
@@ -272,6 +273,40 @@ async fn the_mesh_lets_live_tokens_through_with_the_callers_identity(db: TestDb)
         matches!(answer.http_response, Some(HttpResponse::DeniedResponse(_)))
     })
     .await;
+    server.stop().await;
+}
+
+/// An owner stored with a control character (written before such subjects were refused, or by
+/// hand) exchanges live tokens, but its identity is never written into a header, where a CR LF
+/// would end `x-user-id` and begin a header of its choosing: the check denies instead.
+async fn an_identity_that_is_no_header_value_is_denied_not_written(db: TestDb) {
+    use personal_clients::store::entity::personal_client::{self, Column};
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, sea_query::Expr};
+
+    let server = TestServer::start(db.config()).await;
+    let alice = server.token("alice", &["reader"]).await;
+    let mut api = server.client().await;
+    let created = api.create(authed(create_request("mesh"), &alice)).await.unwrap().into_inner();
+    let (client, key) = (created.client.unwrap(), key_from_secret(&created.client_secret));
+    let database = sea_orm::Database::connect(&db.url).await.unwrap();
+    personal_client::Entity::update_many()
+        .col_expr(Column::UserId, Expr::value("alice\r\nx-user-id: root"))
+        .filter(Column::Id.eq(client.id.parse::<uuid::Uuid>().unwrap()))
+        .exec(&database)
+        .await
+        .unwrap();
+    let issued =
+        post_token(server.addr, &token_form(&client.client_id, &sdk_assertion(&key, &client.client_id)), &[]).await;
+    assert_eq!(issued.status, 200, "{}", issued.body);
+    let bearer = format!("Bearer {}", issued.json()["access_token"].as_str().unwrap());
+
+    let mut mesh = AuthorizationClient::new(server.channel().await);
+    let answer = mesh.check(check_request(&[("authorization", &bearer)])).await.unwrap().into_inner();
+    let (status, challenge) = denied(&answer);
+    assert_eq!(status, 401);
+    assert!(challenge.unwrap().starts_with(r#"Bearer error="invalid_token""#));
+    let written = format!("{answer:?}");
+    assert!(!written.contains("x-user-id: root") && !written.contains("\\r\\n"), "{written}");
     server.stop().await;
 }
 
