@@ -1,9 +1,11 @@
 //! Prometheus metrics, served in the Prometheus text format (0.0.4) at `GET /metrics`: calls of
 //! gRPC methods (over gRPC, or as JSON over HTTP) by method, status code and protocol, with
-//! latency histograms, as the edge records them; token exchange outcomes by reason; and the
-//! database pools.
+//! latency histograms, as the edge records them; token exchange outcomes by reason; the
+//! database pools; and the open connections and the memory budget, as the edge keeps them.
 
-use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
 use tonic::Code;
 
 use crate::{
@@ -19,6 +21,9 @@ pub struct Metrics {
     latency: HistogramVec,
     exchanges: IntCounterVec,
     pool_connections: IntGaugeVec,
+    connections: IntGauge,
+    memory_budget: IntGauge,
+    memory_held: IntGaugeVec,
     store: Store,
 }
 
@@ -51,11 +56,48 @@ impl Metrics {
             Opts::new("db_pool_connections", "Database pool connections by pool and state").namespace(NAMESPACE),
             &["pool", "state"],
         )?;
+        let connections =
+            IntGauge::with_opts(Opts::new("connections_open", "Connections open now").namespace(NAMESPACE))?;
+        let memory_budget = IntGauge::with_opts(
+            Opts::new("memory_budget_bytes", "The memory budget (--memory-budget)").namespace(NAMESPACE),
+        )?;
+        let memory_held = IntGaugeVec::new(
+            Opts::new(
+                "memory_held_bytes",
+                "Memory held against the budget by what it holds: connections, headers, bodies, answers",
+            )
+            .namespace(NAMESPACE),
+            &["kind"],
+        )?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(latency.clone()))?;
         registry.register(Box::new(exchanges.clone()))?;
         registry.register(Box::new(pool_connections.clone()))?;
-        Ok(Self { registry, requests, latency, exchanges, pool_connections, store })
+        registry.register(Box::new(connections.clone()))?;
+        registry.register(Box::new(memory_budget.clone()))?;
+        registry.register(Box::new(memory_held.clone()))?;
+        Ok(Self {
+            registry,
+            requests,
+            latency,
+            exchanges,
+            pool_connections,
+            connections,
+            memory_budget,
+            memory_held,
+            store,
+        })
+    }
+
+    /// The gauge of open connections, for whoever opens and closes them.
+    pub fn connections_open(&self) -> IntGauge {
+        self.connections.clone()
+    }
+
+    /// Shows a memory budget of `limit` bytes, and gives the gauges of what it holds by `kinds`.
+    pub fn memory_budget(&self, limit: usize, kinds: [&str; 4]) -> [IntGauge; 4] {
+        self.memory_budget.set(i64::try_from(limit).unwrap_or(i64::MAX));
+        kinds.map(|kind| self.memory_held.with_label_values(&[kind]))
     }
 
     /// Counts one token exchange: `issued`, or why it was refused.

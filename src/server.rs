@@ -2,23 +2,25 @@
 //! to stop. `serve` reads top to bottom: the parts, the routes, the transport, the background
 //! work; each is built by a function below it.
 
-use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
+use std::{future::Future, sync::Arc, time::Duration};
 
 use axum::Router;
-use tokio::{net::TcpListener, sync::Notify, task::JoinHandle};
+use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_rustls::TlsAcceptor;
-use tonic::{service::Routes, transport::Server};
+use tonic::service::Routes;
 
 use crate::{
     api::{self, ExtAuthzApi, IdentityHeaders, IntrospectionApi, PersonalClientApi, SearchApi, TokenApi},
     auth::{self, Authenticator, Gate, Introspection, KeyVault, SigningKeys, external::ExternalIssuers},
     clients::{ClientSettings, ClientStatus, PersonalClients},
-    config::{Config, KeyArgs, MeshArgs, ServingArgs},
+    config::{Config, KeyArgs, MeshArgs},
     edge::{
         admission::{AdmissionLayer, AdmissionLimits},
-        connections::{self, ConnectionLimits, Connections},
+        budget::{self, Held, MemoryBudget},
+        connections::{ConnectionLimits, Connections},
         metrics::{JsonRoute, JsonRoutes, RecordRpcLayer},
         tls,
+        transport::{self, HttpSettings},
     },
     error::Error,
     exchange::{ExchangeSettings, TokenExchange},
@@ -97,9 +99,9 @@ pub async fn serve(
     let (routes, json_routes) = routes(&config, &parts, health_service, health.clone())?;
     tracing::info!(%address, database = %config.database.database_url, issuer = %parts.auth.issuer(), "serving");
     let background = Background::start(&config, &parts, health, reporter).await;
-    let served = transport(&config.serving, &parts, json_routes, routes, listener, tls, shutdown).await;
+    transport(&config, &parts, json_routes, routes, listener, tls, shutdown).await;
     background.stop(&parts).await;
-    served
+    Ok(())
 }
 
 /// What the services are made of: the store, the authenticator and the rules.
@@ -265,40 +267,45 @@ impl Background {
     }
 }
 
-/// Serves `routes` on `listener` behind the edge (connections, admission, metrics), until
-/// `shutdown`, then for at most the grace period.
+/// Serves `routes` on `listener` behind the edge (connections, the memory budget, admission,
+/// metrics), until `shutdown`, then for at most the grace period.
 async fn transport(
-    serving: &ServingArgs,
+    config: &Config,
     parts: &Parts,
     json_routes: JsonRoutes,
     routes: Router,
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), Error> {
-    let draining = Arc::new(Notify::new());
-    let signal = {
-        let draining = Arc::clone(&draining);
-        async move {
-            shutdown.await;
-            tracing::info!("shutting down: finishing in-flight calls");
-            draining.notify_one();
-        }
-    };
-    let connections = Connections::new(ConnectionLimits {
-        max_connections: connection_slots(serving.max_connections as usize),
-        idle_timeout: serving.idle_timeout,
-    });
+) {
+    let serving = &config.serving;
+    let limit =
+        serving.memory_budget.map_or_else(budget::default_limit, |bytes| usize::try_from(bytes).unwrap_or(usize::MAX));
+    let budget = MemoryBudget::new(limit, parts.metrics.memory_budget(limit, Held::ALL.map(Held::label)));
+    let connections = Connections::new(
+        ConnectionLimits {
+            max_connections: connection_slots(serving.max_connections as usize),
+            max_per_address: serving.max_connections_per_address as usize,
+            exempt: config.trust.trusted_proxies.clone(),
+            idle_timeout: serving.idle_timeout,
+            answer_timeout: serving.request_timeout,
+            connection_bytes: CONNECTION_BUFFERS + CONNECTION_WINDOW as usize + serving.max_header_bytes as usize,
+        },
+        budget,
+        parts.metrics.connections_open(),
+    );
     // Pings often enough that a live HTTP/2 client is never idle.
     let keepalive = KEEPALIVE_INTERVAL.min(serving.idle_timeout / 3);
-    let router = Server::builder()
-        .accept_http1(true)
-        .http2_keepalive_interval(Some(keepalive))
-        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT.min(keepalive)))
-        .max_concurrent_streams(serving.max_concurrent_streams)
-        .http2_max_header_list_size(serving.max_header_bytes)
-        .initial_stream_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(CONNECTION_WINDOW)
+    let http = HttpSettings {
+        max_header_bytes: serving.max_header_bytes,
+        max_concurrent_streams: serving.max_concurrent_streams,
+        keepalive,
+        keepalive_timeout: KEEPALIVE_TIMEOUT.min(keepalive),
+        stream_window: STREAM_WINDOW,
+        connection_window: CONNECTION_WINDOW,
+        head_timeout: serving.request_timeout,
+    };
+    let service = tower::ServiceBuilder::new()
         .layer(RecordRpcLayer::new(Arc::clone(&parts.metrics), parts.methods.clone(), json_routes))
         .layer(AdmissionLayer::new(
             AdmissionLimits {
@@ -308,26 +315,9 @@ async fn transport(
             },
             Arc::clone(&connections),
         ))
-        .add_routes(Routes::from(routes));
-    let server: Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> = match tls {
-        Some(acceptor) => {
-            let incoming =
-                connections::incoming(listener, connections, move |tcp| tls::handshake(acceptor.clone(), tcp));
-            Box::pin(router.serve_with_incoming_shutdown(incoming, signal))
-        }
-        None => {
-            let incoming = connections::incoming(listener, connections, |tcp| std::future::ready(Ok(tcp)));
-            Box::pin(router.serve_with_incoming_shutdown(incoming, signal))
-        }
-    };
-    let grace = serving.shutdown_grace;
-    tokio::select! {
-        result = server => result.map_err(|e| Error::internal_with("the server failed", e)),
-        () = async { draining.notified().await; tokio::time::sleep(grace).await } => {
-            tracing::warn!(?grace, "in-flight calls still running after the grace period; stopping");
-            Ok(())
-        }
-    }
+        .map_response(|answer: http::Response<axum::body::Body>| answer.map(tonic::body::Body::new))
+        .service(routes);
+    transport::serve(listener, connections, tls, http, service, shutdown, serving.shutdown_grace).await;
 }
 
 /// The server pings each HTTP/2 client this often (more often with a short `--idle-timeout`),
@@ -337,9 +327,14 @@ const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// HTTP/2 flow-control windows: how much a client may send before the server has read it. Every
-/// request this service takes fits in one stream window.
+/// request this service takes fits in one stream window; the connection window is what a peer
+/// can make the server hold unread, and each connection holds it in the memory budget.
 const STREAM_WINDOW: u32 = 128 * 1024;
-const CONNECTION_WINDOW: u32 = 1024 * 1024;
+const CONNECTION_WINDOW: u32 = 128 * 1024;
+
+/// What a connection's own buffers take (reading, writing, HPACK tables, TLS), beyond its window
+/// and its head: its place in the memory budget with them.
+const CONNECTION_BUFFERS: usize = 64 * 1024;
 
 /// File descriptors kept for the database, TLS files and the JWKS client, beyond connections.
 const RESERVED_DESCRIPTORS: usize = 256;

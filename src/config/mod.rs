@@ -20,7 +20,7 @@ use crate::{
     rate::RateLimit,
     store::DatabaseUrl,
 };
-use values::{parse_header_name, parse_namespace, parse_positive_duration, parse_public_host};
+use values::{parse_header_name, parse_memory, parse_namespace, parse_positive_duration, parse_public_host};
 
 /// The embedded default: a SQLite file in the working directory, created at first start.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://personal-clients.db?mode=rwc";
@@ -187,6 +187,17 @@ pub struct ServingArgs {
     /// silent longest is closed to make room; new ones wait in the listen backlog meanwhile.
     #[arg(long, env = "PC_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,
+
+    /// Most connections held open at once from one address; more from it are closed at once.
+    /// Addresses in `--trusted-proxies` may hold any number.
+    #[arg(long, env = "PC_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections_per_address: u32,
+
+    /// Memory that peers may make the server hold, all told: connections' buffers and windows,
+    /// request headers and bodies, answers not yet read (`512MiB`, `2GiB`, ...) [default: half
+    /// the cgroup's memory limit, or of the machine's memory].
+    #[arg(long, env = "PC_MEMORY_BUDGET", value_parser = parse_memory)]
+    pub memory_budget: Option<u64>,
 
     /// A connection whose peer sends nothing for this long is closed (a live HTTP/2 client always
     /// answers the server's keep-alive pings, sent every 30 s).

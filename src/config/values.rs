@@ -132,3 +132,16 @@ impl fmt::Display for TrustedJwks {
 pub fn parse_listen(value: &str) -> Result<SocketAddr, String> {
     value.parse().map_err(|_| "must be an address and port, e.g. 127.0.0.1:50051 or 0.0.0.0:50051".to_owned())
 }
+
+/// A memory size: bytes, or with a unit (`512MiB`, `2GiB`, `1.5GB`), at least 16 MiB.
+pub(super) fn parse_memory(value: &str) -> Result<u64, String> {
+    const LEAST: u64 = 16 << 20;
+    let size: bytesize::ByteSize = value
+        .trim()
+        .parse()
+        .map_err(|_| format!("{value:?} is not a memory size: use bytes or a unit, as in 512MiB or 2GiB"))?;
+    if size.as_u64() < LEAST {
+        return Err(format!("{value} is less than the least memory budget, 16MiB"));
+    }
+    Ok(size.as_u64())
+}

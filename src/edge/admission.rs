@@ -1,19 +1,22 @@
 //! Admission: what a request must do before a handler spends anything on it, and the answer,
 //! in its own protocol, of one refused.
 //!
-//! 1. Its body arrives whole within `--request-timeout`, no larger than `--max-request-bytes`,
-//!    into a memory budget shared by every request (`--max-concurrent-requests` times
-//!    `--max-request-bytes`). A sender that trickles holds only the bytes it has sent, and while
-//!    the budget is spent the server stops reading bodies, so HTTP/2 flow control holds senders
-//!    back instead of memory growing.
-//! 2. Then it takes one of `--max-concurrent-requests` places, or is refused at once.
-//! 3. It is answered within what is left of `--request-timeout`.
+//! 1. Its decoded headers take their room in the memory budget ([`super::budget`]), within
+//!    [`CONNECTION_REQUEST_BYTES`] for all the requests of its connection, or it is refused at
+//!    once: a peer cannot make the server hold more headers than it can read.
+//! 2. Its body arrives whole within `--request-timeout`, no larger than `--max-request-bytes`,
+//!    each byte counted against the budget as it comes. A sender that trickles holds only the
+//!    bytes it has sent, and while the budget is spent the server stops reading bodies, so
+//!    HTTP/2 flow control holds senders back instead of memory growing.
+//! 3. Then it takes one of `--max-concurrent-requests` places, or is refused at once.
+//! 4. It is answered within what is left of `--request-timeout`, and its answer is counted
+//!    against the budget until the peer has read it.
 //!
 //! A reflection stream, whose messages go to the handler as they come, is held to limits of its
 //! own instead ([`reflection`]).
 //!
-//! Health checks skip the queue: an orchestrator that cannot reach one restarts a server that is
-//! merely busy.
+//! Health checks skip all of it: an orchestrator that cannot reach one restarts a server that is
+//! merely busy, or under attack.
 
 use std::{
     future::Future,
@@ -25,13 +28,11 @@ use std::{
 
 use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt, Full};
-use tokio::{
-    sync::{OwnedSemaphorePermit, Semaphore},
-    time::Instant,
-};
+use tokio::{sync::Semaphore, time::Instant};
 
 use super::{
-    connections::Connections,
+    budget::{Account, Charge, Held, MemoryBudget},
+    connections::{Connections, Counted},
     reflection::{self, REFLECTION_STREAMS, StreamAnswer, StreamedBody},
 };
 use crate::{
@@ -40,6 +41,25 @@ use crate::{
 };
 
 const ALWAYS_ANSWERED: [&str; 2] = ["/grpc.health.v1.Health/", "/healthz"];
+
+/// The largest health check request read, outside the budget.
+const HEALTH_CHECK_BYTES: usize = 4 * 1024;
+
+/// What the requests of one connection may hold at once before their bodies arrive: their
+/// decoded headers and their state.
+pub const CONNECTION_REQUEST_BYTES: usize = 1024 * 1024;
+
+/// What a request holds while it is received and served (its stream, its task, its parts),
+/// beyond its headers and body: measured at about 8 KiB.
+const REQUEST_BYTES: usize = 8 * 1024;
+
+/// What a decoded header holds in memory beyond its name and value: HTTP/2 counts 32 bytes
+/// (RFC 9113, 6.5.2); a header map's entry, with its share of the map's table, takes about 200.
+const HEADER_OVERHEAD: usize = 192;
+
+/// How long a request waits for room in a full budget while the connections holding the most
+/// are closed.
+const ROOM_WAIT: Duration = Duration::from_secs(1);
 
 /// How much work the server takes on at once.
 #[derive(Debug, Clone, Copy)]
@@ -54,18 +74,15 @@ pub struct AdmissionLimits {
 pub struct AdmissionLayer {
     limits: AdmissionLimits,
     places: Arc<Semaphore>,
-    body_budget: Arc<Semaphore>,
     streams: Arc<Semaphore>,
     connections: Arc<Connections>,
 }
 
 impl AdmissionLayer {
     pub fn new(limits: AdmissionLimits, connections: Arc<Connections>) -> Self {
-        let budget = limits.max_concurrent_requests.saturating_mul(limits.max_request_bytes);
         Self {
             limits,
             places: Arc::new(Semaphore::new(limits.max_concurrent_requests)),
-            body_budget: Arc::new(Semaphore::new(budget.min(Semaphore::MAX_PERMITS))),
             streams: Arc::new(Semaphore::new(REFLECTION_STREAMS)),
             connections,
         }
@@ -115,7 +132,26 @@ where
             let protocol = Protocol::of(request.headers(), request.uri().path());
             let refuse = |err: Error| Ok(answers::refusal(protocol, err));
             let exempt = ALWAYS_ANSWERED.iter().any(|path| request.uri().path().starts_with(path));
-            let _in_flight = peer(request.extensions()).and_then(|peer| layer.connections.request_started(peer));
+            if exempt {
+                let (parts, body) = request.into_parts();
+                let body = match tokio::time::timeout_at(deadline, receive(body, None, HEALTH_CHECK_BYTES)).await {
+                    Err(_) => return refuse(Error::SlowRequest(limits.request_timeout)),
+                    Ok(Err(err)) => return refuse(err),
+                    Ok(Ok((body, _))) => body,
+                };
+                let request = http::Request::from_parts(parts, tonic::body::Body::new(Full::new(body)));
+                return match tokio::time::timeout_at(deadline, inner.call(request)).await {
+                    Ok(answer) => answer,
+                    Err(_) => refuse(Error::TimedOut(limits.request_timeout)),
+                };
+            }
+            let in_flight = peer(request.extensions()).and_then(|peer| layer.connections.request_started(peer));
+            let account = in_flight.as_ref().map(|in_flight| Arc::clone(in_flight.account()));
+            let budget = Arc::clone(layer.connections.budget());
+            let _headers = match take_headers(&budget, head_bytes(&request), account.as_ref()).await {
+                Ok(charge) => charge,
+                Err(err) => return refuse(err),
+            };
             let streamed = reflection::is_streamed(request.uri().path());
             let (parts, body) = request.into_parts();
             let mut stream = None;
@@ -141,19 +177,15 @@ where
                     None,
                 )
             } else {
-                let received =
-                    tokio::time::timeout_at(deadline, receive(body, &layer.body_budget, limits.max_request_bytes));
+                let budgeted = Some((&budget, account.as_ref()));
+                let received = tokio::time::timeout_at(deadline, receive(body, budgeted, limits.max_request_bytes));
                 match received.await {
                     Err(_) => return refuse(Error::SlowRequest(limits.request_timeout)),
                     Ok(Err(err)) => return refuse(err),
                     Ok(Ok((body, memory))) => (tonic::body::Body::new(Full::new(body)), memory),
                 }
             };
-            let _place = if exempt {
-                None
-            } else if let Ok(place) = Arc::clone(&layer.places).try_acquire_owned() {
-                Some(place)
-            } else {
+            let Ok(_place) = Arc::clone(&layer.places).try_acquire_owned() else {
                 return refuse(Error::Overloaded {
                     message: format!(
                         "the server has {} requests in flight, the most it takes; retry shortly",
@@ -164,12 +196,18 @@ where
             };
             let request = http::Request::from_parts(parts, body);
             match tokio::time::timeout_at(deadline, inner.call(request)).await {
-                Ok(Ok(answer)) => Ok(match stream {
-                    Some((place, ended)) => {
-                        answer.map(|body| tonic::body::Body::new(StreamAnswer { body, ended, _place: place }))
-                    }
-                    None => answer,
-                }),
+                Ok(Ok(answer)) => {
+                    let answer = match stream {
+                        Some((place, ended)) => {
+                            answer.map(|body| tonic::body::Body::new(StreamAnswer { body, ended, _place: place }))
+                        }
+                        None => answer,
+                    };
+                    Ok(match account {
+                        Some(account) => answer.map(|body| tonic::body::Body::new(Counted::new(body, account, budget))),
+                        None => answer,
+                    })
+                }
                 Ok(Err(err)) => Err(err),
                 Err(_) => refuse(Error::TimedOut(limits.request_timeout)),
             }
@@ -177,19 +215,55 @@ where
     }
 }
 
-/// The whole body, at most `max` bytes, each byte counted against `budget` until the request
-/// is done (the permit returned).
+/// What a request holds in memory before its body: its decoded head and its state.
+fn head_bytes<B>(request: &http::Request<B>) -> usize {
+    let uri = request.uri();
+    REQUEST_BYTES
+        + uri.path_and_query().map_or(0, |path| path.as_str().len())
+        + uri.authority().map_or(0, |authority| authority.as_str().len())
+        + request
+            .headers()
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len() + HEADER_OVERHEAD)
+            .sum::<usize>()
+}
+
+/// Room for `bytes` of a request's decoded headers: in the budget, and within the connection's
+/// share.
+async fn take_headers(
+    budget: &Arc<MemoryBudget>,
+    bytes: usize,
+    account: Option<&Arc<Account>>,
+) -> Result<Charge, Error> {
+    if account.is_some_and(|account| account.headers() + bytes > CONNECTION_REQUEST_BYTES) {
+        return Err(Error::Overloaded {
+            message: format!(
+                "this connection's unfinished requests hold {} KiB with their headers, the most one connection may; finish some first",
+                CONNECTION_REQUEST_BYTES / 1024
+            ),
+            retry_after: Duration::from_secs(1),
+        });
+    }
+    // A full budget sheds the connections holding the most at once: wait a moment for that.
+    tokio::time::timeout(ROOM_WAIT, budget.take(Held::Headers, bytes, account)).await.map_err(|_| Error::Overloaded {
+        message: "the server's memory budget is full; retry shortly".to_owned(),
+        retry_after: Duration::from_secs(1),
+    })
+}
+
+/// The whole body, at most `max` bytes, each byte counted against `budget` (and the
+/// connection's account) until the request is done (the charge returned).
 async fn receive<B>(
     body: B,
-    budget: &Arc<Semaphore>,
+    budget: Option<(&Arc<MemoryBudget>, Option<&Arc<Account>>)>,
     max: usize,
-) -> Result<(Bytes, Option<OwnedSemaphorePermit>), Error>
+) -> Result<(Bytes, Option<Charge>), Error>
 where
     B: http_body::Body<Data = Bytes>,
 {
     let mut body = std::pin::pin!(body);
     let mut received = BytesMut::new();
-    let mut held: Option<OwnedSemaphorePermit> = None;
+    let mut held: Option<Charge> = None;
     while let Some(frame) = body.frame().await {
         let Ok(frame) = frame else {
             return Err(Error::invalid("request", "the body could not be read to its end"));
@@ -198,14 +272,25 @@ where
         if received.len() + data.len() > max {
             return Err(Error::TooLarge(max));
         }
-        let size = u32::try_from(data.len()).map_err(|_| Error::TooLarge(max))?;
-        let permit = Arc::clone(budget)
-            .acquire_many_owned(size)
-            .await
-            .map_err(|_| Error::internal("the request memory budget is closed"))?;
-        match &mut held {
-            Some(held) => held.merge(permit),
-            None => held = Some(permit),
+        // Counted as the buffer grows, before it grows, since that is what it holds: it
+        // doubles, up to `max`.
+        let (before, needed) = (received.capacity(), received.len() + data.len());
+        if needed > before {
+            let wanted = (before * 2).clamp(needed, max.max(needed));
+            let growth = wanted.max(before * 2) - before;
+            let mut charge = match budget {
+                Some((budget, account)) => Some(budget.take(Held::Bodies, growth, account).await),
+                None => None,
+            };
+            received.reserve(wanted - received.len());
+            if let (Some((budget, account)), Some(charge)) = (budget, &mut charge) {
+                let beyond = (received.capacity() - before).saturating_sub(growth);
+                charge.absorb(budget.take_anyway(Held::Bodies, beyond, account));
+            }
+            match (&mut held, charge) {
+                (Some(held), Some(charge)) => held.absorb(charge),
+                (held, charge) => *held = held.take().or(charge),
+            }
         }
         received.extend_from_slice(&data);
     }

@@ -1,37 +1,49 @@
 //! The connections the service holds, and how they end.
 //!
-//! - At most `--max-connections` are open. The accept loop takes one connection at a time and
-//!   gives it a slot before it takes the next, so a flood waits in the kernel's backlog instead
-//!   of exhausting file descriptors. When every slot is taken, the connection whose peer has been
-//!   silent longest, among those with no request in flight, is closed to make room, so a flood of
-//!   idle sockets cannot lock callers out.
+//! - At most `--max-connections` are open, and at most `--max-connections-per-address` from one
+//!   address (addresses in `--trusted-proxies` excepted: a proxy speaks for many callers); a
+//!   connection past its address's share is closed at once. Each open connection holds its place
+//!   in the memory budget ([`super::budget`]). The accept loop takes one connection at a time and
+//!   gives it a slot before it takes the next, so a flood waits in the kernel's backlog instead of
+//!   exhausting file descriptors. When every slot is taken, a connection of the address holding
+//!   the most is closed to make room: the one silent longest, preferring those with no request in
+//!   flight.
 //! - A connection whose peer sends nothing for `--idle-timeout` while it has no request in flight
 //!   is closed: silent sockets, idle keep-alive connections, unfinished TLS handshakes. A live
 //!   HTTP/2 client is never idle: it answers the server's keep-alive pings. (A request that
 //!   stalls is ended by `--request-timeout`; see [`super::admission`].)
+//! - A connection whose answers have waited unread for `--request-timeout` is closed, and with it
+//!   the memory they held: a peer that grants no flow-control window cannot keep answers for
+//!   ever.
+//! - When the memory budget is full, the connections holding the most are closed until a tenth
+//!   of it is free again.
 
 use std::{
     collections::HashMap,
     future::Future,
     io,
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     pin::Pin,
     sync::{
-        Arc, Mutex,
+        Arc, Mutex, MutexGuard,
         atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     task::{Context, Poll},
     time::{Duration, Instant},
 };
 
+use bytes::Bytes;
+use ipnet::IpNet;
+use prometheus::IntGauge;
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::{TcpListener, TcpStream},
-    sync::{OwnedSemaphorePermit, Semaphore, mpsc},
+    sync::{OwnedSemaphorePermit, Semaphore},
     time::Sleep,
 };
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
-use tonic::{codegen::tokio_stream::wrappers::ReceiverStream, transport::server::Connected};
+
+use super::budget::{Account, Charge, Held, MemoryBudget};
 
 /// How long the accept loop waits for a connection it closed to let go of its slot before it
 /// closes the next one (a connection busy writing a response notices a moment later).
@@ -44,41 +56,73 @@ const ACCEPT_RETRY: Duration = Duration::from_millis(50);
 /// A failed `accept` is logged at most this often.
 const ACCEPT_WARNING_INTERVAL: Duration = Duration::from_secs(60);
 
+/// Closing connections to free memory is logged at most this often.
+const SHED_WARNING_INTERVAL: Duration = Duration::from_secs(10);
+
+/// How often unread answers are looked for, when the budget has not called first.
+const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
+
 /// Limits on the connections the service holds.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ConnectionLimits {
     pub max_connections: usize,
+    pub max_per_address: usize,
+    /// Addresses the per-address limit does not apply to.
+    pub exempt: Vec<IpNet>,
     pub idle_timeout: Duration,
+    /// How long answers may wait unread before their connection is closed.
+    pub answer_timeout: Duration,
+    /// What each open connection holds in the memory budget.
+    pub connection_bytes: usize,
 }
 
-/// The open connections: their slots and when each peer last sent a byte.
+/// The open connections: their slots, when each peer last sent a byte, and what each holds.
 #[derive(Debug)]
 pub struct Connections {
     limits: ConnectionLimits,
     slots: Arc<Semaphore>,
-    /// By peer address, unique among open connections.
-    open: Mutex<HashMap<SocketAddr, Arc<Activity>>>,
+    budget: Arc<MemoryBudget>,
+    open: Mutex<Open>,
+    gauge: IntGauge,
     epoch: Instant,
+    last_shed_warning: Mutex<Option<Instant>>,
+}
+
+#[derive(Debug, Default)]
+struct Open {
+    /// By peer address, unique among open connections.
+    by_peer: HashMap<SocketAddr, Arc<Activity>>,
+    per_address: HashMap<IpAddr, usize>,
 }
 
 #[derive(Debug)]
 struct Activity {
+    peer: SocketAddr,
     /// Milliseconds from `Connections::epoch` to the last byte read from the peer.
     last_read: AtomicU64,
     /// Requests of this connection being received or served: while there are any, the
-    /// connection is neither idle nor closed to make room.
+    /// connection is not idle, and is closed to make room only when none has none.
     in_flight: AtomicUsize,
+    account: Arc<Account>,
     close: CancellationToken,
 }
 
 impl Connections {
-    pub fn new(limits: ConnectionLimits) -> Arc<Self> {
+    /// The connections, counted in `gauge` and `budget`.
+    pub fn new(limits: ConnectionLimits, budget: Arc<MemoryBudget>, gauge: IntGauge) -> Arc<Self> {
         Arc::new(Self {
-            limits,
             slots: Arc::new(Semaphore::new(limits.max_connections)),
-            open: Mutex::new(HashMap::new()),
+            limits,
+            budget,
+            open: Mutex::new(Open::default()),
+            gauge,
             epoch: Instant::now(),
+            last_shed_warning: Mutex::new(None),
         })
+    }
+
+    pub fn budget(&self) -> &Arc<MemoryBudget> {
+        &self.budget
     }
 
     /// How many connections are open now.
@@ -90,50 +134,178 @@ impl Connections {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// A free slot for a connection just accepted, closing the connection silent longest while
-    /// there is none.
-    async fn slot(self: &Arc<Self>) -> OwnedSemaphorePermit {
+    fn lock(&self) -> MutexGuard<'_, Open> {
+        self.open.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn exempt(&self, address: IpAddr) -> bool {
+        self.limits.exempt.iter().any(|net| net.contains(&address))
+    }
+
+    /// The next connection to serve, once it has a slot and its place in the budget.
+    pub async fn accept(self: &Arc<Self>, listener: &TcpListener) -> Tracked<TcpStream> {
+        let mut last_warning: Option<Instant> = None;
         loop {
-            if let Ok(permit) = Arc::clone(&self.slots).try_acquire_owned() {
-                return permit;
+            let (tcp, peer) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                // A connection that went away before it was accepted is no reason to pause.
+                Err(error) if !is_out_of_resources(&error) => continue,
+                Err(error) => {
+                    if last_warning.is_none_or(|at| at.elapsed() >= ACCEPT_WARNING_INTERVAL) {
+                        tracing::warn!(%error, open = self.open(), "cannot accept connections");
+                        last_warning = Some(Instant::now());
+                    }
+                    tokio::time::sleep(ACCEPT_RETRY).await;
+                    continue;
+                }
+            };
+            let address = peer.ip();
+            let at_share = self.lock().per_address.get(&address).copied().unwrap_or(0) >= self.limits.max_per_address;
+            if at_share && !self.exempt(address) {
+                // Closed at once: the address has its share; no log line, which it could flood.
+                continue;
             }
-            self.close_most_silent();
-            if let Ok(Ok(permit)) =
-                tokio::time::timeout(EVICTION_PATIENCE, Arc::clone(&self.slots).acquire_owned()).await
-            {
-                return permit;
-            }
+            // Only a connection that has arrived may push out another.
+            let (permit, charge) = self.room().await;
+            let _ = tcp.set_nodelay(true);
+            return Tracked::new(tcp, self.register(peer, permit, charge));
         }
     }
 
-    fn close_most_silent(&self) {
-        let open = self.open.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let most_silent = open
+    /// A free slot and the budget for a connection just accepted, closing others while there
+    /// are none.
+    async fn room(self: &Arc<Self>) -> (OwnedSemaphorePermit, Charge) {
+        let permit = loop {
+            if let Ok(permit) = Arc::clone(&self.slots).try_acquire_owned() {
+                break permit;
+            }
+            self.make_room();
+            if let Ok(Ok(permit)) =
+                tokio::time::timeout(EVICTION_PATIENCE, Arc::clone(&self.slots).acquire_owned()).await
+            {
+                break permit;
+            }
+        };
+        let bytes = self.limits.connection_bytes;
+        let charge = loop {
+            if let Some(charge) = self.budget.try_take(Held::Connections, bytes, None) {
+                break charge;
+            }
+            self.make_room();
+            if let Ok(charge) =
+                tokio::time::timeout(EVICTION_PATIENCE, self.budget.take(Held::Connections, bytes, None)).await
+            {
+                break charge;
+            }
+        };
+        (permit, charge)
+    }
+
+    /// Closes the connection silent longest of the address holding the most connections,
+    /// preferring one with no request in flight.
+    fn make_room(&self) {
+        let open = self.lock();
+        let Some((&crowded, _)) = open.per_address.iter().max_by_key(|&(_, count)| *count) else { return };
+        let victim = open
+            .by_peer
             .values()
-            .filter(|activity| !activity.close.is_cancelled() && activity.in_flight.load(Ordering::Relaxed) == 0)
-            .min_by_key(|activity| activity.last_read.load(Ordering::Relaxed));
-        if let Some(activity) = most_silent {
-            tracing::debug!("all connection slots are taken: closing the connection silent longest");
+            .filter(|activity| activity.peer.ip() == crowded && !activity.close.is_cancelled())
+            .min_by_key(|activity| {
+                (activity.in_flight.load(Ordering::Relaxed) > 0, activity.last_read.load(Ordering::Relaxed))
+            });
+        if let Some(activity) = victim {
+            tracing::debug!("all connection slots are taken: closing one of the address holding the most");
             activity.close.cancel();
         }
     }
 
-    fn register(self: &Arc<Self>, peer: SocketAddr, permit: OwnedSemaphorePermit) -> Registration {
+    fn register(self: &Arc<Self>, peer: SocketAddr, permit: OwnedSemaphorePermit, charge: Charge) -> Registration {
         let activity = Arc::new(Activity {
+            peer,
             last_read: AtomicU64::new(self.now()),
             in_flight: AtomicUsize::new(0),
+            account: Arc::new(Account::default()),
             close: CancellationToken::new(),
         });
-        self.open.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(peer, Arc::clone(&activity));
-        Registration { connections: Arc::clone(self), peer, activity, _permit: permit }
+        let mut open = self.lock();
+        open.by_peer.insert(peer, Arc::clone(&activity));
+        *open.per_address.entry(peer.ip()).or_default() += 1;
+        self.gauge.inc();
+        Registration { connections: Arc::clone(self), activity, _permit: permit, _charge: charge }
     }
 
     /// Marks a request of the connection from `peer` as in flight until the guard is dropped.
     pub fn request_started(&self, peer: SocketAddr) -> Option<InFlight> {
-        let open = self.open.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let activity = Arc::clone(open.get(&peer)?);
+        let activity = Arc::clone(self.lock().by_peer.get(&peer)?);
         activity.in_flight.fetch_add(1, Ordering::Relaxed);
         Some(InFlight(activity))
+    }
+
+    /// Closes, until stopped, connections whose answers wait unread too long, and the
+    /// connections holding the most while the budget is full.
+    pub async fn watch(self: Arc<Self>) {
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(SWEEP_INTERVAL) => {}
+                () = self.budget.filled() => {}
+            }
+            self.close_unread();
+            self.shed();
+        }
+    }
+
+    fn close_unread(&self) {
+        let now = self.budget.now();
+        let timeout = u64::try_from(self.limits.answer_timeout.as_millis()).unwrap_or(u64::MAX);
+        for activity in self.lock().by_peer.values() {
+            let waited = activity.account.unwritten_since(&self.budget).map(|since| now.saturating_sub(since));
+            if waited.is_some_and(|waited| waited >= timeout) && !activity.close.is_cancelled() {
+                tracing::debug!(peer = %activity.peer, "answers unread for the request timeout: closing the connection");
+                activity.close.cancel();
+            }
+        }
+    }
+
+    fn shed(&self) {
+        let (limit, used) = (self.budget.limit(), self.budget.used());
+        let open = self.lock();
+        // What connections closed already but not yet gone will give back.
+        let closing: usize = open
+            .by_peer
+            .values()
+            .filter(|activity| activity.close.is_cancelled())
+            .map(|activity| activity.account.held())
+            .sum();
+        let Some(mut excess) =
+            (used.saturating_sub(closing) + limit / 10).checked_sub(limit).filter(|excess| *excess > 0)
+        else {
+            return;
+        };
+        let mut holders: Vec<_> = open
+            .by_peer
+            .values()
+            .filter(|activity| !activity.close.is_cancelled() && activity.account.held() > 0)
+            .collect();
+        holders.sort_unstable_by_key(|activity| std::cmp::Reverse(activity.account.held()));
+        let mut closed = 0;
+        for activity in holders {
+            if excess == 0 {
+                break;
+            }
+            excess = excess.saturating_sub(activity.account.held());
+            activity.close.cancel();
+            closed += 1;
+        }
+        if closed > 0
+            && self
+                .last_shed_warning
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .is_none_or(|at| at.elapsed() >= SHED_WARNING_INTERVAL)
+        {
+            *self.last_shed_warning.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Instant::now());
+            tracing::warn!(closed, used, limit, "the memory budget is full: closed the connections holding the most");
+        }
     }
 }
 
@@ -141,24 +313,42 @@ impl Connections {
 #[derive(Debug)]
 pub struct InFlight(Arc<Activity>);
 
+impl InFlight {
+    /// What the connection holds against the budget.
+    pub fn account(&self) -> &Arc<Account> {
+        &self.0.account
+    }
+}
+
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
-/// A connection's place among the open ones; dropping it frees the slot.
+/// A connection's place among the open ones; dropping it frees the slot and its budget.
 #[derive(Debug)]
 struct Registration {
     connections: Arc<Connections>,
-    peer: SocketAddr,
     activity: Arc<Activity>,
     _permit: OwnedSemaphorePermit,
+    _charge: Charge,
 }
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        self.connections.open.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&self.peer);
+        let connections = &self.connections;
+        self.activity.account.close(&connections.budget);
+        let mut open = connections.lock();
+        let peer = self.activity.peer;
+        open.by_peer.remove(&peer);
+        if let Some(count) = open.per_address.get_mut(&peer.ip()) {
+            *count -= 1;
+            if *count == 0 {
+                open.per_address.remove(&peer.ip());
+            }
+        }
+        connections.gauge.dec();
     }
 }
 
@@ -183,14 +373,25 @@ impl<S> Tracked<S> {
         }
     }
 
+    pub fn peer(&self) -> SocketAddr {
+        self.registration.activity.peer
+    }
+
+    /// Resolves when the connection is to be closed now: to make room, or to free memory.
+    pub fn closing(&self) -> WaitForCancellationFutureOwned {
+        self.registration.activity.close.clone().cancelled_owned()
+    }
+
+    /// The answers of this connection's requests, counted until the peer has read them.
+    pub fn account(&self) -> Arc<Account> {
+        Arc::clone(&self.registration.activity.account)
+    }
+
     /// The error that ends this connection, if it should end now; otherwise registers for the
     /// moment it should.
     fn ending(&mut self, cx: &mut Context<'_>) -> Option<io::Error> {
         if self.closed.as_mut().poll(cx).is_ready() {
-            return Some(io::Error::new(
-                io::ErrorKind::ConnectionAborted,
-                "closed to make room for another connection",
-            ));
+            return Some(io::Error::new(io::ErrorKind::ConnectionAborted, "closed by the server"));
         }
         while self.idle.as_mut().poll(cx).is_ready() {
             // A connection waiting for its own answers is not idle, whatever its peer sends.
@@ -205,6 +406,19 @@ impl<S> Tracked<S> {
 
     fn pending_or_ending<T>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
         self.ending(cx).map_or(Poll::Pending, |error| Poll::Ready(Err(error)))
+    }
+
+    fn wrote(&self, written: &Poll<io::Result<usize>>) {
+        if let Poll::Ready(Ok(bytes)) = written {
+            let registration = &self.registration;
+            registration.activity.account.written(&registration.connections.budget, *bytes);
+        }
+    }
+}
+
+impl Tracked<TcpStream> {
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.inner.local_addr().ok()
     }
 }
 
@@ -231,7 +445,10 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
         let this = self.get_mut();
         match Pin::new(&mut this.inner).poll_write(cx, buf) {
             Poll::Pending => this.pending_or_ending(cx),
-            done => done,
+            done => {
+                this.wrote(&done);
+                done
+            }
         }
     }
 
@@ -243,7 +460,10 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
         let this = self.get_mut();
         match Pin::new(&mut this.inner).poll_write_vectored(cx, bufs) {
             Poll::Pending => this.pending_or_ending(cx),
-            done => done,
+            done => {
+                this.wrote(&done);
+                done
+            }
         }
     }
 
@@ -264,67 +484,55 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
     }
 }
 
-impl<S: Connected> Connected for Tracked<S> {
-    type ConnectInfo = S::ConnectInfo;
+/// What an answer holds while the transport sends it (its stream's state, its task, the
+/// request it answers), beyond its bytes: measured at about 8 KiB.
+const ANSWER_BYTES: usize = 8 * 1024;
 
-    fn connect_info(&self) -> Self::ConnectInfo {
-        self.inner.connect_info()
+/// An answer's body, counted against the connection's account while it is sent, and its bytes
+/// as they are handed to the transport; [`Tracked`] counts those off as they are written.
+#[derive(Debug)]
+pub struct Counted<B> {
+    body: B,
+    account: Arc<Account>,
+    budget: Arc<MemoryBudget>,
+    _sending: Charge,
+}
+
+impl<B> Counted<B> {
+    pub fn new(body: B, account: Arc<Account>, budget: Arc<MemoryBudget>) -> Self {
+        let sending = budget.take_anyway(Held::Answers, ANSWER_BYTES, Some(&account));
+        Self { body, account, budget, _sending: sending }
     }
 }
 
-/// Accepted connections, each through `handshake` (nothing for plaintext, TLS otherwise) on its
-/// own task, so a slow client holds up no one else. The loop stops, and the port is released,
-/// once the server stops taking connections.
-pub fn incoming<T, H, F>(
-    listener: TcpListener,
-    connections: Arc<Connections>,
-    handshake: H,
-) -> ReceiverStream<io::Result<T>>
+impl<B> http_body::Body for Counted<B>
 where
-    T: Send + 'static,
-    H: Fn(Tracked<TcpStream>) -> F + Send + 'static,
-    F: Future<Output = io::Result<T>> + Send + 'static,
+    B: http_body::Body<Data = Bytes> + Unpin,
 {
-    let (ready, streams) = mpsc::channel(64);
-    tokio::spawn(async move {
-        let mut last_warning: Option<Instant> = None;
-        loop {
-            let accepted = tokio::select! {
-                accepted = listener.accept() => accepted,
-                () = ready.closed() => break,
-            };
-            let (tcp, peer) = match accepted {
-                Ok(accepted) => accepted,
-                // A connection that went away before it was accepted is no reason to pause.
-                Err(error) if !is_out_of_resources(&error) => continue,
-                Err(error) => {
-                    if last_warning.is_none_or(|at| at.elapsed() >= ACCEPT_WARNING_INTERVAL) {
-                        tracing::warn!(%error, open = connections.open(), "cannot accept connections");
-                        last_warning = Some(Instant::now());
-                    }
-                    tokio::time::sleep(ACCEPT_RETRY).await;
-                    continue;
-                }
-            };
-            // Only a connection that has arrived may push out another.
-            let permit = tokio::select! {
-                permit = connections.slot() => permit,
-                () = ready.closed() => break,
-            };
-            let _ = tcp.set_nodelay(true);
-            let stream = Tracked::new(tcp, connections.register(peer, permit));
-            let (shaking, ready) = (handshake(stream), ready.clone());
-            tokio::spawn(async move {
-                match shaking.await {
-                    Ok(stream) => {
-                        let _ = ready.send(Ok(stream)).await;
-                    }
-                    Err(error) => tracing::debug!(%peer, %error, "connection dropped before it was served"),
-                }
-            });
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        let frame = Pin::new(&mut this.body).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &frame
+            && let Some(data) = frame.data_ref()
+        {
+            this.account.answered(&this.budget, data.len());
         }
-    });
-    ReceiverStream::new(streams)
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 /// Out of file descriptors or memory: the errors `accept` keeps failing with until something

@@ -1,12 +1,15 @@
-//! What happens to a connection and a request before any handler sees them: the connections
-//! held ([`connections`]) and their TLS ([`tls`]), admission into the memory budget and the
-//! places for requests ([`admission`], with reflection streams in [`reflection`]), and the
+//! What happens to a connection and a request before any handler sees them: HTTP on the port
+//! ([`transport`]), the connections held ([`connections`]) and their TLS ([`tls`]), the one
+//! memory budget for all a peer can make the server hold ([`budget`]), admission into it and into
+//! the places for requests ([`admission`], with reflection streams in [`reflection`]), and the
 //! metrics of every call ([`metrics`]). Which protocol a request speaks is asked of
 //! [`crate::protocol`]; a refusal is answered by [`crate::error::answers`]. Nothing here knows a
 //! route or a rule of the service.
 
 pub mod admission;
+pub mod budget;
 pub mod connections;
 pub mod metrics;
 pub mod reflection;
 pub mod tls;
+pub mod transport;

@@ -1,0 +1,289 @@
+//! One memory budget for everything a peer can make the server hold, counted as it is held:
+//!
+//! - **connections**: each open connection's buffers and the HTTP/2 flow-control window its peer
+//!   may fill before anything reads it, reserved when it is accepted, at most half the budget;
+//! - **headers**: the decoded headers of each request, until it is answered;
+//! - **bodies**: request bodies as they are received, until the request is answered;
+//! - **answers**: response bytes handed to the transport that the peer has not read yet.
+//!
+//! A connection or a request that does not fit is not taken (it waits in the backlog, or is
+//! refused with 503 / RESOURCE_EXHAUSTED); a body waits for room, so flow control holds its
+//! sender back. Answers are counted whatever the state, since they are in memory already; when
+//! the budget is full, [`super::connections`] closes the connections holding the most. Health
+//! checks are counted nowhere: they are answered whatever the budget's state.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+    },
+    time::Instant,
+};
+
+use prometheus::IntGauge;
+use tokio::sync::Notify;
+
+/// What a budgeted byte is held for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Held {
+    Connections,
+    Headers,
+    Bodies,
+    Answers,
+}
+
+impl Held {
+    pub const ALL: [Self; 4] = [Self::Connections, Self::Headers, Self::Bodies, Self::Answers];
+
+    /// Its label in `/metrics`.
+    pub const fn label(self) -> &'static str {
+        match self {
+            Self::Connections => "connections",
+            Self::Headers => "headers",
+            Self::Bodies => "bodies",
+            Self::Answers => "answers",
+        }
+    }
+
+    const fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// The budget: its limit and what is held against it.
+#[derive(Debug)]
+pub struct MemoryBudget {
+    limit: usize,
+    used: AtomicUsize,
+    /// What each kind holds, as `/metrics` shows it, in the order of [`Held::ALL`].
+    held: [IntGauge; 4],
+    /// Told when bytes are given back, for bodies waiting for room.
+    room: Notify,
+    /// Told when something did not fit, or answers went past the limit: time to shed.
+    full: Notify,
+    epoch: Instant,
+}
+
+impl MemoryBudget {
+    /// A budget of `limit` bytes, its use kept in `held` (one gauge per kind, in the order of
+    /// [`Held::ALL`]).
+    pub fn new(limit: usize, held: [IntGauge; 4]) -> Arc<Self> {
+        Arc::new(Self {
+            limit,
+            used: AtomicUsize::new(0),
+            held,
+            room: Notify::new(),
+            full: Notify::new(),
+            epoch: Instant::now(),
+        })
+    }
+
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// Bytes held now.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    /// Bytes held now for `kind`.
+    pub fn held(&self, kind: Held) -> usize {
+        usize::try_from(self.held[kind.index()].get()).unwrap_or(0)
+    }
+
+    /// Resolves when the budget has been found full since the last call.
+    pub async fn filled(&self) {
+        self.full.notified().await;
+    }
+
+    /// Milliseconds since the budget was made: the clock of [`Account`]s.
+    pub fn now(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// `bytes` for `kind`, charged to `account` too, if they fit: connections within half the
+    /// budget, everything within all of it. A charge that does not fit tells whoever sheds.
+    pub fn try_take(self: &Arc<Self>, kind: Held, bytes: usize, account: Option<&Arc<Account>>) -> Option<Charge> {
+        let fits = |used: usize| {
+            let within_kind = kind != Held::Connections || self.held(Held::Connections) + bytes <= self.limit / 2;
+            (within_kind && used + bytes <= self.limit).then_some(used + bytes)
+        };
+        if self.used.fetch_update(Ordering::AcqRel, Ordering::Relaxed, fits).is_err() {
+            self.full.notify_one();
+            return None;
+        }
+        Some(self.charged(kind, bytes, account))
+    }
+
+    /// `bytes` for `kind`, waiting until they fit.
+    pub async fn take(self: &Arc<Self>, kind: Held, bytes: usize, account: Option<&Arc<Account>>) -> Charge {
+        loop {
+            let room = self.room.notified();
+            if let Some(charge) = self.try_take(kind, bytes, account) {
+                return charge;
+            }
+            room.await;
+        }
+    }
+
+    /// `bytes` for `kind` already in memory, counted whether they fit or not.
+    pub fn take_anyway(self: &Arc<Self>, kind: Held, bytes: usize, account: Option<&Arc<Account>>) -> Charge {
+        self.count_used(bytes);
+        self.charged(kind, bytes, account)
+    }
+
+    fn count_used(&self, bytes: usize) {
+        if self.used.fetch_add(bytes, Ordering::AcqRel) + bytes > self.limit {
+            self.full.notify_one();
+        }
+    }
+
+    fn charged(self: &Arc<Self>, kind: Held, bytes: usize, account: Option<&Arc<Account>>) -> Charge {
+        self.held[kind.index()].add(gauge(bytes));
+        if let Some(account) = account {
+            account.held.fetch_add(bytes, Ordering::Relaxed);
+            if kind == Held::Headers {
+                account.headers.fetch_add(bytes, Ordering::Relaxed);
+            }
+        }
+        Charge { budget: Arc::clone(self), kind, bytes, account: account.cloned() }
+    }
+
+    /// Counts bytes already in memory, fitting or not.
+    fn count(&self, kind: Held, bytes: usize) {
+        self.count_used(bytes);
+        self.held[kind.index()].add(gauge(bytes));
+    }
+
+    fn give(&self, kind: Held, bytes: usize) {
+        self.used.fetch_sub(bytes, Ordering::AcqRel);
+        self.held[kind.index()].sub(gauge(bytes));
+        self.room.notify_waiters();
+    }
+}
+
+fn gauge(bytes: usize) -> i64 {
+    i64::try_from(bytes).unwrap_or(i64::MAX)
+}
+
+/// Bytes held against the budget, given back when dropped.
+#[derive(Debug)]
+pub struct Charge {
+    budget: Arc<MemoryBudget>,
+    kind: Held,
+    bytes: usize,
+    account: Option<Arc<Account>>,
+}
+
+impl Charge {
+    /// Adds another charge of the same kind and account to this one.
+    pub fn absorb(&mut self, mut other: Self) {
+        self.bytes += std::mem::take(&mut other.bytes);
+    }
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        if self.bytes == 0 {
+            return;
+        }
+        if let Some(account) = &self.account {
+            account.held.fetch_sub(self.bytes, Ordering::Relaxed);
+            if self.kind == Held::Headers {
+                account.headers.fetch_sub(self.bytes, Ordering::Relaxed);
+            }
+        }
+        self.budget.give(self.kind, self.bytes);
+    }
+}
+
+/// What one connection holds against the budget: its requests' headers and bodies, and the
+/// bytes of its answers not yet written to it.
+#[derive(Debug, Default)]
+pub struct Account {
+    held: AtomicUsize,
+    headers: AtomicUsize,
+    unwritten: AtomicUsize,
+    /// [`MemoryBudget::now`] plus one when `unwritten` last rose from zero; zero while it is zero.
+    unwritten_since: AtomicU64,
+}
+
+impl Account {
+    /// Bytes held now for this connection.
+    pub fn held(&self) -> usize {
+        self.held.load(Ordering::Relaxed)
+    }
+
+    /// Decoded header bytes held now for this connection's requests.
+    pub fn headers(&self) -> usize {
+        self.headers.load(Ordering::Relaxed)
+    }
+
+    /// Answer bytes handed to the transport for this connection.
+    pub fn answered(&self, budget: &MemoryBudget, bytes: usize) {
+        if bytes == 0 {
+            return;
+        }
+        budget.count(Held::Answers, bytes);
+        self.held.fetch_add(bytes, Ordering::Relaxed);
+        if self.unwritten.fetch_add(bytes, Ordering::AcqRel) == 0 {
+            self.unwritten_since.store(budget.now() + 1, Ordering::Relaxed);
+        }
+    }
+
+    /// Bytes written to the connection: they are no longer held, as far as answers go.
+    pub fn written(&self, budget: &MemoryBudget, bytes: usize) {
+        let Ok(before) = self
+            .unwritten
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| (held > 0).then(|| held.saturating_sub(bytes)))
+        else {
+            return;
+        };
+        let released = before.min(bytes);
+        if released == before {
+            self.unwritten_since.store(0, Ordering::Relaxed);
+        }
+        self.held.fetch_sub(released, Ordering::Relaxed);
+        budget.give(Held::Answers, released);
+    }
+
+    /// Since when ([`MemoryBudget::now`]) answers have waited unwritten without a break, if they
+    /// wait now.
+    pub fn unwritten_since(&self, budget: &MemoryBudget) -> Option<u64> {
+        if self.unwritten.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        match self.unwritten_since.load(Ordering::Relaxed) {
+            // Written to zero and answered again at once: the clock starts now.
+            0 => {
+                self.unwritten_since.store(budget.now() + 1, Ordering::Relaxed);
+                Some(budget.now())
+            }
+            since => Some(since - 1),
+        }
+    }
+
+    /// Gives back what the connection still held for answers when it closes.
+    pub fn close(&self, budget: &MemoryBudget) {
+        self.written(budget, usize::MAX);
+    }
+}
+
+/// `--memory-budget`'s default: half the memory the process may use, by its cgroup's limit or
+/// else the machine's memory; 1 GiB where neither can be read.
+pub fn default_limit() -> usize {
+    let cgroup = ["/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"]
+        .iter()
+        .filter_map(|path| std::fs::read_to_string(path).ok())
+        .find_map(|limit| limit.trim().parse::<u64>().ok());
+    let machine = std::fs::read_to_string("/proc/meminfo").ok().and_then(|info| {
+        let line = info.lines().find(|line| line.starts_with("MemTotal:"))?;
+        Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
+    });
+    let memory = match (cgroup, machine) {
+        (Some(cgroup), Some(machine)) => cgroup.min(machine),
+        (limit, None) | (None, limit) => limit.unwrap_or(2 << 30),
+    };
+    usize::try_from(memory / 2).unwrap_or(usize::MAX)
+}
