@@ -26,7 +26,7 @@ pub fn tests() -> Vec<libtest_mimic::Trial> {
 
 const TOKEN_METHOD: &str = "/c1.api.auth.v1.TokenService/Token";
 
-fn resident_bytes(pid: u32) -> u64 {
+pub fn resident_bytes(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let line = status.lines().find(|line| line.starts_with("VmRSS:")).unwrap();
     line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
@@ -168,7 +168,8 @@ fn ten_thousand_unfinished_streams_leave_memory_bounded() -> crate::common::Test
         let refused = || counts[usize::from(h2_frames::RST_STREAM)].load(Ordering::Relaxed);
         // The server refuses what is past its limit, and answers health checks meanwhile.
         let deadline = Instant::now() + Duration::from_secs(10);
-        while refused() < sent - 100 && Instant::now() < deadline {
+        let closed = || counts[usize::from(h2_frames::GOAWAY)].load(Ordering::Relaxed) > 0;
+        while refused() < sent - 100 && !closed() && Instant::now() < deadline {
             peak = peak.max(resident_bytes(pid));
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -182,9 +183,12 @@ fn ten_thousand_unfinished_streams_leave_memory_bounded() -> crate::common::Test
         );
         assert!(grown < 64 * 1024 * 1024, "memory grew by {} MiB for one connection's streams", grown >> 20);
         assert!(checks > 0, "health was checked during the attack");
-        assert_eq!(sent, 10_000, "the server took every stream's frames");
-        assert!(refused() >= sent - 100, "streams past the limit are refused");
-        tcp.shutdown(std::net::Shutdown::Both).unwrap();
+        // Streams past the limit are refused, and a peer that keeps opening them loses its
+        // connection.
+        let goaway = counts[usize::from(h2_frames::GOAWAY)].load(Ordering::Relaxed);
+        assert!(refused() >= (sent - 100).min(50), "streams past the limit are refused: {}", refused());
+        assert!(sent == 10_000 || goaway == 1, "either every stream is taken or the connection is closed");
+        let _ = tcp.shutdown(std::net::Shutdown::Both);
         reader.join().unwrap();
         let answer = http(server.addr, "GET", "/healthz", &[], "").await;
         assert_eq!(answer.status, 200);
@@ -199,7 +203,13 @@ fn open_silent(addr: SocketAddr, count: usize) -> Vec<TcpStream> {
 fn thousands_of_silent_connections_neither_exhaust_descriptors_nor_lock_callers_out() -> crate::common::TestFuture {
     Box::pin(async {
         let dir = tempfile::tempdir().unwrap();
-        let server = ServerProcess::spawn(dir.path(), None, &["--max-connections", "300", "--idle-timeout", "1h"]);
+        // From one address, as the test's own are: the per-address share is raised so the
+        // connections meet the server-wide limit instead.
+        let server = ServerProcess::spawn(
+            dir.path(),
+            None,
+            &["--max-connections", "300", "--max-connections-per-address", "5000", "--idle-timeout", "1h"],
+        );
         let pid = server.child.id();
         let (idle_descriptors, idle_memory) = (open_descriptors(pid), resident_bytes(pid));
         let probe = HealthProbe::start(server.addr);

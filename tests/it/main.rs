@@ -17,6 +17,7 @@ mod json_api;
 mod key_rotation;
 mod layers;
 mod lifecycle;
+mod memory_budget;
 mod mesh;
 mod operations;
 mod ownership;
@@ -49,6 +50,7 @@ fn main() -> ExitCode {
         key_rotation::tests(),
         layers::tests(),
         lifecycle::tests(),
+        memory_budget::tests(),
         mesh::tests(),
         operations::tests(),
         ownership::tests(),
