@@ -1,5 +1,5 @@
 //! What a caller without any credential can do to the server: open streams and connections and
-//! never finish them. Each test runs the release binary as its own process, attacks it, and
+//! never finish them. Each test runs the binary as its own process, alone, attacks it, and
 //! checks the process's memory and file descriptors stay bounded while health checks answer.
 
 use std::{
@@ -15,7 +15,7 @@ use std::{
 use crate::common::oauth::{ServerProcess, binary, http, post_token, token_form};
 
 pub fn tests() -> Vec<libtest_mimic::Trial> {
-    plain_tests!(
+    alone_tests!(
         ten_thousand_unfinished_streams_leave_memory_bounded,
         thousands_of_silent_connections_neither_exhaust_descriptors_nor_lock_callers_out,
         silent_and_trickling_connections_are_closed,

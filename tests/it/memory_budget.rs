@@ -1,6 +1,6 @@
 //! What strangers can make the server hold, each attack at a size a CI machine can take, against
 //! the release of memory the budget promises: the server runs as its own process with a small
-//! `--memory-budget`, and while the attack holds, its resident memory stays within a stated
+//! `--memory-budget`, each test alone, and while the attack holds, its resident memory stays within a stated
 //! bound and `/healthz` and an authenticated Get, each from an address of its own, keep
 //! answering within 2 s.
 
@@ -25,7 +25,7 @@ use crate::{
 };
 
 pub fn tests() -> Vec<libtest_mimic::Trial> {
-    plain_tests!(
+    alone_tests!(
         answers_a_peer_never_reads_end_with_their_connection,
         decoded_headers_are_bounded_per_connection,
         one_address_cannot_take_every_connection_slot,
@@ -42,12 +42,6 @@ const MIB: u64 = 1 << 20;
 /// can be refused; the allocator keeps what it freed), and 16 MiB.
 const BUDGET: &str = "32MiB";
 const BOUND: u64 = 2 * 32 * MIB + 16 * MIB;
-
-/// One attack at a time: two at once on two cores would measure each other.
-async fn heavy() -> tokio::sync::MutexGuard<'static, ()> {
-    static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-    HEAVY.lock().await
-}
 
 /// A server of its own, with a budget of `budget_mib`, a credential and a token to Get it with.
 struct Target {
@@ -238,7 +232,6 @@ impl Unread {
 
 fn answers_a_peer_never_reads_end_with_their_connection() -> crate::common::TestFuture {
     Box::pin(async {
-        let _heavy = heavy().await;
         let target = Target::start(&["--memory-budget", BUDGET, "--request-timeout", "3s"]).await;
 
         // Within the budget: the answers end with their connection after the request timeout.
@@ -281,7 +274,6 @@ fn decoded_headers_are_bounded_per_connection() -> crate::common::TestFuture {
     Box::pin(async {
         const CONNECTIONS: usize = 20;
         const STREAMS: usize = 100;
-        let _heavy = heavy().await;
         let target = Target::start(&["--memory-budget", BUDGET, "--idle-timeout", "1h"]).await;
         let before = resident_bytes(target.pid());
         let (liveness, peak) = (target.watch(), Peak::start(target.pid()));
@@ -368,7 +360,6 @@ async fn unfinished_requests(addr: SocketAddr, source: &str, count: usize) -> Ve
 
 fn one_address_cannot_take_every_connection_slot() -> crate::common::TestFuture {
     Box::pin(async {
-        let _heavy = heavy().await;
         let target = Target::start(&["--max-connections", "300", "--idle-timeout", "1h"]).await;
         let held = unfinished_requests(target.addr(), "127.0.0.1", 400).await;
         eprintln!("one address made 400 connections; the server kept {}", held.len());
@@ -442,7 +433,6 @@ fn http1_heads_past_max_header_bytes_are_refused() -> crate::common::TestFuture 
 fn health_answers_while_bodies_fill_the_budget() -> crate::common::TestFuture {
     Box::pin(async {
         const CONNECTIONS: usize = 20;
-        let _heavy = heavy().await;
         let target = Target::start(&["--memory-budget", BUDGET, "--idle-timeout", "1h"]).await;
         let before = resident_bytes(target.pid());
         let peak = Peak::start(target.pid());

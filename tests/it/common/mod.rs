@@ -69,7 +69,25 @@ pub fn plain(name: &str, test: impl FnOnce() -> TestFuture + Send + 'static) -> 
     Trial::test(name.trim_start_matches("it::"), move || run(test()))
 }
 
+/// One test that attacks a server and measures it: it runs alone, since two at once on two
+/// cores would measure each other.
+pub fn alone(name: &str, test: impl FnOnce() -> TestFuture + Send + 'static) -> Trial {
+    Trial::test(name.trim_start_matches("it::"), move || {
+        let _alone = TESTS.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        on_runtime(test())
+    })
+}
+
+/// Held shared by every test, and alone by those that must run alone. A test waiting to run
+/// alone keeps new ones from starting.
+static TESTS: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
 fn run(test: impl Future<Output = ()>) -> Result<(), Failed> {
+    let _shared = TESTS.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+    on_runtime(test)
+}
+
+fn on_runtime(test: impl Future<Output = ()>) -> Result<(), Failed> {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(test);
     Ok(())
@@ -101,6 +119,14 @@ macro_rules! tests_on {
                 |db| Box::pin($name(db)),
             )
         ),*]
+    }};
+}
+
+/// Each named `async fn()`, each run alone.
+#[macro_export]
+macro_rules! alone_tests {
+    ($($name:ident),* $(,)?) => {{
+        vec![$($crate::common::alone(concat!(module_path!(), "::", stringify!($name)), || Box::pin($name()))),*]
     }};
 }
 
