@@ -2,7 +2,7 @@
 //!
 //! | caller | create | get | list | update | delete | search |
 //! |---|---|---|---|---|---|---|
-//! | a user | own, with roles they hold | own | own | own, with roles they hold | own | no |
+//! | a user | own, with roles they hold | own | own | own, leaving it roles they hold | own | no |
 //! | an admin (`--admin-role`) | as a user | anyone's | own | as a user | anyone's | yes |
 //! | a personal client's token | no | as its owner | as its owner | no | no | as its owner |
 //!
@@ -52,6 +52,22 @@ impl<'a> Access<'a> {
             self.ensure_holds(roles)?;
         }
         Ok(&self.caller.user_id)
+    }
+
+    /// Update, as the client stands under the lock of its change: whichever field the Update
+    /// names, the client is left with roles its owner holds now (`roles`, what its tokens would
+    /// carry). A credential made with roles since lost is neither kept alive with them nor
+    /// revived with them: its owner narrows its scoped roles in the same Update.
+    pub fn may_leave(&self, roles: &RoleSet) -> Result<(), Error> {
+        let missing = roles.missing_from(&self.caller.roles);
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let names: Vec<&str> = missing.iter().map(|role| role.as_str()).collect();
+        Err(Error::PermissionDenied(format!(
+            "this credential's tokens carry roles you no longer hold: {}; name scoped_roles in the same Update, set to roles you hold (or to none, for the roles you hold now)",
+            names.join(", ")
+        )))
     }
 
     /// Delete: a user token; the caller's own clients, an admin's anyone's.

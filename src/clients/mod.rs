@@ -126,13 +126,22 @@ impl PersonalClients {
         Ok(Page::from_rows(rows, page, user, PageToken::LIST_QUERY))
     }
 
+    /// Applies `changes` to one of the caller's clients. Checked against the client as it is,
+    /// under the lock of the change: an expired client is not renewed, and the client is left
+    /// with no role the caller does not hold now, whichever fields change.
     pub async fn update(&self, caller: &Principal, id: Uuid, changes: ClientChanges) -> Result<PersonalClient, Error> {
-        let owner = self.access(caller).changeable(changes.scoped_roles.as_ref())?;
+        let access = self.access(caller);
+        let owner = access.changeable(changes.scoped_roles.as_ref())?;
         // A credential's roles are its owner's as of the last change to them: an owner who has
         // lost a role and clears the scoped roles does not get the lost role back.
         let owner_roles = changes.scoped_roles.is_some().then(|| caller.roles.clone());
         let changes = ClientChanges { owner_roles, ..changes };
-        let client = self.store.update_client(id, owner, &changes).await?;
+        let now = Utc::now();
+        let allowed = |current: &PersonalClient| {
+            current.check_renewal(&changes, now).map_err(Error::FailedPrecondition)?;
+            access.may_leave(current.token_roles_after(&changes))
+        };
+        let client = self.store.update_client(id, owner, &changes, &allowed).await?;
         tracing::debug!(user_id = %client.user_id, client_id = %client.client_id, %id, "personal client updated");
         Ok(client)
     }

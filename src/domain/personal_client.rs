@@ -53,6 +53,27 @@ impl PersonalClient {
     pub fn token_roles(&self) -> &RoleSet {
         if self.scoped_roles.is_empty() { &self.owner_roles } else { &self.scoped_roles }
     }
+
+    /// The roles its access tokens would carry once `changes` are made, by the same rule as
+    /// [`Self::token_roles`].
+    pub fn token_roles_after<'a>(&'a self, changes: &'a ClientChanges) -> &'a RoleSet {
+        let scoped = changes.scoped_roles.as_ref().unwrap_or(&self.scoped_roles);
+        let owner = changes.owner_roles.as_ref().unwrap_or(&self.owner_roles);
+        if scoped.is_empty() { owner } else { scoped }
+    }
+
+    /// Whether `changes` may be made at `now`: not a new expiry for a credential that has
+    /// expired. Its expiry is a bound its owner and auditors rely on, and a secret of it that
+    /// leaked must stay dead, so an expired credential is replaced, never renewed.
+    pub fn check_renewal(&self, changes: &ClientChanges, now: DateTime<Utc>) -> Result<(), String> {
+        match self.expires_at {
+            Some(at) if at <= now && changes.expires_at.is_some() => Err(format!(
+                "it expired on {}; an expired credential cannot be renewed, create a new one",
+                at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            )),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// What Create stores: validated fields, the owner and the public half of the key pair.

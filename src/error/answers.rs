@@ -172,6 +172,7 @@ impl From<Error> for OAuthError {
             Error::AmbiguousCredentials => (401, "invalid_request", SEVERAL_AUTHORIZATIONS.to_owned()),
             Error::RateLimited { message, .. } => (429, "temporarily_unavailable", message),
             Error::QuotaExceeded(message) => (429, "invalid_request", message),
+            Error::FailedPrecondition(message) => (400, "invalid_request", message),
             Error::Overloaded { message, .. } => (503, "temporarily_unavailable", message),
             Error::SlowRequest(limit) => (408, "invalid_request", slow_request(limit)),
             Error::TooLarge(limit) => (413, "invalid_request", too_large(limit)),
@@ -259,6 +260,7 @@ impl From<Error> for Status {
             }
             Error::InvalidClient(_) => Status::unauthenticated("invalid_client: client authentication failed"),
             Error::PermissionDenied(message) => Status::permission_denied(message),
+            Error::FailedPrecondition(message) => Status::failed_precondition(message),
             Error::NotFound => Status::not_found("personal client not found"),
             Error::RateLimited { message, retry_after } | Error::Overloaded { message, retry_after } => {
                 let mut details = ErrorDetails::new();

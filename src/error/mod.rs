@@ -48,6 +48,10 @@ pub enum Error {
     /// Authenticated, but not allowed; the message is for the caller.
     #[error("permission denied: {0}")]
     PermissionDenied(String),
+    /// The request is valid, but the client is not in a state that allows it; the message
+    /// says why and what to do instead.
+    #[error("failed precondition: {0}")]
+    FailedPrecondition(String),
     /// No such personal client, or not one the caller may see.
     #[error("not found")]
     NotFound,

@@ -1,5 +1,6 @@
-//! Personal clients: create, read, page, update and revoke, each one statement (on SQLite,
-//! Update and Revoke read the row's `updated_at` first, under the write lock; see
+//! Personal clients: create, read, page, update and revoke, each one statement, but for Update,
+//! which reads the row first under a lock held to its change, to check what it may leave, and
+//! Revoke on SQLite, which reads the row's `updated_at` under the write lock (see
 //! [`Store::update_one`]). Search across users is in `search`.
 
 use std::{collections::HashMap, sync::Arc};
@@ -8,7 +9,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use sea_orm::{
     ActiveValue::Set,
     ColumnTrait, Condition, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, EntityTrait, ExprTrait,
-    QueryFilter, QueryOrder, QuerySelect, Select, UpdateMany,
+    QueryFilter, QueryOrder, QuerySelect, Select, TransactionTrait, UpdateMany,
     sea_query::{Expr, Func, OnConflict, SimpleExpr},
 };
 use tokio::sync::Mutex;
@@ -74,9 +75,16 @@ impl Store {
         page_after(&self.db, personal_client::Entity::find().filter(visible_to(Owner::User(user))), after, limit).await
     }
 
-    /// Applies `changes` to a client visible to `owner`.
+    /// Applies `changes` to a client visible to `owner`, if `allowed` of the client as it is
+    /// when its row is locked for the change (its error is the answer otherwise).
     #[instrument(skip_all, fields(%id))]
-    pub async fn update_client(&self, id: Uuid, owner: &str, changes: &ClientChanges) -> Result<PersonalClient, Error> {
+    pub async fn update_client(
+        &self,
+        id: Uuid,
+        owner: &str,
+        changes: &ClientChanges,
+        allowed: &Precondition<'_>,
+    ) -> Result<PersonalClient, Error> {
         let mut update = personal_client::Entity::update_many();
         if let Some(name) = &changes.display_name {
             update = update
@@ -95,17 +103,19 @@ impl Store {
         if let Some(expires_at) = changes.expires_at {
             update = update.col_expr(Column::ExpiresAt, Expr::value(expires_at));
         }
-        self.update_one(id, Owner::User(owner), update, None).await
+        self.update_one(id, Owner::User(owner), update, None, Some(allowed)).await
     }
 
     /// Revokes a client visible to `owner` at once; returns it as it now is.
     #[instrument(skip_all, fields(%id))]
     pub async fn delete_client(&self, id: Uuid, owner: Owner<'_>) -> Result<PersonalClient, Error> {
-        self.update_one(id, owner, personal_client::Entity::update_many(), Some(Column::DeletedAt)).await
+        self.update_one(id, owner, personal_client::Entity::update_many(), Some(Column::DeletedAt), None).await
     }
 
     /// Runs `update` on client `id`, if visible to `owner`, as `UPDATE ... RETURNING` (SQLite and
-    /// PostgreSQL both have it), so the row comes back from the statement that changed it.
+    /// PostgreSQL both have it), so the row comes back from the statement that changed it. With a
+    /// `precondition`, the row is read first under a lock held to the change, and changed only if
+    /// the precondition holds of it.
     ///
     /// `updated_at` (and `also_stamp`, if given) becomes the row's next instant: now, or one
     /// microsecond after the row's current `updated_at` when that is not earlier. Taken from the
@@ -119,6 +129,7 @@ impl Store {
         owner: Owner<'_>,
         update: UpdateMany<personal_client::Entity>,
         also_stamp: Option<Column>,
+        precondition: Option<&Precondition<'_>>,
     ) -> Result<PersonalClient, Error> {
         let update = update.filter(Column::Id.eq(id)).filter(visible_to(owner));
         let stamped = |next: SimpleExpr| {
@@ -129,26 +140,30 @@ impl Store {
             }
         };
         let _turn = self.write_turn().await;
-        let rows = if self.db.get_database_backend() == DbBackend::Postgres {
+        let postgres = self.db.get_database_backend() == DbBackend::Postgres;
+        let rows = if postgres && precondition.is_none() {
             // Evaluated on the row as the UPDATE locks it, after any concurrent writer of it
             // has committed.
             let a_microsecond_later = Expr::col(Column::UpdatedAt).add(Expr::cust("INTERVAL '1 microsecond'"));
             let next = Func::greatest([Expr::value(round_to_micros(Utc::now())), a_microsecond_later]);
             stamped(next.into()).exec_with_returning(&self.db).await?
         } else {
-            // SQLite keeps timestamps as text, to which SQL cannot add a microsecond. The write
-            // lock, taken up front, makes reading the current value and writing the next one a
-            // single step for every process on the file, with nothing to upgrade or deadlock on.
-            let txn = begin_immediate(&self.db).await?;
-            let current = personal_client::Entity::find_by_id(id)
-                .filter(visible_to(owner))
-                .select_only()
-                .column(Column::UpdatedAt)
-                .into_tuple::<chrono::DateTime<Utc>>()
-                .one(&txn)
-                .await?
-                .ok_or(Error::NotFound)?;
-            let next = std::cmp::max(round_to_micros(Utc::now()), current + TimeDelta::microseconds(1));
+            // The row is read under a lock that lasts until the change is committed, taken up
+            // front, so nothing changes it in between and there is nothing to upgrade or
+            // deadlock on: on SQLite the write lock (`BEGIN IMMEDIATE`), for every process on
+            // the file; on PostgreSQL the row's own (`SELECT ... FOR UPDATE`), for every replica.
+            // SQLite keeps timestamps as text, to which SQL cannot add a microsecond, so the next
+            // `updated_at` is worked out here.
+            let txn = if postgres { self.db.begin().await? } else { begin_immediate(&self.db).await? };
+            let mut current = personal_client::Entity::find_by_id(id).filter(visible_to(owner));
+            if postgres {
+                current = current.lock_exclusive();
+            }
+            let current = PersonalClient::try_from(current.one(&txn).await?.ok_or(Error::NotFound)?)?;
+            if let Some(allowed) = precondition {
+                allowed(&current)?;
+            }
+            let next = std::cmp::max(round_to_micros(Utc::now()), current.updated_at + TimeDelta::microseconds(1));
             let rows = stamped(Expr::value(next)).exec_with_returning(&txn).await?;
             txn.commit().await?;
             rows
@@ -156,6 +171,9 @@ impl Store {
         rows.into_iter().next().ok_or(Error::NotFound)?.try_into()
     }
 }
+
+/// What must hold of a client, as it is when locked for a change, for the change to be made.
+pub type Precondition<'a> = dyn Fn(&PersonalClient) -> Result<(), Error> + Send + Sync + 'a;
 
 /// Keyset paging: up to `limit` rows of `query` with ids after `after`, in id (creation) order.
 pub(super) async fn page_after(

@@ -16,6 +16,7 @@ mod replay;
 mod search;
 mod usage;
 
+pub use clients::Precondition;
 pub use database_url::DatabaseUrl;
 pub use usage::LAST_USED_CHUNK;
 

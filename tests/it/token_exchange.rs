@@ -31,6 +31,8 @@ pub fn tests() -> Vec<libtest_mimic::Trial> {
         happy_path_over_grpc_and_http,
         token_roles_default_to_the_owners_roles_and_stop_at_the_clients_expiry,
         a_demoted_owner_does_not_get_lost_roles_back,
+        a_demoted_owner_keeps_lost_roles_through_no_field,
+        an_expired_credential_is_not_renewed,
         wrong_key,
         tampered_payload,
         alg_none,
@@ -241,6 +243,134 @@ async fn a_demoted_owner_does_not_get_lost_roles_back(db: TestDb) {
     api.update(authed(clear, &as_admin)).await.unwrap();
     assert_eq!(roles_now(&server).await, json!(["admin", "reader"]));
     server.stop().await;
+}
+
+/// The roles the tokens of `client` carry now, from an exchange over HTTP.
+async fn roles_now(server: &TestServer, client: &pb::PersonalClient, key: &SigningKey) -> Value {
+    let http =
+        post_token(server.addr, &token_form(&client.client_id, &sdk_assertion(key, &client.client_id)), &[]).await;
+    assert_eq!(http.status, 200, "{}", http.body);
+    verify_with_jwks(server.addr, http.json()["access_token"].as_str().unwrap()).await["roles"].clone()
+}
+
+/// An Update of `id` that sets `fields` (named in the mask) from `client`.
+fn update_of(id: &str, client: pb::PersonalClient, fields: &[&str]) -> pb::PersonalClientServiceUpdateRequest {
+    pb::PersonalClientServiceUpdateRequest {
+        client: Some(pb::PersonalClient { id: id.to_owned(), ..client }),
+        update_mask: Some(prost_types::FieldMask { paths: fields.iter().map(|f| (*f).to_owned()).collect() }),
+    }
+}
+
+/// Whichever field an Update names, it leaves the credential with no role its owner has lost:
+/// not with the roles she had when creating it (no scoped roles), nor with scoped roles she no
+/// longer holds. Narrowing the scoped roles in the same Update is the way out.
+async fn a_demoted_owner_keeps_lost_roles_through_no_field(db: TestDb) {
+    let server = TestServer::start(db.config()).await;
+    let as_admin = server.token("alice", &["admin", "reader"]).await;
+    let mut api = server.client().await;
+    let created = api.create(authed(create_request("made as admin"), &as_admin)).await.unwrap().into_inner();
+    let (client, key) = (created.client.unwrap(), key_from_secret(&created.client_secret));
+    let mut scoped = create_request("scoped as admin");
+    scoped.scoped_roles = vec!["admin".into()];
+    let scoped = api.create(authed(scoped, &as_admin)).await.unwrap().into_inner().client.unwrap();
+    assert_eq!(roles_now(&server, &client, &key).await, json!(["admin", "reader"]));
+
+    // Alice is now only a reader.
+    let as_reader = server.token("alice", &["reader"]).await;
+    let later = Utc::now() + TimeDelta::days(300);
+    let changes = [
+        (pb::PersonalClient { display_name: "renamed".into(), ..Default::default() }, "display_name"),
+        (
+            pb::PersonalClient { allow_source_cidr: vec!["127.0.0.0/8".into()], ..Default::default() },
+            "allow_source_cidr",
+        ),
+        (pb::PersonalClient { expires_time: Some(convert_timestamp(later)), ..Default::default() }, "expires_time"),
+    ];
+    for target in [&client, &scoped] {
+        for (change, field) in &changes {
+            let refused = api.update(authed(update_of(&target.id, change.clone(), &[field]), &as_reader)).await;
+            let status = refused.expect_err(field);
+            assert_eq!(status.code(), Code::PermissionDenied, "{field}: {status:?}");
+            assert!(status.message().contains("no longer hold: admin"), "{field}: {}", status.message());
+            assert!(status.message().contains("scoped_roles in the same Update"), "{}", status.message());
+        }
+        let now = api.get(authed(pb::PersonalClientServiceGetRequest { id: target.id.clone() }, &as_reader)).await;
+        assert_eq!(&now.unwrap().into_inner().client.unwrap(), target, "nothing of a refused Update is written");
+    }
+    // The JSON API gives the same answer: it is the same call.
+    let body = json!({"client": {"displayName": "renamed"}, "updateMask": "displayName"}).to_string();
+    let path = format!("/api/v1/iam/personal_clients/{}", client.id);
+    let answer = crate::json_api::call(&server, "POST", &path, Some(&as_reader), &body).await;
+    assert_eq!((answer.status, answer.json()["code"].as_i64()), (403, Some(7)), "{}", answer.body);
+    assert_eq!(roles_now(&server, &client, &key).await, json!(["admin", "reader"]), "kept only as it was");
+
+    // Narrowed in the same Update, the change goes through.
+    let narrowed = pb::PersonalClient {
+        display_name: "renamed".into(),
+        scoped_roles: vec!["reader".into()],
+        ..Default::default()
+    };
+    api.update(authed(update_of(&client.id, narrowed, &["display_name", "scoped_roles"]), &as_reader)).await.unwrap();
+    assert_eq!(roles_now(&server, &client, &key).await, json!(["reader"]));
+    let extended = pb::PersonalClient { expires_time: Some(convert_timestamp(later)), ..Default::default() };
+    let cleared = update_of(&scoped.id, extended, &["scoped_roles", "expires_time"]);
+    let updated = api.update(authed(cleared, &as_reader)).await.unwrap().into_inner().client.unwrap();
+    assert!(updated.scoped_roles.is_empty(), "no scoped roles: the roles she holds now");
+    server.stop().await;
+}
+
+/// An expired credential stays expired: moving its expiry forward is refused, with what to do
+/// instead, whoever asks and whatever else the Update names. Alice, demoted to reader, cannot
+/// bring back the credential she made as an admin 300 days on.
+async fn an_expired_credential_is_not_renewed(db: TestDb) {
+    let server = TestServer::start(db.config()).await;
+    let as_admin = server.token("alice", &["admin", "reader"]).await;
+    let mut api = server.client().await;
+    let mut short = create_request("short-lived");
+    short.expires = Some(PbDuration { seconds: 1, nanos: 0 });
+    let created = api.create(authed(short, &as_admin)).await.unwrap().into_inner();
+    let (client, key) = (created.client.unwrap(), key_from_secret(&created.client_secret));
+    let expires = instant(client.expires_time.as_ref().unwrap());
+    eventually(Duration::from_secs(5), "the client expires", || async { Utc::now() > expires }).await;
+
+    let later = pb::PersonalClient {
+        expires_time: Some(convert_timestamp(Utc::now() + TimeDelta::days(300))),
+        scoped_roles: vec!["reader".into()],
+        ..Default::default()
+    };
+    let as_reader = server.token("alice", &["reader"]).await;
+    for (token, fields) in [
+        (&as_reader, &["expires_time"][..]),
+        (&as_reader, &["expires_time", "scoped_roles"][..]),
+        (&as_admin, &["expires_time"][..]),
+    ] {
+        let status = api.update(authed(update_of(&client.id, later.clone(), fields), token)).await.unwrap_err();
+        assert_eq!(status.code(), Code::FailedPrecondition, "{fields:?}: {status:?}");
+        let said = format!(
+            "it expired on {}; an expired credential cannot be renewed, create a new one",
+            expires.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        );
+        assert_eq!(status.message(), said);
+    }
+    let in_300_days = (Utc::now() + TimeDelta::days(300)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let body = json!({"client": {"expiresTime": in_300_days}, "updateMask": "expiresTime"}).to_string();
+    let path = format!("/api/v1/iam/personal_clients/{}", client.id);
+    let answer = crate::json_api::call(&server, "POST", &path, Some(&as_admin), &body).await;
+    assert_eq!((answer.status, answer.json()["code"].as_i64()), (400, Some(9)), "{}", answer.body);
+
+    let still = api.get(authed(pb::PersonalClientServiceGetRequest { id: client.id.clone() }, &as_admin)).await;
+    assert_eq!(still.unwrap().into_inner().client.unwrap().expires_time, client.expires_time);
+    let http =
+        post_token(server.addr, &token_form(&client.client_id, &sdk_assertion(&key, &client.client_id)), &[]).await;
+    assert_eq!(http.status, 401, "still expired: {}", http.body);
+    // Anything else may still change, by the same rule on roles as ever.
+    let renamed = pb::PersonalClient { display_name: "expired".into(), ..Default::default() };
+    api.update(authed(update_of(&client.id, renamed, &["display_name"]), &as_admin)).await.unwrap();
+    server.stop().await;
+}
+
+fn convert_timestamp(at: chrono::DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp { seconds: at.timestamp(), nanos: 0 }
 }
 
 async fn wrong_key(db: TestDb) {
