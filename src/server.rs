@@ -281,7 +281,8 @@ async fn transport(
     let serving = &config.serving;
     let limit =
         serving.memory_budget.map_or_else(budget::default_limit, |bytes| usize::try_from(bytes).unwrap_or(usize::MAX));
-    let budget = MemoryBudget::new(limit, parts.metrics.memory_budget(limit, Held::ALL.map(Held::label)));
+    let bodies = (serving.max_concurrent_requests as usize).saturating_mul(serving.max_request_bytes);
+    let budget = MemoryBudget::new(limit, bodies, parts.metrics.memory_budget(limit, Held::ALL.map(Held::label)));
     let connections = Connections::new(
         ConnectionLimits {
             max_connections: connection_slots(serving.max_connections as usize),

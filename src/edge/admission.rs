@@ -1,13 +1,13 @@
 //! Admission: what a request must do before a handler spends anything on it, and the answer,
 //! in its own protocol, of one refused.
 //!
-//! 1. Its decoded headers take their room in the memory budget ([`super::budget`]), within
-//!    [`CONNECTION_REQUEST_BYTES`] for all the requests of its connection, or it is refused at
-//!    once: a peer cannot make the server hold more headers than it can read.
+//! 1. Its decoded headers and its state take their room in the memory budget
+//!    ([`super::budget`]), within [`CONNECTION_REQUEST_BYTES`] for all the requests of its
+//!    connection, or it is refused: a peer cannot make the server hold more than it can read.
 //! 2. Its body arrives whole within `--request-timeout`, no larger than `--max-request-bytes`,
-//!    each byte counted against the budget as it comes. A sender that trickles holds only the
-//!    bytes it has sent, and while the budget is spent the server stops reading bodies, so
-//!    HTTP/2 flow control holds senders back instead of memory growing.
+//!    counted against the budget as its buffer grows. A sender that trickles holds only the
+//!    bytes it has sent, and while the bodies' share of the budget is spent the server stops
+//!    reading bodies, so HTTP/2 flow control holds senders back instead of memory growing.
 //! 3. Then it takes one of `--max-concurrent-requests` places, or is refused at once.
 //! 4. It is answered within what is left of `--request-timeout`, and its answer is counted
 //!    against the budget until the peer has read it.
@@ -57,9 +57,10 @@ const REQUEST_BYTES: usize = 8 * 1024;
 /// (RFC 9113, 6.5.2); a header map's entry, with its share of the map's table, takes about 200.
 const HEADER_OVERHEAD: usize = 192;
 
-/// How long a request waits for room in a full budget while the connections holding the most
-/// are closed.
-const ROOM_WAIT: Duration = Duration::from_secs(1);
+/// A request whose headers find the budget full tries again this often, this many times (for
+/// about a second), while the connections holding the most are closed.
+const ROOM_WAIT: Duration = Duration::from_millis(50);
+const ROOM_TRIES: usize = 20;
 
 /// How much work the server takes on at once.
 #[derive(Debug, Clone, Copy)]
@@ -244,8 +245,14 @@ async fn take_headers(
             retry_after: Duration::from_secs(1),
         });
     }
-    // A full budget sheds the connections holding the most at once: wait a moment for that.
-    tokio::time::timeout(ROOM_WAIT, budget.take(Held::Headers, bytes, account)).await.map_err(|_| Error::Overloaded {
+    // A full budget sheds the connections holding the most at once: give that a moment.
+    for _ in 0..ROOM_TRIES {
+        if let Some(charge) = budget.try_take(Held::Headers, bytes, account) {
+            return Ok(charge);
+        }
+        tokio::time::sleep(ROOM_WAIT).await;
+    }
+    Err(Error::Overloaded {
         message: "the server's memory budget is full; retry shortly".to_owned(),
         retry_after: Duration::from_secs(1),
     })
@@ -279,7 +286,7 @@ where
             let wanted = (before * 2).clamp(needed, max.max(needed));
             let growth = wanted.max(before * 2) - before;
             let mut charge = match budget {
-                Some((budget, account)) => Some(budget.take(Held::Bodies, growth, account).await),
+                Some((budget, account)) => Some(budget.take_body(growth, account).await),
                 None => None,
             };
             received.reserve(wanted - received.len());

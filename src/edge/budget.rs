@@ -2,8 +2,10 @@
 //!
 //! - **connections**: each open connection's buffers and the HTTP/2 flow-control window its peer
 //!   may fill before anything reads it, reserved when it is accepted, at most half the budget;
-//! - **headers**: the decoded headers of each request, until it is answered;
-//! - **bodies**: request bodies as they are received, until the request is answered;
+//! - **headers**: the decoded headers of each request, with its state, until it is answered;
+//! - **bodies**: request bodies as they are received, until the request is answered, at most
+//!   what the server can serve at once (`--max-concurrent-requests` × `--max-request-bytes`):
+//!   more could not be admitted anyway;
 //! - **answers**: response bytes handed to the transport that the peer has not read yet.
 //!
 //! A connection or a request that does not fit is not taken (it waits in the backlog, or is
@@ -21,7 +23,7 @@ use std::{
 };
 
 use prometheus::IntGauge;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 /// What a budgeted byte is held for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +56,8 @@ impl Held {
 #[derive(Debug)]
 pub struct MemoryBudget {
     limit: usize,
+    /// Bodies' own limit, which they wait for in turn.
+    bodies: Arc<Semaphore>,
     used: AtomicUsize,
     /// What each kind holds, as `/metrics` shows it, in the order of [`Held::ALL`].
     held: [IntGauge; 4],
@@ -65,11 +69,12 @@ pub struct MemoryBudget {
 }
 
 impl MemoryBudget {
-    /// A budget of `limit` bytes, its use kept in `held` (one gauge per kind, in the order of
-    /// [`Held::ALL`]).
-    pub fn new(limit: usize, held: [IntGauge; 4]) -> Arc<Self> {
+    /// A budget of `limit` bytes, of which bodies may hold `bodies_limit`, its use kept in
+    /// `held` (one gauge per kind, in the order of [`Held::ALL`]).
+    pub fn new(limit: usize, bodies_limit: usize, held: [IntGauge; 4]) -> Arc<Self> {
         Arc::new(Self {
             limit,
+            bodies: Arc::new(Semaphore::new(bodies_limit.min(Semaphore::MAX_PERMITS))),
             used: AtomicUsize::new(0),
             held,
             room: Notify::new(),
@@ -103,7 +108,8 @@ impl MemoryBudget {
     }
 
     /// `bytes` for `kind`, charged to `account` too, if they fit: connections within half the
-    /// budget, everything within all of it. A charge that does not fit tells whoever sheds.
+    /// budget, bodies within theirs, everything within all of it. A charge that does not fit
+    /// tells whoever sheds.
     pub fn try_take(self: &Arc<Self>, kind: Held, bytes: usize, account: Option<&Arc<Account>>) -> Option<Charge> {
         let fits = |used: usize| {
             let within_kind = kind != Held::Connections || self.held(Held::Connections) + bytes <= self.limit / 2;
@@ -114,6 +120,16 @@ impl MemoryBudget {
             return None;
         }
         Some(self.charged(kind, bytes, account))
+    }
+
+    /// `bytes` of a body, waiting in turn within the bodies' limit; counted in the budget whether
+    /// it fits or not, since the body is on its way (a full budget sheds).
+    pub async fn take_body(self: &Arc<Self>, bytes: usize, account: Option<&Arc<Account>>) -> Charge {
+        let permits = u32::try_from(bytes).unwrap_or(u32::MAX);
+        let turn = Arc::clone(&self.bodies).acquire_many_owned(permits).await.ok();
+        let mut charge = self.take_anyway(Held::Bodies, bytes, account);
+        charge.turn = turn;
+        charge
     }
 
     /// `bytes` for `kind`, waiting until they fit.
@@ -147,7 +163,7 @@ impl MemoryBudget {
                 account.headers.fetch_add(bytes, Ordering::Relaxed);
             }
         }
-        Charge { budget: Arc::clone(self), kind, bytes, account: account.cloned() }
+        Charge { budget: Arc::clone(self), kind, bytes, account: account.cloned(), turn: None }
     }
 
     /// Counts bytes already in memory, fitting or not.
@@ -174,12 +190,18 @@ pub struct Charge {
     kind: Held,
     bytes: usize,
     account: Option<Arc<Account>>,
+    /// A body's place within the bodies' limit.
+    turn: Option<OwnedSemaphorePermit>,
 }
 
 impl Charge {
     /// Adds another charge of the same kind and account to this one.
     pub fn absorb(&mut self, mut other: Self) {
         self.bytes += std::mem::take(&mut other.bytes);
+        match (&mut self.turn, other.turn.take()) {
+            (Some(turn), Some(other)) => turn.merge(other),
+            (turn, other) => *turn = turn.take().or(other),
+        }
     }
 }
 
