@@ -311,6 +311,7 @@ async fn transport(
         .layer(AdmissionLayer::new(
             AdmissionLimits {
                 max_concurrent_requests: serving.max_concurrent_requests as usize,
+                max_concurrent_streams: serving.max_concurrent_streams as usize,
                 max_request_bytes: serving.max_request_bytes,
                 request_timeout: serving.request_timeout,
             },

@@ -2,8 +2,9 @@
 //! in its own protocol, of one refused.
 //!
 //! 1. Its decoded headers and its state take their room in the memory budget
-//!    ([`super::budget`]), within [`CONNECTION_REQUEST_BYTES`] for all the requests of its
-//!    connection, or it is refused: a peer cannot make the server hold more than it can read.
+//!    ([`super::budget`]), within a share for all the requests of its connection (what
+//!    `--max-concurrent-streams` requests with ordinary headers hold), or it is refused: a peer
+//!    cannot make the server hold more than it can read.
 //! 2. Its body arrives whole within `--request-timeout`, no larger than `--max-request-bytes`,
 //!    counted against the budget as its buffer grows. A sender that trickles holds only the
 //!    bytes it has sent, and while the bodies' share of the budget is spent the server stops
@@ -15,8 +16,8 @@
 //! A reflection stream, whose messages go to the handler as they come, is held to limits of its
 //! own instead ([`reflection`]).
 //!
-//! Health checks skip all of it: an orchestrator that cannot reach one restarts a server that is
-//! merely busy, or under attack.
+//! Health checks skip all of it, with places of their own (as many as `--max-concurrent-requests`):
+//! an orchestrator that cannot reach one restarts a server that is merely busy, or under attack.
 
 use std::{
     future::Future,
@@ -40,14 +41,18 @@ use crate::{
     protocol::{Protocol, peer},
 };
 
-const ALWAYS_ANSWERED: [&str; 2] = ["/grpc.health.v1.Health/", "/healthz"];
+/// Whether a request is a health check: `GET /healthz`, or a method of gRPC health.
+fn is_health_check(path: &str) -> bool {
+    path == "/healthz" || path.starts_with("/grpc.health.v1.Health/")
+}
 
 /// The largest health check request read, outside the budget.
 const HEALTH_CHECK_BYTES: usize = 4 * 1024;
 
-/// What the requests of one connection may hold at once before their bodies arrive: their
-/// decoded headers and their state.
-pub const CONNECTION_REQUEST_BYTES: usize = 1024 * 1024;
+/// What a request's headers hold in memory, ordinarily, beyond the state of the request: a
+/// connection's requests may hold this, and [`REQUEST_BYTES`], each, for as many as
+/// `--max-concurrent-streams` at once.
+const ORDINARY_HEAD_BYTES: usize = 8 * 1024;
 
 /// What a request holds while it is received and served (its stream, its task, its parts),
 /// beyond its headers and body: measured at about 8 KiB.
@@ -66,6 +71,7 @@ const ROOM_TRIES: usize = 20;
 #[derive(Debug, Clone, Copy)]
 pub struct AdmissionLimits {
     pub max_concurrent_requests: usize,
+    pub max_concurrent_streams: usize,
     pub max_request_bytes: usize,
     pub request_timeout: Duration,
 }
@@ -75,6 +81,7 @@ pub struct AdmissionLimits {
 pub struct AdmissionLayer {
     limits: AdmissionLimits,
     places: Arc<Semaphore>,
+    health_places: Arc<Semaphore>,
     streams: Arc<Semaphore>,
     connections: Arc<Connections>,
 }
@@ -84,6 +91,7 @@ impl AdmissionLayer {
         Self {
             limits,
             places: Arc::new(Semaphore::new(limits.max_concurrent_requests)),
+            health_places: Arc::new(Semaphore::new(limits.max_concurrent_requests)),
             streams: Arc::new(Semaphore::new(REFLECTION_STREAMS)),
             connections,
         }
@@ -132,8 +140,16 @@ where
             let deadline = Instant::now() + limits.request_timeout;
             let protocol = Protocol::of(request.headers(), request.uri().path());
             let refuse = |err: Error| Ok(answers::refusal(protocol, err));
-            let exempt = ALWAYS_ANSWERED.iter().any(|path| request.uri().path().starts_with(path));
-            if exempt {
+            if is_health_check(request.uri().path()) {
+                let Ok(place) = Arc::clone(&layer.health_places).try_acquire_owned() else {
+                    return refuse(Error::Overloaded {
+                        message: format!(
+                            "the server has {} health checks open, the most it keeps; retry shortly",
+                            limits.max_concurrent_requests
+                        ),
+                        retry_after: Duration::from_secs(1),
+                    });
+                };
                 let (parts, body) = request.into_parts();
                 let body = match tokio::time::timeout_at(deadline, receive(body, None, HEALTH_CHECK_BYTES)).await {
                     Err(_) => return refuse(Error::SlowRequest(limits.request_timeout)),
@@ -141,15 +157,22 @@ where
                     Ok(Ok((body, _))) => body,
                 };
                 let request = http::Request::from_parts(parts, tonic::body::Body::new(Full::new(body)));
+                // The place is held until the answer ends: gRPC health's Watch is a stream.
+                let hold = move |frame| {
+                    let _held = &place;
+                    frame
+                };
                 return match tokio::time::timeout_at(deadline, inner.call(request)).await {
-                    Ok(answer) => answer,
+                    Ok(Ok(answer)) => Ok(answer.map(|body| tonic::body::Body::new(body.map_frame(hold)))),
+                    Ok(Err(err)) => Err(err),
                     Err(_) => refuse(Error::TimedOut(limits.request_timeout)),
                 };
             }
             let in_flight = peer(request.extensions()).and_then(|peer| layer.connections.request_started(peer));
             let account = in_flight.as_ref().map(|in_flight| Arc::clone(in_flight.account()));
             let budget = Arc::clone(layer.connections.budget());
-            let _headers = match take_headers(&budget, head_bytes(&request), account.as_ref()).await {
+            let share = limits.max_concurrent_streams.saturating_mul(REQUEST_BYTES + ORDINARY_HEAD_BYTES);
+            let _headers = match take_headers(&budget, head_bytes(&request), account.as_ref(), share).await {
                 Ok(charge) => charge,
                 Err(err) => return refuse(err),
             };
@@ -230,17 +253,18 @@ fn head_bytes<B>(request: &http::Request<B>) -> usize {
 }
 
 /// Room for `bytes` of a request's decoded headers: in the budget, and within the connection's
-/// share.
+/// `share`.
 async fn take_headers(
     budget: &Arc<MemoryBudget>,
     bytes: usize,
     account: Option<&Arc<Account>>,
+    share: usize,
 ) -> Result<Charge, Error> {
-    if account.is_some_and(|account| account.headers() + bytes > CONNECTION_REQUEST_BYTES) {
+    if account.is_some_and(|account| account.headers() + bytes > share) {
         return Err(Error::Overloaded {
             message: format!(
                 "this connection's unfinished requests hold {} KiB with their headers, the most one connection may; finish some first",
-                CONNECTION_REQUEST_BYTES / 1024
+                share / 1024
             ),
             retry_after: Duration::from_secs(1),
         });

@@ -17,7 +17,7 @@
 use std::{
     sync::{
         Arc,
-        atomic::{AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
     time::Instant,
 };
@@ -226,9 +226,18 @@ impl Drop for Charge {
 pub struct Account {
     held: AtomicUsize,
     headers: AtomicUsize,
+    /// Answer bytes handed to the transport and not yet written, as far as the writes tell.
     unwritten: AtomicUsize,
-    /// [`MemoryBudget::now`] plus one when `unwritten` last rose from zero; zero while it is zero.
-    unwritten_since: AtomicU64,
+    /// Answer bytes handed to the transport, all told.
+    answered: AtomicU64,
+    /// Set once the connection has closed: what is answered after that is not held.
+    closed: AtomicBool,
+    /// [`MemoryBudget::now`] when answer bytes were last written.
+    progressed: AtomicU64,
+    /// The oldest answer bytes still waiting, as [`Account::waiting`] last saw them: all bytes
+    /// answered up to the first number, as of [`MemoryBudget::now`] the second (plus one; zero
+    /// for none).
+    mark: (AtomicU64, AtomicU64),
 }
 
 impl Account {
@@ -244,17 +253,21 @@ impl Account {
 
     /// Answer bytes handed to the transport for this connection.
     pub fn answered(&self, budget: &MemoryBudget, bytes: usize) {
-        if bytes == 0 {
+        if bytes == 0 || self.closed.load(Ordering::Acquire) {
             return;
         }
         budget.count(Held::Answers, bytes);
         self.held.fetch_add(bytes, Ordering::Relaxed);
-        if self.unwritten.fetch_add(bytes, Ordering::AcqRel) == 0 {
-            self.unwritten_since.store(budget.now() + 1, Ordering::Relaxed);
+        self.unwritten.fetch_add(bytes, Ordering::AcqRel);
+        self.answered.fetch_add(u64::try_from(bytes).unwrap_or(u64::MAX), Ordering::Relaxed);
+        // Closed meanwhile: whoever closed it may have counted these off already, or not.
+        if self.closed.load(Ordering::Acquire) {
+            self.written(budget, usize::MAX);
         }
     }
 
-    /// Bytes written to the connection: they are no longer held, as far as answers go.
+    /// Bytes written to the connection, or dropped with a stream the peer cancelled: they are
+    /// no longer held, as far as answers go.
     pub fn written(&self, budget: &MemoryBudget, bytes: usize) {
         let Ok(before) = self
             .unwritten
@@ -263,31 +276,40 @@ impl Account {
             return;
         };
         let released = before.min(bytes);
-        if released == before {
-            self.unwritten_since.store(0, Ordering::Relaxed);
-        }
         self.held.fetch_sub(released, Ordering::Relaxed);
+        self.progressed.store(budget.now(), Ordering::Relaxed);
         budget.give(Held::Answers, released);
     }
 
-    /// Since when ([`MemoryBudget::now`]) answers have waited unwritten without a break, if they
-    /// wait now.
-    pub fn unwritten_since(&self, budget: &MemoryBudget) -> Option<u64> {
-        if self.unwritten.load(Ordering::Acquire) == 0 {
-            return None;
-        }
-        match self.unwritten_since.load(Ordering::Relaxed) {
-            // Written to zero and answered again at once: the clock starts now.
-            0 => {
-                self.unwritten_since.store(budget.now() + 1, Ordering::Relaxed);
-                Some(budget.now())
-            }
-            since => Some(since - 1),
-        }
+    /// [`MemoryBudget::now`] when answer bytes were last written (zero for never): a connection
+    /// whose answers move is being served, whatever it holds.
+    pub fn progressed(&self) -> u64 {
+        self.progressed.load(Ordering::Relaxed)
     }
 
-    /// Gives back what the connection still held for answers when it closes.
+    /// How long ([`MemoryBudget::now`] milliseconds) the oldest answer bytes still unwritten
+    /// have waited, as far as this is called often: the bytes answered by one call must all be
+    /// written by a later one, or they are still waiting.
+    pub fn waiting(&self, budget: &MemoryBudget) -> u64 {
+        let now = budget.now();
+        let answered = self.answered.load(Ordering::Relaxed);
+        let unwritten = u64::try_from(self.unwritten.load(Ordering::Acquire)).unwrap_or(u64::MAX);
+        let written = answered.saturating_sub(unwritten);
+        let (upto, since) = (self.mark.0.load(Ordering::Relaxed), self.mark.1.load(Ordering::Relaxed));
+        if since != 0 && written < upto {
+            return now.saturating_sub(since - 1);
+        }
+        // The bytes of the last mark are written (or there was none): mark what waits now.
+        let next = if unwritten > 0 { now + 1 } else { 0 };
+        self.mark.0.store(answered, Ordering::Relaxed);
+        self.mark.1.store(next, Ordering::Relaxed);
+        0
+    }
+
+    /// Gives back what the connection still held for answers when it closes, and whatever its
+    /// answers hand over later.
     pub fn close(&self, budget: &MemoryBudget) {
+        self.closed.store(true, Ordering::Release);
         self.written(budget, usize::MAX);
     }
 }

@@ -1,22 +1,24 @@
 //! The connections the service holds, and how they end.
 //!
 //! - At most `--max-connections` are open, and at most `--max-connections-per-address` from one
-//!   address (addresses in `--trusted-proxies` excepted: a proxy speaks for many callers); a
-//!   connection past its address's share is closed at once. Each open connection holds its place
-//!   in the memory budget ([`super::budget`]). The accept loop takes one connection at a time and
-//!   gives it a slot before it takes the next, so a flood waits in the kernel's backlog instead of
-//!   exhausting file descriptors. When every slot is taken, a connection of the address holding
-//!   the most is closed to make room: the one silent longest, preferring those with no request in
-//!   flight.
+//!   address (an IPv6 /64 counts as one; addresses in `--trusted-proxies` are excepted, since a
+//!   proxy speaks for many callers); a connection past its address's share is closed at once.
+//!   Each open connection holds its place in the memory budget ([`super::budget`]). The accept
+//!   loop takes one connection at a time and gives it a slot before it takes the next, so a flood
+//!   waits in the kernel's backlog instead of exhausting file descriptors. When every slot is
+//!   taken, one is closed to make room: first those that never read an answer, then those
+//!   silent of late, then those with no request in flight; among equals, one of the address
+//!   holding the most, silent longest.
 //! - A connection whose peer sends nothing for `--idle-timeout` while it has no request in flight
 //!   is closed: silent sockets, idle keep-alive connections, unfinished TLS handshakes. A live
 //!   HTTP/2 client is never idle: it answers the server's keep-alive pings. (A request that
 //!   stalls is ended by `--request-timeout`; see [`super::admission`].)
-//! - A connection whose answers have waited unread for `--request-timeout` is closed, and with it
-//!   the memory they held: a peer that grants no flow-control window cannot keep answers for
-//!   ever.
-//! - When the memory budget is full, the connections holding the most are closed until a tenth
-//!   of it is free again.
+//! - A connection whose oldest unwritten answer bytes have waited for `--request-timeout` is
+//!   closed, and with it the memory they held: a peer that grants no flow-control window cannot
+//!   keep answers for ever.
+//! - When the memory budget is full, the connections holding the most (at least 128 KiB) are
+//!   closed, stalled ones (whose answers have not moved of late) first, until a tenth of it is
+//!   free again.
 
 use std::{
     collections::HashMap,
@@ -58,6 +60,14 @@ const ACCEPT_WARNING_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Closing connections to free memory is logged at most this often.
 const SHED_WARNING_INTERVAL: Duration = Duration::from_secs(10);
+
+/// A connection that has sent nothing, or whose answers have not moved, for this long
+/// (milliseconds) is stalled: among the first to close to make room or free memory.
+const STALLED_AFTER: u64 = 1_000;
+
+/// A connection holding less than this is never closed to free memory: it holds what a couple
+/// of ordinary calls do, and closing it would free next to nothing.
+const SHED_FLOOR: usize = 128 * 1024;
 
 /// How often unread answers are looked for, when the budget has not called first.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
@@ -101,7 +111,7 @@ struct Activity {
     /// Milliseconds from `Connections::epoch` to the last byte read from the peer.
     last_read: AtomicU64,
     /// Requests of this connection being received or served: while there are any, the
-    /// connection is not idle, and is closed to make room only when none has none.
+    /// connection is not idle.
     in_flight: AtomicUsize,
     account: Arc<Account>,
     close: CancellationToken,
@@ -159,9 +169,9 @@ impl Connections {
                     continue;
                 }
             };
-            let address = peer.ip();
-            let at_share = self.lock().per_address.get(&address).copied().unwrap_or(0) >= self.limits.max_per_address;
-            if at_share && !self.exempt(address) {
+            let at_share =
+                self.lock().per_address.get(&address_of(peer)).copied().unwrap_or(0) >= self.limits.max_per_address;
+            if at_share && !self.exempt(peer.ip()) {
                 // Closed at once: the address has its share; no log line, which it could flood.
                 continue;
             }
@@ -201,20 +211,24 @@ impl Connections {
         (permit, charge)
     }
 
-    /// Closes the connection silent longest of the address holding the most connections,
-    /// preferring one with no request in flight.
+    /// Closes one connection to make room: first those that have not read an answer (held open
+    /// for nothing, as a flood's are), then those silent of late, then those with no request
+    /// in flight; among equals, one of the address holding the most connections, and of those the
+    /// one silent longest.
     fn make_room(&self) {
         let open = self.lock();
-        let Some((&crowded, _)) = open.per_address.iter().max_by_key(|&(_, count)| *count) else { return };
-        let victim = open
-            .by_peer
-            .values()
-            .filter(|activity| activity.peer.ip() == crowded && !activity.close.is_cancelled())
-            .min_by_key(|activity| {
-                (activity.in_flight.load(Ordering::Relaxed) > 0, activity.last_read.load(Ordering::Relaxed))
-            });
+        let recently = self.now().saturating_sub(STALLED_AFTER);
+        let victim = open.by_peer.values().filter(|activity| !activity.close.is_cancelled()).min_by_key(|activity| {
+            (
+                activity.account.progressed() > 0,
+                activity.last_read.load(Ordering::Relaxed) >= recently,
+                activity.in_flight.load(Ordering::Relaxed) > 0,
+                std::cmp::Reverse(open.per_address.get(&address_of(activity.peer)).copied().unwrap_or(0)),
+                activity.last_read.load(Ordering::Relaxed),
+            )
+        });
         if let Some(activity) = victim {
-            tracing::debug!("all connection slots are taken: closing one of the address holding the most");
+            tracing::debug!(peer = %activity.peer, "all connection slots are taken: closing one to make room");
             activity.close.cancel();
         }
     }
@@ -222,14 +236,15 @@ impl Connections {
     fn register(self: &Arc<Self>, peer: SocketAddr, permit: OwnedSemaphorePermit, charge: Charge) -> Registration {
         let activity = Arc::new(Activity {
             peer,
-            last_read: AtomicU64::new(self.now()),
+            // Nothing read yet: as silent as can be.
+            last_read: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
             account: Arc::new(Account::default()),
             close: CancellationToken::new(),
         });
         let mut open = self.lock();
         open.by_peer.insert(peer, Arc::clone(&activity));
-        *open.per_address.entry(peer.ip()).or_default() += 1;
+        *open.per_address.entry(address_of(peer)).or_default() += 1;
         self.gauge.inc();
         Registration { connections: Arc::clone(self), activity, _permit: permit, _charge: charge }
     }
@@ -255,11 +270,9 @@ impl Connections {
     }
 
     fn close_unread(&self) {
-        let now = self.budget.now();
         let timeout = u64::try_from(self.limits.answer_timeout.as_millis()).unwrap_or(u64::MAX);
         for activity in self.lock().by_peer.values() {
-            let waited = activity.account.unwritten_since(&self.budget).map(|since| now.saturating_sub(since));
-            if waited.is_some_and(|waited| waited >= timeout) && !activity.close.is_cancelled() {
+            if activity.account.waiting(&self.budget) >= timeout && !activity.close.is_cancelled() {
                 tracing::debug!(peer = %activity.peer, "answers unread for the request timeout: closing the connection");
                 activity.close.cancel();
             }
@@ -284,9 +297,14 @@ impl Connections {
         let mut holders: Vec<_> = open
             .by_peer
             .values()
-            .filter(|activity| !activity.close.is_cancelled() && activity.account.held() > 0)
+            .filter(|activity| !activity.close.is_cancelled() && activity.account.held() >= SHED_FLOOR)
             .collect();
-        holders.sort_unstable_by_key(|activity| std::cmp::Reverse(activity.account.held()));
+        // Those whose answers have not moved of late go first: what they hold is stalled, where
+        // a connection being served holds what comes and goes.
+        let recently = self.budget.now().saturating_sub(STALLED_AFTER);
+        holders.sort_unstable_by_key(|activity| {
+            (activity.account.progressed() >= recently, std::cmp::Reverse(activity.account.held()))
+        });
         let mut closed = 0;
         for activity in holders {
             if excess == 0 {
@@ -342,10 +360,10 @@ impl Drop for Registration {
         let mut open = connections.lock();
         let peer = self.activity.peer;
         open.by_peer.remove(&peer);
-        if let Some(count) = open.per_address.get_mut(&peer.ip()) {
+        if let Some(count) = open.per_address.get_mut(&address_of(peer)) {
             *count -= 1;
             if *count == 0 {
-                open.per_address.remove(&peer.ip());
+                open.per_address.remove(&address_of(peer));
             }
         }
         connections.gauge.dec();
@@ -410,8 +428,8 @@ impl<S> Tracked<S> {
 
     fn wrote(&self, written: &Poll<io::Result<usize>>) {
         if let Poll::Ready(Ok(bytes)) = written {
-            let registration = &self.registration;
-            registration.activity.account.written(&registration.connections.budget, *bytes);
+            let (connections, activity) = (&self.registration.connections, &self.registration.activity);
+            activity.account.written(&connections.budget, *bytes);
         }
     }
 }
@@ -491,17 +509,29 @@ const ANSWER_BYTES: usize = 8 * 1024;
 /// An answer's body, counted against the connection's account while it is sent, and its bytes
 /// as they are handed to the transport; [`Tracked`] counts those off as they are written.
 #[derive(Debug)]
-pub struct Counted<B> {
+pub struct Counted<B: http_body::Body> {
     body: B,
     account: Arc<Account>,
     budget: Arc<MemoryBudget>,
+    /// The bytes last handed over: the transport drops them unwritten if the peer cancels.
+    last: usize,
+    ended: bool,
     _sending: Charge,
 }
 
-impl<B> Counted<B> {
+impl<B: http_body::Body> Counted<B> {
     pub fn new(body: B, account: Arc<Account>, budget: Arc<MemoryBudget>) -> Self {
         let sending = budget.take_anyway(Held::Answers, ANSWER_BYTES, Some(&account));
-        Self { body, account, budget, _sending: sending }
+        Self { body, account, budget, last: 0, ended: false, _sending: sending }
+    }
+}
+
+impl<B: http_body::Body> Drop for Counted<B> {
+    fn drop(&mut self) {
+        // Dropped before its end: the stream was cancelled, and what it queued goes with it.
+        if !self.ended && !self.body.is_end_stream() {
+            self.account.written(&self.budget, self.last);
+        }
     }
 }
 
@@ -518,10 +548,16 @@ where
     ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
         let this = self.get_mut();
         let frame = Pin::new(&mut this.body).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &frame
-            && let Some(data) = frame.data_ref()
-        {
-            this.account.answered(&this.budget, data.len());
+        match &frame {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.account.answered(&this.budget, data.len());
+                    this.last = data.len();
+                }
+                this.ended |= frame.is_trailers();
+            }
+            Poll::Ready(None) => this.ended = true,
+            _ => {}
         }
         frame
     }
@@ -532,6 +568,18 @@ where
 
     fn size_hint(&self) -> http_body::SizeHint {
         self.body.size_hint()
+    }
+}
+
+/// The address a connection counts against for `--max-connections-per-address`: an IPv6
+/// address's /64, which one host can hold whole.
+fn address_of(peer: SocketAddr) -> IpAddr {
+    match peer.ip() {
+        IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
+            IpAddr::V6(std::net::Ipv6Addr::from(v6.to_bits() & !((1u128 << 64) - 1)))
+        }
+        IpAddr::V6(v6) => IpAddr::V4(v6.to_ipv4_mapped().unwrap_or(std::net::Ipv4Addr::UNSPECIFIED)),
+        v4 => v4,
     }
 }
 

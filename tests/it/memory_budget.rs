@@ -25,14 +25,47 @@ use crate::{
 };
 
 pub fn tests() -> Vec<libtest_mimic::Trial> {
-    alone_tests!(
+    let mut trials = plain_tests!(a_sidecar_may_keep_every_stream_waiting_on_its_body);
+    trials.extend(alone_tests!(
         answers_a_peer_never_reads_end_with_their_connection,
         decoded_headers_are_bounded_per_connection,
         one_address_cannot_take_every_connection_slot,
         trusted_proxies_may_hold_more_connections_than_one_address,
         http1_heads_past_max_header_bytes_are_refused,
         health_answers_while_bodies_fill_the_budget,
-    )
+    ));
+    trials
+}
+
+/// A mesh sidecar multiplexes calls over one connection: as many as the server allows at once,
+/// each with a token and tracing metadata (2.5 KB of headers), may all wait on their bodies.
+fn a_sidecar_may_keep_every_stream_waiting_on_its_body() -> crate::common::TestFuture {
+    Box::pin(async {
+        let dir = tempfile::tempdir().unwrap();
+        let server = ServerProcess::spawn(dir.path(), None, &[]);
+        let (client, _connection) = h2_connection(server.addr, 65_535).await;
+        let mut waiting = Vec::new();
+        for n in 0..100 {
+            let mut ready = client.clone().ready().await.unwrap();
+            let request = http::Request::post(format!("http://{}/auth/v1/token", server.addr))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .header("authorization", format!("Bearer {}", "t".repeat(2_000)))
+                .header("x-trace-context", format!("{n:0>500}"))
+                .body(())
+                .unwrap();
+            waiting.push(ready.send_request(request, false).unwrap());
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut statuses = Vec::new();
+        for (response, mut body) in waiting {
+            // A stream already answered (refused) takes no body.
+            let _ = body.send_data(Bytes::from_static(b"grant_type=client_credentials"), true);
+            statuses.push(response.await.unwrap().status().as_u16());
+        }
+        let refused = statuses.iter().filter(|status| **status == 503).count();
+        assert_eq!(refused, 0, "every call waiting on its body is kept: {statuses:?}");
+        assert!(statuses.iter().all(|status| *status == 400 || *status == 401), "{statuses:?}");
+    })
 }
 
 const MIB: u64 = 1 << 20;
