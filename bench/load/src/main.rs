@@ -1,8 +1,10 @@
 //! pc-load: a closed-loop gRPC load generator for personal-clients, and a bare tonic baseline
 //! (the same services with canned answers: no auth, no storage) that `compare` loads alternately
-//! with the service, so the service's figures are stated against tonic on the same machine.
+//! with the service, so the service's figures are stated against tonic on the same machine;
+//! and `attack`, which measures what a peer with no credential can make a running server hold.
 
 mod assertion;
+mod attack;
 mod baseline;
 mod load;
 
@@ -51,6 +53,9 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:50151")]
         listen: SocketAddr,
     },
+    /// Hold what a peer with no credential can make a running server hold, for --hold; print the
+    /// server's peak RSS growth, the connections it closed, and the slowest /healthz probe
+    Attack(attack::Args),
     /// Load the in-process baseline and --target in turn, --rounds times per scenario; print the
     /// medians of each side and the ratios
     Compare {
@@ -285,6 +290,7 @@ fn main() -> std::process::ExitCode {
     let result = match Cli::parse().command {
         Command::Seed { target, token, count, out } => seed(target, &token, count, out),
         Command::Compare { load, target_pid } => compare(load, target_pid),
+        Command::Attack(args) => attack::run(args),
         Command::Baseline { listen } => (|| {
             let rt = baseline::runtime()?;
             let addr = baseline::start(&rt, listen)?;
