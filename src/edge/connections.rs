@@ -110,6 +110,8 @@ struct Activity {
     peer: SocketAddr,
     /// Milliseconds from `Connections::epoch` to the last byte read from the peer.
     last_read: AtomicU64,
+    /// Milliseconds from `Connections::epoch` to its accepting.
+    opened: u64,
     /// Requests of this connection being received or served: while there are any, the
     /// connection is not idle.
     in_flight: AtomicUsize,
@@ -214,7 +216,7 @@ impl Connections {
     /// Closes one connection to make room: first those that have not read an answer (held open
     /// for nothing, as a flood's are), then those silent of late, then those with no request
     /// in flight; among equals, one of the address holding the most connections, and of those the
-    /// one silent longest.
+    /// one silent longest, or the oldest.
     fn make_room(&self) {
         let open = self.lock();
         let recently = self.now().saturating_sub(STALLED_AFTER);
@@ -225,6 +227,7 @@ impl Connections {
                 activity.in_flight.load(Ordering::Relaxed) > 0,
                 std::cmp::Reverse(open.per_address.get(&address_of(activity.peer)).copied().unwrap_or(0)),
                 activity.last_read.load(Ordering::Relaxed),
+                activity.opened,
             )
         });
         if let Some(activity) = victim {
@@ -238,6 +241,7 @@ impl Connections {
             peer,
             // Nothing read yet: as silent as can be.
             last_read: AtomicU64::new(0),
+            opened: self.now(),
             in_flight: AtomicUsize::new(0),
             account: Arc::new(Account::default()),
             close: CancellationToken::new(),

@@ -43,10 +43,6 @@ pub struct HttpSettings {
 /// The smallest read buffer hyper takes for HTTP/1.1.
 const MIN_HTTP1_BUFFER: usize = 8 * 1024;
 
-/// Answer bytes one HTTP/2 stream may have queued in the transport before its body is asked for
-/// more.
-const SEND_BUFFER: usize = 16 * 1024;
-
 /// Streams a peer may reset before their answer is ready, and streams the server may reset for
 /// a peer's mistakes, before the connection is closed.
 const RESET_STREAMS: usize = 100;
@@ -65,7 +61,6 @@ impl HttpSettings {
             .initial_connection_window_size(self.connection_window)
             .keep_alive_interval(self.keepalive)
             .keep_alive_timeout(self.keepalive_timeout)
-            .max_send_buf_size(SEND_BUFFER)
             .max_pending_accept_reset_streams(RESET_STREAMS)
             .max_local_error_reset_streams(RESET_STREAMS);
         builder
