@@ -80,6 +80,8 @@ pub struct AdmissionLimits {
 #[derive(Debug, Clone)]
 pub struct AdmissionLayer {
     limits: AdmissionLimits,
+    /// What the unfinished requests of one connection may hold.
+    connection_share: usize,
     places: Arc<Semaphore>,
     health_places: Arc<Semaphore>,
     streams: Arc<Semaphore>,
@@ -90,6 +92,7 @@ impl AdmissionLayer {
     pub fn new(limits: AdmissionLimits, connections: Arc<Connections>) -> Self {
         Self {
             limits,
+            connection_share: limits.max_concurrent_streams.saturating_mul(REQUEST_BYTES + ORDINARY_HEAD_BYTES),
             places: Arc::new(Semaphore::new(limits.max_concurrent_requests)),
             health_places: Arc::new(Semaphore::new(limits.max_concurrent_requests)),
             streams: Arc::new(Semaphore::new(REFLECTION_STREAMS)),
@@ -142,13 +145,10 @@ where
             let refuse = |err: Error| Ok(answers::refusal(protocol, err));
             if is_health_check(request.uri().path()) {
                 let Ok(place) = Arc::clone(&layer.health_places).try_acquire_owned() else {
-                    return refuse(Error::Overloaded {
-                        message: format!(
-                            "the server has {} health checks open, the most it keeps; retry shortly",
-                            limits.max_concurrent_requests
-                        ),
-                        retry_after: Duration::from_secs(1),
-                    });
+                    return refuse(busy(format!(
+                        "the server has {} health checks open, the most it keeps",
+                        limits.max_concurrent_requests
+                    )));
                 };
                 let (parts, body) = request.into_parts();
                 let body = match tokio::time::timeout_at(deadline, receive(body, None, HEALTH_CHECK_BYTES)).await {
@@ -171,7 +171,7 @@ where
             let in_flight = peer(request.extensions()).and_then(|peer| layer.connections.request_started(peer));
             let account = in_flight.as_ref().map(|in_flight| Arc::clone(in_flight.account()));
             let budget = Arc::clone(layer.connections.budget());
-            let share = limits.max_concurrent_streams.saturating_mul(REQUEST_BYTES + ORDINARY_HEAD_BYTES);
+            let share = layer.connection_share;
             let _headers = match take_headers(&budget, head_bytes(&request), account.as_ref(), share).await {
                 Ok(charge) => charge,
                 Err(err) => return refuse(err),
@@ -181,12 +181,9 @@ where
             let mut stream = None;
             let (body, _body_memory) = if streamed {
                 let Ok(place) = Arc::clone(&layer.streams).try_acquire_owned() else {
-                    return refuse(Error::Overloaded {
-                        message: format!(
-                            "the server has {REFLECTION_STREAMS} reflection streams open, the most it keeps; retry shortly"
-                        ),
-                        retry_after: Duration::from_secs(1),
-                    });
+                    return refuse(busy(format!(
+                        "the server has {REFLECTION_STREAMS} reflection streams open, the most it keeps"
+                    )));
                 };
                 let ended = Arc::new(std::sync::OnceLock::new());
                 stream = Some((place, Arc::clone(&ended)));
@@ -210,13 +207,10 @@ where
                 }
             };
             let Ok(_place) = Arc::clone(&layer.places).try_acquire_owned() else {
-                return refuse(Error::Overloaded {
-                    message: format!(
-                        "the server has {} requests in flight, the most it takes; retry shortly",
-                        limits.max_concurrent_requests
-                    ),
-                    retry_after: Duration::from_secs(1),
-                });
+                return refuse(busy(format!(
+                    "the server has {} requests in flight, the most it takes",
+                    limits.max_concurrent_requests
+                )));
             };
             let request = http::Request::from_parts(parts, body);
             match tokio::time::timeout_at(deadline, inner.call(request)).await {
@@ -276,10 +270,12 @@ async fn take_headers(
         }
         tokio::time::sleep(ROOM_WAIT).await;
     }
-    Err(Error::Overloaded {
-        message: "the server's memory budget is full; retry shortly".to_owned(),
-        retry_after: Duration::from_secs(1),
-    })
+    Err(busy("the server's memory budget is full".to_owned()))
+}
+
+/// The refusal of a request the server has no room for now: `message` says what is full.
+fn busy(message: String) -> Error {
+    Error::Overloaded { message: format!("{message}; retry shortly"), retry_after: Duration::from_secs(1) }
 }
 
 /// The whole body, at most `max` bytes, each byte counted against `budget` (and the

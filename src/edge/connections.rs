@@ -94,7 +94,6 @@ pub struct Connections {
     budget: Arc<MemoryBudget>,
     open: Mutex<Open>,
     gauge: IntGauge,
-    epoch: Instant,
     last_shed_warning: Mutex<Option<Instant>>,
 }
 
@@ -108,9 +107,9 @@ struct Open {
 #[derive(Debug)]
 struct Activity {
     peer: SocketAddr,
-    /// Milliseconds from `Connections::epoch` to the last byte read from the peer.
+    /// [`Connections::now`] when the last byte was read from the peer (zero for none).
     last_read: AtomicU64,
-    /// Milliseconds from `Connections::epoch` to its accepting.
+    /// [`Connections::now`] when it was accepted.
     opened: u64,
     /// Requests of this connection being received or served: while there are any, the
     /// connection is not idle.
@@ -128,7 +127,6 @@ impl Connections {
             budget,
             open: Mutex::new(Open::default()),
             gauge,
-            epoch: Instant::now(),
             last_shed_warning: Mutex::new(None),
         })
     }
@@ -142,8 +140,9 @@ impl Connections {
         self.limits.max_connections - self.slots.available_permits()
     }
 
+    /// The budget's clock, in milliseconds, which every connection's times are read on.
     fn now(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+        self.budget.now()
     }
 
     fn lock(&self) -> MutexGuard<'_, Open> {
@@ -305,7 +304,7 @@ impl Connections {
             .collect();
         // Those whose answers have not moved of late go first: what they hold is stalled, where
         // a connection being served holds what comes and goes.
-        let recently = self.budget.now().saturating_sub(STALLED_AFTER);
+        let recently = self.now().saturating_sub(STALLED_AFTER);
         holders.sort_unstable_by_key(|activity| {
             (activity.account.progressed() >= recently, std::cmp::Reverse(activity.account.held()))
         });
@@ -318,14 +317,9 @@ impl Connections {
             activity.close.cancel();
             closed += 1;
         }
-        if closed > 0
-            && self
-                .last_shed_warning
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .is_none_or(|at| at.elapsed() >= SHED_WARNING_INTERVAL)
-        {
-            *self.last_shed_warning.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Instant::now());
+        let mut last_warning = self.last_shed_warning.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if closed > 0 && last_warning.is_none_or(|at| at.elapsed() >= SHED_WARNING_INTERVAL) {
+            *last_warning = Some(Instant::now());
             tracing::warn!(closed, used, limit, "the memory budget is full: closed the connections holding the most");
         }
     }
