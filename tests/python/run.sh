@@ -22,7 +22,7 @@ fi
 # and another version may lack other things or have gained them.
 "$VENV/bin/python" -m pip install -q \
     grpcio grpcio-tools grpcio-reflection grpcio-health-checking PyJWT cryptography pytest \
-    conductorone-sdk==0.17.2 openapi-spec-validator
+    conductorone-sdk==0.17.2 openapi-spec-validator authlib==1.9.10
 PYTHON="$VENV/bin/python"
 
 BINARY="$TARGET/release/personal-clients"
