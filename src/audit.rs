@@ -9,7 +9,7 @@
 
 use std::net::IpAddr;
 
-use crate::domain::{Principal, quote};
+use crate::domain::{PersonalClient, Principal, quote};
 
 /// The tracing target of every audit event.
 pub const TARGET: &str = "audit";
@@ -20,6 +20,7 @@ pub enum Action {
     CreateClient,
     UpdateClient,
     DeleteClient,
+    RevokeLeakedClient,
     TokenExchange,
     AddSigningKey,
     RetireSigningKey,
@@ -33,6 +34,7 @@ impl Action {
             Self::CreateClient => "personal_client.create",
             Self::UpdateClient => "personal_client.update",
             Self::DeleteClient => "personal_client.delete",
+            Self::RevokeLeakedClient => "personal_client.revoke_leaked",
             Self::TokenExchange => "token.exchange",
             Self::AddSigningKey => "signing_key.add",
             Self::RetireSigningKey => "signing_key.retire",
@@ -67,6 +69,24 @@ pub fn call(
         "{} {}",
         action.as_str(),
         if refusal.is_some() { "refused" } else { "done" }
+    );
+}
+
+/// A personal client revoked because its secret was reported as leaked, by whoever held it:
+/// from `source`, with that reporter's `User-Agent` (quoted and cut: anyone may send one). Only
+/// revocations are written, one per credential at most, so reporters cannot fill the log.
+pub fn leaked_secret_revoked(client: &PersonalClient, source: Option<IpAddr>, user_agent: &str) {
+    tracing::warn!(
+        target: "audit",
+        action = Action::RevokeLeakedClient.as_str(),
+        actor = "leaked secret report",
+        owner = %quote(&client.user_id),
+        source = %source.map(|ip| ip.to_string()).unwrap_or_default(),
+        user_agent = %quote(user_agent),
+        target = %client.id,
+        client_id = %client.client_id,
+        outcome = "done",
+        "personal client revoked: its secret was reported as leaked"
     );
 }
 

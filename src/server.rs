@@ -10,7 +10,10 @@ use tokio_rustls::TlsAcceptor;
 use tonic::service::Routes;
 
 use crate::{
-    api::{self, ExtAuthzApi, IdentityHeaders, IntrospectionApi, PersonalClientApi, SearchApi, TokenApi},
+    api::{
+        self, ExtAuthzApi, IdentityHeaders, IntrospectionApi, MeshCheck, PersonalClientApi, SearchApi, TokenApi,
+        http::HttpEndpoints,
+    },
     auth::{self, Authenticator, Gate, Introspection, KeyVault, SigningKeys, external::ExternalIssuers},
     clients::{ClientSettings, ClientStatus, PersonalClients},
     config::{Config, KeyArgs, MeshArgs},
@@ -164,6 +167,8 @@ impl Parts {
                 secret_namespace: credentials.secret_namespace.clone(),
                 max_clients_per_user: credentials.max_clients_per_user.0,
                 create_rate_per_user: credentials.create_rate_per_user,
+                revoke_rate_per_source: credentials.revoke_rate_per_source,
+                trusted_proxies: trust.trusted_proxies.clone(),
             },
         );
         Ok(Self { store, auth, methods, metrics, exchange, clients })
@@ -180,6 +185,7 @@ fn routes(
     health: Health,
 ) -> Result<(Router, JsonRoutes), Error> {
     let introspection = Introspection::new(Arc::clone(&parts.auth), config.mesh.introspection_role.clone());
+    let check = MeshCheck::new(Arc::clone(&parts.auth), identity_headers(&config.mesh));
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
@@ -196,7 +202,7 @@ fn routes(
     .add_service(PersonalClientSearchServiceServer::new(SearchApi::new(clients.clone())))
     .add_service(TokenServiceServer::new(TokenApi::new(Arc::clone(&parts.exchange))))
     .add_service(IntrospectionServiceServer::new(IntrospectionApi::new(introspection.clone())))
-    .add_service(AuthorizationServer::new(ExtAuthzApi::new(Arc::clone(&parts.auth), identity_headers(&config.mesh))))
+    .add_service(AuthorizationServer::new(ExtAuthzApi::new(check.clone())))
     .add_service(health_service)
     .add_service(reflection().build_v1().map_err(reflection_error)?)
     .add_service(reflection().build_v1alpha().map_err(reflection_error)?)
@@ -214,13 +220,15 @@ fn routes(
         })
         .collect();
     let json = api::json::router(json_routes, grpc.clone(), gate)?;
-    let http = api::http::routes(
-        Arc::clone(&parts.exchange),
-        Arc::clone(&parts.auth),
+    let http = api::http::routes(HttpEndpoints {
+        exchange: Arc::clone(&parts.exchange),
+        auth: Arc::clone(&parts.auth),
         introspection,
+        check,
+        clients: parts.clients.clone(),
         health,
-        Arc::clone(&parts.metrics),
-    );
+        metrics: Arc::clone(&parts.metrics),
+    });
     Ok((grpc.merge(json).merge(http).fallback(api::http::not_found), JsonRoutes::new(json_targets)))
 }
 

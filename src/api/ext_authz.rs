@@ -1,5 +1,6 @@
-//! `envoy.service.auth.v3.Authorization`: Envoy's external authorization, which Envoy, Istio
-//! (`CUSTOM` action) or any sidecar asks about each request to the services it fronts. A live
+//! The mesh's check, and `envoy.service.auth.v3.Authorization`: Envoy's external authorization,
+//! which Envoy, Istio (`CUSTOM` action) or any sidecar asks about each request to the services it
+//! fronts (proxies that ask over plain HTTP get the same decision from `forward_auth`). A live
 //! access token of this service lets the request through with the caller's identity as request
 //! headers; anything else is denied with the HTTP status and challenge RFC 6750 gives.
 
@@ -10,7 +11,10 @@ use tonic::{Code, Request, Response, Status};
 use crate::{
     auth::{self, Authenticator, VerifiedClaims},
     domain::quote,
-    error::answers::{Challenge, Denial, envoy_header as header, ext_authz_denial as deny},
+    error::{
+        Error,
+        answers::{Challenge, Denial, envoy_header as header, ext_authz_denial as deny},
+    },
     pb::{
         envoy::service::auth::v3::{
             CheckRequest, CheckResponse, OkHttpResponse, attribute_context::HttpRequest,
@@ -28,42 +32,70 @@ pub struct IdentityHeaders {
     pub roles: String,
 }
 
+/// The mesh's check, whichever way a proxy asks: whether a request's bearer token is live, and
+/// the identity it passes on if so.
 #[derive(Debug, Clone)]
-pub struct ExtAuthzApi {
+pub struct MeshCheck {
     auth: Arc<Authenticator>,
     headers: IdentityHeaders,
 }
 
-impl ExtAuthzApi {
+/// What the check decided about a request.
+#[derive(Debug)]
+pub enum Decision {
+    /// Through, with these identity headers set over any copy the caller sent, and these removed.
+    Allow {
+        set: Vec<(String, String)>,
+        remove: Vec<String>,
+    },
+    Deny(Denial),
+}
+
+impl MeshCheck {
     pub fn new(auth: Arc<Authenticator>, headers: IdentityHeaders) -> Self {
         Self { auth, headers }
     }
 
-    /// Through, with the identity headers set over any the caller sent, and those without a
-    /// value here removed; `None` when an identity cannot be written into a header as it is.
-    fn allow(&self, claims: &VerifiedClaims) -> Option<CheckResponse> {
-        let mut set = vec![header(&self.headers.user, &claims.sub)?];
+    /// The decision for a request with `authorization`. A database that cannot say whether the
+    /// token's client is live is a denial to retry; any other failure is an error.
+    pub async fn decide(&self, authorization: auth::Authorization<'_>) -> Result<Decision, Error> {
+        let Ok(token) = authorization.bearer() else {
+            return Ok(Decision::Deny(Denial::Refused(authorization.challenge())));
+        };
+        match self.auth.active(token).await {
+            Ok(Some(claims)) => Ok(self.allow(&claims).unwrap_or_else(|| Self::unwritable(&claims))),
+            Ok(None) => Ok(Decision::Deny(Denial::Refused(Challenge::InvalidToken))),
+            Err(Error::Unavailable(_)) => Ok(Decision::Deny(Denial::Unavailable)),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// The identity headers of `claims`: the user, the client (removed for a user's own token)
+    /// and the roles (removed when there are none); `None` when a value cannot be written into a
+    /// header as it is: a CR or LF would end the header and begin another of the value's choosing.
+    fn allow(&self, claims: &VerifiedClaims) -> Option<Decision> {
+        let writable = |name: &str, value: &str| {
+            (!value.chars().any(char::is_control)).then(|| (name.to_owned(), value.to_owned()))
+        };
+        let mut set = vec![writable(&self.headers.user, &claims.sub)?];
         let mut remove = Vec::new();
         match &claims.client_id {
-            Some(client_id) => set.push(header(&self.headers.client, client_id)?),
+            Some(client_id) => set.push(writable(&self.headers.client, client_id)?),
             None => remove.push(self.headers.client.clone()),
         }
         let roles = claims.roles.to_strings().join(",");
         if roles.is_empty() {
             remove.push(self.headers.roles.clone());
         } else {
-            set.push(header(&self.headers.roles, &roles)?);
+            set.push(writable(&self.headers.roles, &roles)?);
         }
-        Some(CheckResponse {
-            status: Some(rpc::Status { code: Code::Ok as i32, ..Default::default() }),
-            http_response: Some(HttpResponse::OkResponse(OkHttpResponse { headers: set, headers_to_remove: remove })),
-        })
+        Some(Decision::Allow { set, remove })
     }
 
     /// A live token whose identity holds a control character (an owner stored before such
     /// subjects were refused): denied, since the identity cannot be passed on as it is, and
     /// never passed on in part.
-    fn unwritable(claims: &VerifiedClaims) -> CheckResponse {
+    fn unwritable(claims: &VerifiedClaims) -> Decision {
         if let Some(left_out) = crate::error::refusal_log() {
             tracing::warn!(
                 user_id = %quote(&claims.sub),
@@ -72,7 +104,19 @@ impl ExtAuthzApi {
                 "the mesh's check denied a live token: its identity holds a control character, which no header may"
             );
         }
-        deny(Denial::Refused(Challenge::InvalidToken))
+        Decision::Deny(Denial::Refused(Challenge::InvalidToken))
+    }
+}
+
+/// Envoy's ext_authz over gRPC.
+#[derive(Debug, Clone)]
+pub struct ExtAuthzApi {
+    check: MeshCheck,
+}
+
+impl ExtAuthzApi {
+    pub fn new(check: MeshCheck) -> Self {
+        Self { check }
     }
 }
 
@@ -80,17 +124,15 @@ impl ExtAuthzApi {
 impl Authorization for ExtAuthzApi {
     async fn check(&self, request: Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
         let http = request.get_ref().attributes.as_ref().and_then(|a| a.request.as_ref()).and_then(|r| r.http.as_ref());
-        let authorization = http.map_or(auth::Authorization::Absent, authorization);
-        let Ok(token) = authorization.bearer() else {
-            return Ok(Response::new(deny(Denial::Refused(authorization.challenge()))));
-        };
-        let answer = match self.auth.active(token).await {
-            Ok(Some(claims)) => self.allow(&claims).unwrap_or_else(|| Self::unwritable(&claims)),
-            Ok(None) => deny(Denial::Refused(Challenge::InvalidToken)),
-            Err(err) => {
-                let status = Status::from(err);
-                if status.code() == Code::Unavailable { deny(Denial::Unavailable) } else { return Err(status) }
-            }
+        let answer = match self.check.decide(http.map_or(auth::Authorization::Absent, authorization)).await? {
+            Decision::Allow { set, remove } => CheckResponse {
+                status: Some(rpc::Status { code: Code::Ok as i32, ..Default::default() }),
+                http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
+                    headers: set.iter().map(|(name, value)| header(name, value)).collect(),
+                    headers_to_remove: remove,
+                })),
+            },
+            Decision::Deny(denial) => deny(denial),
         };
         Ok(Response::new(answer))
     }

@@ -1,6 +1,7 @@
-//! Plain HTTP/1.1 on the gRPC port: `POST /auth/v1/token` (RFC 6749 §4.4 with RFC 7523 client
-//! assertions, form-encoded), `POST /auth/v1/introspect` (RFC 7662), `GET /.well-known/jwks.json`,
-//! `GET /healthz` and `GET /metrics`.
+//! Plain HTTP on the gRPC port: `POST /auth/v1/token` (RFC 6749 §4.4 with RFC 7523 client
+//! assertions, form-encoded), `POST /auth/v1/introspect` (RFC 7662), forward authorization for
+//! proxies at `/auth/v1/check`, leaked secrets at `POST /auth/v1/credentials/revoke`, the
+//! metadata (RFC 8414) and `GET /.well-known/jwks.json`, `GET /healthz` and `GET /metrics`.
 
 use std::{collections::HashMap, sync::Arc};
 
@@ -10,15 +11,18 @@ use axum::{
     extract::{Request, State},
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::Response,
-    routing::{get, post},
+    routing::{any, get, post},
 };
+use serde::Deserialize;
 
+use super::ext_authz::{Decision, MeshCheck};
 use crate::{
     auth::{Authenticator, Authorization, Introspection},
+    clients::{MAX_REPORTED_SECRETS, PersonalClients, Reporter},
     domain::echo,
     error::{
-        OAuthError,
-        answers::{bearer_refusal, oauth_json as json, oauth_response},
+        Error, OAuthError,
+        answers::{bearer_refusal, forward_auth_allowed, forward_auth_denied, oauth_json as json, oauth_response},
     },
     exchange::{ExchangeRequest, RequestOrigin, TokenExchange},
     health::Health,
@@ -28,30 +32,35 @@ use crate::{
 
 /// Token requests are a few hundred bytes; anything near this is not one.
 const MAX_FORM_BYTES: usize = 16 * 1024;
+/// A report of leaked secrets: room for the most secrets one may name (under 200 bytes each).
+const MAX_REPORT_BYTES: usize = 32 * 1024;
 
+/// What the plain HTTP endpoints answer with.
 #[derive(Debug, Clone)]
-struct HttpState {
-    exchange: Arc<TokenExchange>,
-    auth: Arc<Authenticator>,
-    introspection: Introspection,
-    health: Health,
-    metrics: Arc<Metrics>,
+pub struct HttpEndpoints {
+    pub exchange: Arc<TokenExchange>,
+    pub auth: Arc<Authenticator>,
+    pub introspection: Introspection,
+    pub check: MeshCheck,
+    pub clients: PersonalClients,
+    pub health: Health,
+    pub metrics: Arc<Metrics>,
 }
 
-pub fn routes(
-    exchange: Arc<TokenExchange>,
-    auth: Arc<Authenticator>,
-    introspection: Introspection,
-    health: Health,
-    metrics: Arc<Metrics>,
-) -> Router {
+pub fn routes(endpoints: HttpEndpoints) -> Router {
     Router::new()
         .route("/auth/v1/token", post(token))
         .route("/auth/v1/introspect", post(introspect))
+        // Envoy's `http_service` appends the request's path to the check's.
+        .route("/auth/v1/check", any(forward_auth))
+        .route("/auth/v1/check/", any(forward_auth))
+        .route("/auth/v1/check/{*path}", any(forward_auth))
+        .route("/auth/v1/credentials/revoke", post(revoke_leaked))
         .route("/.well-known/jwks.json", get(jwks))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_text))
-        .with_state(HttpState { exchange, auth, introspection, health, metrics })
+        .merge(super::discovery::routes(endpoints.auth.issuer()))
+        .with_state(endpoints)
 }
 
 /// What no route matched: gRPC callers get `UNIMPLEMENTED` as gRPC expects, anyone else a 404.
@@ -64,14 +73,14 @@ pub async fn not_found(request: Request) -> Response {
 }
 
 /// The Prometheus text format 0.0.4.
-async fn metrics_text(State(state): State<HttpState>) -> Response {
+async fn metrics_text(State(state): State<HttpEndpoints>) -> Response {
     let mut response = Response::new(Body::from(state.metrics.render()));
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(metrics::CONTENT_TYPE));
     response
 }
 
 /// 200 while the database answers, 503 while it does not.
-async fn healthz(State(state): State<HttpState>) -> Response {
+async fn healthz(State(state): State<HttpEndpoints>) -> Response {
     if state.health.is_serving() {
         json(StatusCode::OK, &serde_json::json!({ "status": "SERVING" }))
     } else {
@@ -79,7 +88,7 @@ async fn healthz(State(state): State<HttpState>) -> Response {
     }
 }
 
-async fn token(State(state): State<HttpState>, request: Request) -> Response {
+async fn token(State(state): State<HttpEndpoints>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
     let peer = protocol::peer(&parts.extensions).map(|addr| addr.ip());
     let origin =
@@ -110,7 +119,7 @@ async fn token(State(state): State<HttpState>, request: Request) -> Response {
 
 /// Token introspection (RFC 7662 §2): the caller, a resource server, authenticates with its own
 /// bearer token and names the token to look at in the form's `token`.
-async fn introspect(State(state): State<HttpState>, request: Request) -> Response {
+async fn introspect(State(state): State<HttpEndpoints>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
     let authorization = Authorization::of(&parts.headers);
     let caller = match state.auth.authenticate(authorization).await {
@@ -130,6 +139,61 @@ async fn introspect(State(state): State<HttpState>, request: Request) -> Respons
             json(StatusCode::OK, &super::introspection::response_json(&answer))
         }
         Err(err) => bearer_refusal(err, authorization.challenge()),
+    }
+}
+
+/// Forward authorization, for proxies that ask over HTTP (nginx `auth_request`, Caddy
+/// `forward_auth`, Traefik `ForwardAuth`, Envoy's `http_service`): the decision of the mesh's
+/// check for the request's `Authorization`. 200 with the identity as headers, for the proxy to
+/// copy onto the request; else 401 with a challenge, or 503. Nothing else of the request, its
+/// method, path, forwarded headers or body, counts.
+async fn forward_auth(State(state): State<HttpEndpoints>, headers: HeaderMap) -> Response {
+    match state.check.decide(Authorization::of(&headers)).await {
+        Ok(Decision::Allow { set, .. }) => forward_auth_allowed(&set),
+        Ok(Decision::Deny(denial)) => forward_auth_denied(denial),
+        Err(err) => oauth_response(OAuthError::from(err)),
+    }
+}
+
+/// A report of leaked secrets, in the shape of GitHub's credential revocation API.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LeakReport {
+    credentials: Vec<String>,
+}
+
+/// `POST /auth/v1/credentials/revoke` with `{"credentials": ["secret-token:…", …]}` and no
+/// other credential: each secret of a live credential revokes it. 202 with `{}` whatever the
+/// secrets were; 400 for a body that is not such a report, 429 past the source's rate.
+async fn revoke_leaked(State(state): State<HttpEndpoints>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let malformed = |description: String| oauth_response(OAuthError::from(Error::invalid("credentials", description)));
+    let Ok(bytes) = to_bytes(body, MAX_REPORT_BYTES).await else {
+        return malformed(format!("the body is larger than {MAX_REPORT_BYTES} bytes or could not be read"));
+    };
+    let report: LeakReport = match serde_json::from_slice(&bytes) {
+        Ok(report) => report,
+        Err(err) => {
+            return malformed(format!(
+                "the body is not a report ({}); send {{\"credentials\": [\"secret-token:…\"]}} with 1 to {MAX_REPORTED_SECRETS} secrets",
+                echo(&err.to_string())
+            ));
+        }
+    };
+    let forwarded_for: Vec<String> = parts
+        .headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .map(|value| value.to_str().unwrap_or_default().to_owned())
+        .collect();
+    let reporter = Reporter {
+        peer: protocol::peer(&parts.extensions).map(|addr| addr.ip()),
+        forwarded_for: &forwarded_for,
+        user_agent: parts.headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or_default(),
+    };
+    match state.clients.revoke_leaked(&report.credentials, reporter).await {
+        Ok(()) => json(StatusCode::ACCEPTED, &serde_json::json!({})),
+        Err(err) => oauth_response(OAuthError::from(err)),
     }
 }
 
@@ -155,7 +219,7 @@ async fn read_form(headers: &HeaderMap, body: Body) -> Result<HashMap<String, St
 
 /// The published keys, which relying parties may cache for the max-age: a key is published at
 /// least that long before it signs.
-async fn jwks(State(state): State<HttpState>) -> Response {
+async fn jwks(State(state): State<HttpEndpoints>) -> Response {
     let keys = state.auth.keys();
     let mut response = json(StatusCode::OK, &keys.jwks());
     let max_age = keys.jwks_max_age();

@@ -4,6 +4,7 @@
 
 pub mod codec;
 pub mod convert;
+mod discovery;
 mod ext_authz;
 pub mod http;
 pub mod introspection;
@@ -14,7 +15,7 @@ mod token;
 
 use tonic::{Request, Status};
 
-pub use ext_authz::{ExtAuthzApi, IdentityHeaders};
+pub use ext_authz::{ExtAuthzApi, IdentityHeaders, MeshCheck};
 pub use introspection::IntrospectionApi;
 pub use personal_client::PersonalClientApi;
 pub use search::SearchApi;

@@ -29,6 +29,9 @@ use crate::{
     store::Store,
 };
 
+/// The `typ` of the access tokens this service signs (RFC 9068 §2.1).
+pub const ACCESS_TOKEN_TYPE: &str = "at+jwt";
+
 /// A key id unknown to this replica makes it re-read the keys at most this often.
 const UNKNOWN_KID_RELOAD: Duration = Duration::from_secs(5);
 
@@ -171,12 +174,18 @@ impl SigningKeys {
         Ok(())
     }
 
-    /// Signs `claims` with the key that signs now, its kid in the header.
-    pub fn sign<C: Serialize>(&self, claims: &C) -> String {
+    /// Signs the claims of an access token with the key that signs now: its kid in the header,
+    /// and the type RFC 9068 gives JWT access tokens (`at+jwt`), which validators that follow it
+    /// require.
+    pub fn sign_access_token<C: Serialize>(&self, claims: &C) -> String {
         let ring = self.ring.read().unwrap_or_else(|poisoned| poisoned.into_inner());
         let (kid, key) = ring.signing(Utc::now());
-        let header =
-            Header { alg: "EdDSA".into(), typ: Some("JWT".into()), kid: Some(kid.to_owned()), ..Header::default() };
+        let header = Header {
+            alg: "EdDSA".into(),
+            typ: Some(ACCESS_TOKEN_TYPE.into()),
+            kid: Some(kid.to_owned()),
+            ..Header::default()
+        };
         jws::sign(&header, claims, key)
     }
 

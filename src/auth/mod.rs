@@ -37,7 +37,7 @@ use jws::UnverifiedJws;
 /// issues (a few hundred bytes; a few KiB with many group claims).
 const MAX_TOKEN_BYTES: usize = 16 * 1024;
 
-/// Claims of the access tokens this service issues.
+/// Claims of the access tokens this service issues: RFC 9068's, and `roles`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AccessTokenClaims {
     pub iss: String,
@@ -48,6 +48,11 @@ pub struct AccessTokenClaims {
     pub jti: String,
     #[serde(default)]
     pub roles: Vec<String>,
+    /// The roles again, space-separated, as RFC 9068 §2.2.3 and introspection give them;
+    /// absent when there are none.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub scope: String,
+    /// The personal client that obtained the token (RFC 9068 §2.2); absent on a user's own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_id: Option<String>,
 }
@@ -116,9 +121,10 @@ impl Authenticator {
             exp: now.saturating_add(ttl),
             jti: Uuid::now_v7().to_string(),
             roles: roles.to_strings(),
+            scope: roles.to_strings().join(" "),
             client_id: client_id.map(|id| id.as_str().to_owned()),
         };
-        (self.keys.sign(&claims), ttl)
+        (self.keys.sign_access_token(&claims), ttl)
     }
 
     /// Turns the request's `Authorization` into the caller, or `UNAUTHENTICATED`.

@@ -2,6 +2,7 @@
 //! [`access`] decides, on validated domain values, through the store.
 
 pub mod access;
+mod leaked;
 
 use std::sync::Arc;
 
@@ -18,6 +19,7 @@ use crate::{
     store::Store,
 };
 use access::Access;
+pub use leaked::{MAX_SECRETS as MAX_REPORTED_SECRETS, Reporter};
 
 /// Whether a personal client may still be used: what the bearer check asks of every token a
 /// personal client obtained, on every call, so a revocation on any replica refuses its tokens at
@@ -61,6 +63,10 @@ pub struct ClientSettings {
     pub max_clients_per_user: Option<u32>,
     /// How often one user may call Create.
     pub create_rate_per_user: RateLimit,
+    /// How often one source address may report leaked secrets.
+    pub revoke_rate_per_source: RateLimit,
+    /// Proxies whose `X-Forwarded-For` is believed, to find a reporter's address.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 /// Personal clients as their owners and admins see them.
@@ -69,17 +75,22 @@ pub struct PersonalClients {
     store: Store,
     settings: ClientSettings,
     creates: Arc<KeyedLimit<String>>,
+    /// Reports of leaked secrets, per source network.
+    reports: Arc<KeyedLimit<std::net::IpAddr>>,
 }
 
 impl PersonalClients {
     pub fn new(store: Store, settings: ClientSettings) -> Self {
         let creates = Arc::new(KeyedLimit::new(settings.create_rate_per_user, "Create calls per user"));
-        Self { store, settings, creates }
+        let reports =
+            Arc::new(KeyedLimit::new(settings.revoke_rate_per_source, "reports of leaked secrets per source address"));
+        Self { store, settings, creates, reports }
     }
 
-    /// Forgets the Create counts of users who have been quiet.
+    /// Forgets the Create and report counts of users and sources that have been quiet.
     pub fn maintain(&self) {
         self.creates.forget_idle();
+        self.reports.forget_idle();
     }
 
     fn access<'a>(&'a self, caller: &'a Principal) -> Access<'a> {

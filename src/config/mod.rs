@@ -20,7 +20,9 @@ use crate::{
     rate::RateLimit,
     store::DatabaseUrl,
 };
-use values::{parse_header_name, parse_memory, parse_namespace, parse_positive_duration, parse_public_host};
+use values::{
+    parse_header_name, parse_issuer, parse_memory, parse_namespace, parse_positive_duration, parse_public_host,
+};
 
 /// The embedded default: a SQLite file in the working directory, created at first start.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://personal-clients.db?mode=rwc";
@@ -40,8 +42,10 @@ pub struct IssuerArgs {
     #[arg(long, env = "PC_PUBLIC_HOST", default_value = "localhost", value_parser = parse_public_host)]
     pub public_host: String,
 
-    /// `iss` of the access tokens this service mints [default: http://<public-host>].
-    #[arg(long, env = "PC_ISSUER", value_parser = parse_non_blank)]
+    /// `iss` of the access tokens this service mints, and the URL its metadata, token endpoint
+    /// and keys are published under (it may carry a path, as behind a proxy's prefix)
+    /// [default: http://<public-host>].
+    #[arg(long, env = "PC_ISSUER", value_parser = parse_issuer)]
     pub issuer: Option<String>,
 }
 
@@ -118,6 +122,12 @@ pub struct CredentialArgs {
     /// per server process.
     #[arg(long, env = "PC_EXCHANGE_RATE_PER_SOURCE", default_value = "100/s")]
     pub exchange_rate_per_source: RateLimit,
+
+    /// How often one source address (IPv6: one /64) may report leaked secrets to
+    /// `/auth/v1/credentials/revoke` (`60/min`, or `off`), per server process; each report names
+    /// up to 100.
+    #[arg(long, env = "PC_REVOKE_RATE_PER_SOURCE", default_value = "60/min")]
+    pub revoke_rate_per_source: RateLimit,
 }
 
 /// Whom the service believes: other identity providers and proxies.

@@ -72,6 +72,21 @@ pub fn parse_local_user(value: &str) -> Result<String, String> {
     parse_non_blank(value)
 }
 
+/// An issuer identifier (RFC 8414 §2): an `http` or `https` URL with a host, and with no query,
+/// fragment or user name, kept as written, since `iss` and the metadata's `issuer` must be
+/// exactly it.
+pub(super) fn parse_issuer(value: &str) -> Result<String, String> {
+    let url = url::Url::parse(value)
+        .map_err(|err| format!("{value:?} is not a URL ({err}); use e.g. https://iam.example.com"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        return Err(format!("{value:?} is not an http or https URL with a host; use e.g. https://iam.example.com"));
+    }
+    if url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() || url.password().is_some() {
+        return Err(format!("{value:?} holds a query, fragment or user name, which an issuer may not (RFC 8414 §2)"));
+    }
+    Ok(value.to_owned())
+}
+
 /// A value that says something: not empty, not only spaces.
 pub fn parse_non_blank(value: &str) -> Result<String, String> {
     if value.trim().is_empty() { Err("must not be empty".into()) } else { Ok(value.to_owned()) }

@@ -369,7 +369,7 @@ pub fn api_json(status: StatusCode, body: Vec<u8>) -> Response {
     response
 }
 
-// Envoy ext_authz denials.
+// The mesh's check: Envoy ext_authz denials, and the answers of forward authorization over HTTP.
 
 /// Why the mesh's check turns a request away.
 #[derive(Debug, Clone, Copy)]
@@ -397,10 +397,10 @@ pub fn ext_authz_denial(denial: Denial) -> CheckResponse {
             serde_json::json!({ "error": "temporarily_unavailable" }).to_string(),
         ),
     };
-    let mut headers = vec![overwrite("content-type", "application/json")];
+    let mut headers = vec![envoy_header("content-type", "application/json")];
     match challenge {
-        Some(challenge) => headers.push(overwrite("www-authenticate", challenge.header())),
-        None => headers.push(overwrite("retry-after", "1")),
+        Some(challenge) => headers.push(envoy_header("www-authenticate", challenge.header())),
+        None => headers.push(envoy_header("retry-after", "1")),
     }
     CheckResponse {
         status: Some(rpc::Status { code: code as i32, message: body.clone(), details: Vec::new() }),
@@ -412,16 +412,43 @@ pub fn ext_authz_denial(denial: Denial) -> CheckResponse {
     }
 }
 
-/// A header Envoy sets over any copy the request already has, or `None` when `value` holds a
-/// control character: a CR or LF would end the header and begin another of the value's choosing,
-/// so no such value is ever written into a header, whatever it came from.
-pub fn envoy_header(name: &str, value: &str) -> Option<HeaderValueOption> {
-    (!value.chars().any(char::is_control)).then(|| overwrite(name, value))
+/// Forward authorization's answer to let a request through: 200, with the identity in `set` as
+/// response headers, which the proxy copies onto the request. A name or value a header cannot
+/// hold is left out; the check never produces one.
+pub fn forward_auth_allowed(set: &[(String, String)]) -> Response {
+    let mut response = Response::new(Body::empty());
+    let headers = response.headers_mut();
+    for (name, value) in set {
+        if let (Ok(name), Ok(value)) = (header::HeaderName::try_from(name), HeaderValue::try_from(value)) {
+            headers.insert(name, value);
+        }
+    }
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
 }
 
-/// A header Envoy sets over any copy the request already has, of a value that cannot hold a
-/// control character.
-fn overwrite(name: &str, value: &str) -> HeaderValueOption {
+/// Forward authorization's denial, as RFC 6750 §3 words it: 401 with a challenge, or 503 with
+/// `Retry-After` while the database is away; the same body ext_authz denies with.
+pub fn forward_auth_denied(denial: Denial) -> Response {
+    let (status, body) = match denial {
+        Denial::Refused(challenge) => (StatusCode::UNAUTHORIZED, serde_json::json!({ "error": challenge.error() })),
+        Denial::Unavailable => {
+            (StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({ "error": "temporarily_unavailable" }))
+        }
+    };
+    let mut response = oauth_json(status, &body);
+    match denial {
+        Denial::Refused(challenge) => challenge.set_on(&mut response),
+        Denial::Unavailable => {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+    }
+    response
+}
+
+/// A header Envoy sets over any copy the request already has; `value` holds no control
+/// character (the check never writes one).
+pub fn envoy_header(name: &str, value: &str) -> HeaderValueOption {
     HeaderValueOption {
         header: Some(EnvoyHeader { key: name.to_owned(), value: value.to_owned(), raw_value: Vec::new() }),
         append: None,

@@ -155,7 +155,14 @@ impl TokenExchange {
         if let Some(reason) = refused
             && let Some(left_out) = crate::error::refusal_log()
         {
-            crate::audit::exchange_refused(request.client_id, source.map(SourceAddress::ip), reason, left_out);
+            // RFC 7523 makes the form's client_id optional: without it, the client the assertion
+            // claims to be (libraries such as authlib send none).
+            let claimed = ClientAssertion::parse(request.client_assertion).ok();
+            let actor = match claimed.as_ref().and_then(ClientAssertion::claimed_issuer) {
+                Some(issuer) if request.client_id.is_empty() => issuer,
+                _ => request.client_id,
+            };
+            crate::audit::exchange_refused(actor, source.map(SourceAddress::ip), reason, left_out);
         }
         result
     }

@@ -12,7 +12,68 @@ use crate::common::{
 use personal_clients::pb::iam::{self as pb, personal_client_service_client::PersonalClientServiceClient};
 
 pub fn tests() -> Vec<libtest_mimic::Trial> {
-    tests_on!(Sqlite: changes_and_refused_exchanges_are_audit_events_without_secrets)
+    tests_on!(Sqlite:
+        changes_and_refused_exchanges_are_audit_events_without_secrets,
+        a_leaked_secrets_revocation_names_its_reporter_and_only_it_is_written,
+        a_refused_exchange_without_a_client_id_names_the_client_its_assertion_claims,
+    )
+}
+
+/// RFC 7523 makes the form's `client_id` optional, and libraries such as authlib leave it out:
+/// the refusal then names the client the assertion claims to be.
+async fn a_refused_exchange_without_a_client_id_names_the_client_its_assertion_claims(db: TestDb) {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::spawn(dir.path(), Some(&db.url), &[]);
+    let stranger = ed25519_dalek::SigningKey::generate(&mut rand_core::OsRng);
+    let claimed = "someone@localhost/pcc";
+    let mut form = token_form(claimed, &sdk_assertion(&stranger, claimed));
+    form.retain(|(name, _)| *name != "client_id");
+    assert_eq!(post_token(server.addr, &form, &[]).await.status, 401);
+    let (_, log) = server.terminate();
+    let refusal = log
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .find(|entry| entry["target"] == "audit" && entry["fields"]["action"] == "token.exchange")
+        .unwrap_or_else(|| panic!("no refusal event: {log}"));
+    assert_eq!(refusal["fields"]["actor"], format!("{claimed:?}"), "{refusal}");
+}
+
+/// A report that revokes a credential is one event, naming the reporter's address and
+/// `User-Agent` (escaped: anyone may send one); reports that revoke nothing write nothing.
+async fn a_leaked_secrets_revocation_names_its_reporter_and_only_it_is_written(db: TestDb) {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::spawn(dir.path(), Some(&db.url), &[]);
+    let alice = crate::common::mint(&db.config(), "alice", &["reader"], std::time::Duration::from_secs(600)).await;
+    let channel = Channel::from_shared(format!("http://{}", server.addr)).unwrap().connect().await.unwrap();
+    let mut api = PersonalClientServiceClient::new(channel);
+    let created = api.create(authed(create_request("leaked"), &alice)).await.unwrap().into_inner();
+    let client = created.client.unwrap();
+
+    let report = |secrets: Vec<&str>| serde_json::json!({ "credentials": secrets }).to_string();
+    let agent = "scanner/2.1\t\"forged\"";
+    let headers = [("Content-Type", "application/json"), ("User-Agent", agent)];
+    for body in [report(vec!["secret-token:personal-clients:v1:nothing"]), report(vec![&created.client_secret])] {
+        let answer = http(server.addr, "POST", "/auth/v1/credentials/revoke", &headers, &body).await;
+        assert_eq!(answer.status, 202, "{}", answer.body);
+    }
+
+    let (status, log) = server.terminate();
+    assert!(status.success(), "{log}");
+    let revocations: Vec<Value> = log
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|entry| entry["target"] == "audit" && entry["fields"]["action"] == "personal_client.revoke_leaked")
+        .collect();
+    assert_eq!(revocations.len(), 1, "one event, for the secret that revoked something: {log}");
+    let fields = &revocations[0]["fields"];
+    assert_eq!(fields["target"], client.id.as_str());
+    assert_eq!(fields["client_id"], client.client_id.as_str());
+    assert_eq!(fields["owner"], "\"alice\"");
+    assert_eq!(fields["source"], "127.0.0.1");
+    assert_eq!(fields["user_agent"], format!("{agent:?}"), "the reporter's User-Agent, escaped");
+    assert_eq!(fields["outcome"], "done");
+    let secret_key = created.client_secret.rsplit(':').next().unwrap();
+    assert!(!log.contains(secret_key), "the reported secret in the log");
 }
 
 async fn changes_and_refused_exchanges_are_audit_events_without_secrets(db: TestDb) {

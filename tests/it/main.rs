@@ -25,6 +25,7 @@ mod properties;
 mod replicas;
 mod search;
 mod search_scale;
+mod standards;
 mod token_exchange;
 mod transport;
 mod unavailable;
@@ -58,6 +59,7 @@ fn main() -> ExitCode {
         replicas::tests(),
         search::tests(),
         search_scale::tests(),
+        standards::tests(),
         token_exchange::tests(),
         transport::tests(),
         unavailable::tests(),

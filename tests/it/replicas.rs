@@ -12,6 +12,7 @@ pub fn tests() -> Vec<libtest_mimic::Trial> {
     trials.extend(backend_tests!(
         replicas_share_keys_and_revocations,
         a_revoked_clients_token_is_refused_by_every_replica_at_once,
+        a_reported_secret_is_refused_by_every_replica_at_once,
         concurrent_writes_all_succeed,
         concurrent_updates_stamp_updated_at_in_commit_order,
     ));
@@ -57,6 +58,37 @@ async fn a_revoked_clients_token_is_refused_by_every_replica_at_once(db: TestDb)
     cb.delete(authed(pb::PersonalClientServiceDeleteRequest { id: pc.id.clone() }, &user)).await.unwrap();
     assert_eq!(ca.get(get()).await.unwrap_err().code(), Code::Unauthenticated, "refused by the other replica");
     assert_eq!(cb.get(get()).await.unwrap_err().code(), Code::Unauthenticated, "refused by the revoking replica");
+    a.stop().await;
+    b.stop().await;
+}
+
+/// A leaked secret reported to one replica: the client's tokens, accepted (and remembered) by
+/// both before, are refused by either on the very next call, and so is its next assertion.
+async fn a_reported_secret_is_refused_by_every_replica_at_once(db: TestDb) {
+    let (a, b) = tokio::join!(TestServer::start(db.config()), TestServer::start(db.config()));
+    let user = a.token("alice", &[]).await;
+    let (mut ca, mut cb) = (a.client().await, b.client().await);
+    let created = ca.create(authed(create_request("leaked"), &user)).await.unwrap().into_inner();
+    let pc = created.client.unwrap();
+    let key = oauth::key_from_secret(&created.client_secret);
+    let form = oauth::token_form(&pc.client_id, &oauth::sdk_assertion(&key, &pc.client_id));
+    let issued = oauth::post_token(b.addr, &form, &[]).await;
+    assert_eq!(issued.status, 200, "{}", issued.body);
+    let token = issued.json()["access_token"].as_str().unwrap().to_owned();
+    let get = || authed(pb::PersonalClientServiceGetRequest { id: pc.id.clone() }, &token);
+    for _ in 0..2 {
+        ca.get(get()).await.expect("replica a accepts the client's token");
+        cb.get(get()).await.expect("replica b accepts the client's token");
+    }
+
+    let report = serde_json::json!({ "credentials": [created.client_secret] }).to_string();
+    let headers = [("Content-Type", "application/json")];
+    let reported = oauth::http(a.addr, "POST", "/auth/v1/credentials/revoke", &headers, &report).await;
+    assert_eq!(reported.status, 202, "{}", reported.body);
+    assert_eq!(cb.get(get()).await.unwrap_err().code(), Code::Unauthenticated, "refused by the other replica");
+    assert_eq!(ca.get(get()).await.unwrap_err().code(), Code::Unauthenticated, "refused by the replica told");
+    let form = oauth::token_form(&pc.client_id, &oauth::sdk_assertion(&key, &pc.client_id));
+    assert_eq!(oauth::post_token(b.addr, &form, &[]).await.status, 401, "no new token anywhere");
     a.stop().await;
     b.stop().await;
 }

@@ -11,6 +11,7 @@ mod m20261128_000003_json_columns;
 mod m20261128_000004_folded_display_names;
 mod m20261128_000005_search_indexes;
 mod m20261128_000006_signing_key_schedule;
+mod m20261207_000007_public_key_index;
 
 #[derive(Debug)]
 pub struct Migrator;
@@ -25,6 +26,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261128_000004_folded_display_names::Migration),
             Box::new(m20261128_000005_search_indexes::Migration),
             Box::new(m20261128_000006_signing_key_schedule::Migration),
+            Box::new(m20261207_000007_public_key_index::Migration),
         ]
     }
 }

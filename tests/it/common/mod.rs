@@ -173,6 +173,7 @@ impl TestDb {
         credentials.create_rate_per_user = RateLimit(None);
         credentials.exchange_rate_per_client = RateLimit(None);
         credentials.exchange_rate_per_source = RateLimit(None);
+        credentials.revoke_rate_per_source = RateLimit(None);
         config
     }
 
