@@ -88,9 +88,11 @@ describe('express-oauth2-jwt-bearer with issuerBaseURL and audience only', () =>
     assert.equal(answer.status, 200, `${answer}`);
   });
 
-  test('strict: true (RFC 9068) lets a user token from mint-token in', async () => {
+  // A user token from mint-token names no client (see the README): strict validation refuses it.
+  test('strict: true (RFC 9068) refuses a user token from mint-token: it names no client_id', async () => {
     const answer = await call(`${strict.url}/notes`, userToken);
-    assert.equal(answer.status, 200, `${answer}`);
+    assert.equal(answer.status, 401, `${answer}`);
+    assert.match(answer.challenge ?? '', /client_id/);
   });
 
   test("another server's token is refused with 401", async () => {

@@ -19,10 +19,11 @@ fi
 # Exactly these packages; pip is quick when they are already installed, so a venv left half
 # set up by an interrupted run mends itself.
 # conductorone-sdk is pinned: test_sdk.py works around what this version lacks (List paging),
-# and another version may lack other things or have gained them.
+# and another version may lack other things or have gained them. authlib is pinned for the same
+# reason: test_authlib.py names where its defaults differ from the service's rules.
 "$VENV/bin/python" -m pip install -q \
     grpcio grpcio-tools grpcio-reflection grpcio-health-checking PyJWT cryptography pytest \
-    conductorone-sdk==0.17.2 openapi-spec-validator authlib==1.9.10
+    conductorone-sdk==0.17.2 openapi-spec-validator authlib==1.9.10 requests
 PYTHON="$VENV/bin/python"
 
 BINARY="$TARGET/release/personal-clients"

@@ -51,8 +51,8 @@ SECRET_PREFIX = "secret-token:personal-clients:v1:"
 ASSERTION_LIFETIME = 300
 
 # joserfc (authlib's JOSE library) warns that RFC 9864 deprecates "EdDSA" in favour of
-# "Ed25519". The service's metadata offers EdDSA (and it accepts both), so EdDSA is what a client
-# reading the metadata signs with.
+# "Ed25519". The service's metadata offers both names; EdDSA, the first, is what the test signs
+# with.
 pytestmark = pytest.mark.filterwarnings("ignore:EdDSA is deprecated")
 
 
@@ -204,7 +204,7 @@ def test_metadata_describes_the_token_endpoint(issuer_server):
     assert meta["token_endpoint"] == f"{issuer_server.issuer}/auth/v1/token"
     assert meta["grant_types_supported"] == ["client_credentials"]
     assert meta["token_endpoint_auth_methods_supported"] == ["private_key_jwt"]
-    assert meta["token_endpoint_auth_signing_alg_values_supported"] == ["EdDSA"]
+    assert meta["token_endpoint_auth_signing_alg_values_supported"] == ["EdDSA", "Ed25519"]
     jwks = requests.get(meta["jwks_uri"], timeout=10)
     assert jwks.status_code == 200 and jwks.json()["keys"], jwks.text
 
