@@ -470,7 +470,9 @@ async fn a_new_key_is_published_for_a_cache_lifetime_before_it_signs(db: TestDb)
     let client = reqwest::Client::new();
     let first = header_kid(&exchanger.token(server.addr).await);
     let jwks = fetch_jwks(&client, server.addr).await;
-    assert_eq!(jwks.max_age, Duration::from_secs(1), "the max-age the schedule allows for");
+    // The schedule's max-age, less however late this replica's last re-read of the keys is: on a
+    // busy machine that can take it under a second, which whole seconds round down to no-store.
+    assert!(jwks.max_age <= Duration::from_secs(1), "never longer than the schedule allows: {:?}", jwks.max_age);
     assert_eq!(jwks.keys.keys().collect::<Vec<_>>(), [&first]);
 
     let added = key_admin::add(&db.database_url(), &config.keys, None).await.unwrap();
