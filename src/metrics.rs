@@ -1,10 +1,11 @@
 //! Prometheus metrics, served in the Prometheus text format (0.0.4) at `GET /metrics`: calls of
 //! gRPC methods (over gRPC, or as JSON over HTTP) by method, status code and protocol, with
-//! latency histograms, as the edge records them; token exchange outcomes by reason; the
+//! latency histograms, as the edge records them; token exchange outcomes by reason; forward
+//! authorization outcomes and credentials revoked for leaked secrets; the
 //! database pools; and the open connections and the memory budget, as the edge keeps them.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use tonic::Code;
 
@@ -20,6 +21,8 @@ pub struct Metrics {
     requests: IntCounterVec,
     latency: HistogramVec,
     exchanges: IntCounterVec,
+    forward_auth: IntCounterVec,
+    leaked_revocations: IntCounter,
     pool_connections: IntGaugeVec,
     connections: IntGauge,
     memory_budget: IntGauge,
@@ -52,6 +55,18 @@ impl Metrics {
                 .namespace(NAMESPACE),
             &["outcome"],
         )?;
+        let forward_auth = IntCounterVec::new(
+            Opts::new(
+                "forward_auth_checks_total",
+                "Forward authorization checks over HTTP by outcome: allowed, denied, unavailable, error",
+            )
+            .namespace(NAMESPACE),
+            &["outcome"],
+        )?;
+        let leaked_revocations = IntCounter::with_opts(
+            Opts::new("leaked_secret_revocations_total", "Credentials revoked because their secret was reported")
+                .namespace(NAMESPACE),
+        )?;
         let pool_connections = IntGaugeVec::new(
             Opts::new("db_pool_connections", "Database pool connections by pool and state").namespace(NAMESPACE),
             &["pool", "state"],
@@ -72,6 +87,8 @@ impl Metrics {
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(latency.clone()))?;
         registry.register(Box::new(exchanges.clone()))?;
+        registry.register(Box::new(forward_auth.clone()))?;
+        registry.register(Box::new(leaked_revocations.clone()))?;
         registry.register(Box::new(pool_connections.clone()))?;
         registry.register(Box::new(connections.clone()))?;
         registry.register(Box::new(memory_budget.clone()))?;
@@ -81,6 +98,8 @@ impl Metrics {
             requests,
             latency,
             exchanges,
+            forward_auth,
+            leaked_revocations,
             pool_connections,
             connections,
             memory_budget,
@@ -103,6 +122,16 @@ impl Metrics {
     /// Counts one token exchange: `issued`, or why it was refused.
     pub fn token_exchange(&self, outcome: &str) {
         self.exchanges.with_label_values(&[outcome]).inc();
+    }
+
+    /// Counts one forward authorization check: `allowed`, `denied`, `unavailable` or `error`.
+    pub fn forward_auth(&self, outcome: &'static str) {
+        self.forward_auth.with_label_values(&[outcome]).inc();
+    }
+
+    /// Counts credentials revoked because their secrets were reported.
+    pub fn leaked_secrets_revoked(&self, count: u64) {
+        self.leaked_revocations.inc_by(count);
     }
 
     /// Counts one call of a gRPC method, over gRPC or as JSON over HTTP, and its latency.

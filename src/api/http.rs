@@ -22,7 +22,9 @@ use crate::{
     domain::echo,
     error::{
         Error, OAuthError,
-        answers::{bearer_refusal, forward_auth_allowed, forward_auth_denied, oauth_json as json, oauth_response},
+        answers::{
+            Denial, bearer_refusal, forward_auth_allowed, forward_auth_denied, oauth_json as json, oauth_response,
+        },
     },
     exchange::{ExchangeRequest, RequestOrigin, TokenExchange},
     health::Health,
@@ -148,11 +150,14 @@ async fn introspect(State(state): State<HttpEndpoints>, request: Request) -> Res
 /// copy onto the request; else 401 with a challenge, or 503. Nothing else of the request, its
 /// method, path, forwarded headers or body, counts.
 async fn forward_auth(State(state): State<HttpEndpoints>, headers: HeaderMap) -> Response {
-    match state.check.decide(Authorization::of(&headers)).await {
-        Ok(Decision::Allow { set, .. }) => forward_auth_allowed(&set),
-        Ok(Decision::Deny(denial)) => forward_auth_denied(denial),
-        Err(err) => oauth_response(OAuthError::from(err)),
-    }
+    let (outcome, answer) = match state.check.decide(Authorization::of(&headers)).await {
+        Ok(Decision::Allow { set, .. }) => ("allowed", forward_auth_allowed(&set)),
+        Ok(Decision::Deny(denial @ Denial::Refused(_))) => ("denied", forward_auth_denied(denial)),
+        Ok(Decision::Deny(denial @ Denial::Unavailable)) => ("unavailable", forward_auth_denied(denial)),
+        Err(err) => ("error", oauth_response(OAuthError::from(err))),
+    };
+    state.metrics.forward_auth(outcome);
+    answer
 }
 
 /// A report of leaked secrets, in the shape of GitHub's credential revocation API.
@@ -167,19 +172,6 @@ struct LeakReport {
 /// secrets were; 400 for a body that is not such a report, 429 past the source's rate.
 async fn revoke_leaked(State(state): State<HttpEndpoints>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
-    let malformed = |description: String| oauth_response(OAuthError::from(Error::invalid("credentials", description)));
-    let Ok(bytes) = to_bytes(body, MAX_REPORT_BYTES).await else {
-        return malformed(format!("the body is larger than {MAX_REPORT_BYTES} bytes or could not be read"));
-    };
-    let report: LeakReport = match serde_json::from_slice(&bytes) {
-        Ok(report) => report,
-        Err(err) => {
-            return malformed(format!(
-                "the body is not a report ({}); send {{\"credentials\": [\"secret-token:…\"]}} with 1 to {MAX_REPORTED_SECRETS} secrets",
-                echo(&err.to_string())
-            ));
-        }
-    };
     let forwarded_for: Vec<String> = parts
         .headers
         .get_all("x-forwarded-for")
@@ -191,8 +183,28 @@ async fn revoke_leaked(State(state): State<HttpEndpoints>, request: Request) -> 
         forwarded_for: &forwarded_for,
         user_agent: parts.headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or_default(),
     };
-    match state.clients.revoke_leaked(&report.credentials, reporter).await {
-        Ok(()) => json(StatusCode::ACCEPTED, &serde_json::json!({})),
+    let report = match state.clients.admit_report(reporter) {
+        Ok(report) => report,
+        Err(err) => return oauth_response(OAuthError::from(err)),
+    };
+    let malformed = |description: String| oauth_response(OAuthError::from(Error::invalid("credentials", description)));
+    let Ok(bytes) = to_bytes(body, MAX_REPORT_BYTES).await else {
+        return malformed(format!("the body is larger than {MAX_REPORT_BYTES} bytes or could not be read"));
+    };
+    let secrets: LeakReport = match serde_json::from_slice(&bytes) {
+        Ok(secrets) => secrets,
+        Err(err) => {
+            return malformed(format!(
+                "the body is not a report ({}); send {{\"credentials\": [\"secret-token:…\"]}} with 1 to {MAX_REPORTED_SECRETS} secrets",
+                echo(&err.to_string())
+            ));
+        }
+    };
+    match report.revoke(&secrets.credentials).await {
+        Ok(revoked) => {
+            state.metrics.leaked_secrets_revoked(revoked);
+            json(StatusCode::ACCEPTED, &serde_json::json!({}))
+        }
         Err(err) => oauth_response(OAuthError::from(err)),
     }
 }

@@ -19,7 +19,7 @@ use crate::{
     store::Store,
 };
 use access::Access;
-pub use leaked::{MAX_SECRETS as MAX_REPORTED_SECRETS, Reporter};
+pub use leaked::{MAX_SECRETS as MAX_REPORTED_SECRETS, Report, Reporter};
 
 /// Whether a personal client may still be used: what the bearer check asks of every token a
 /// personal client obtained, on every call, so a revocation on any replica refuses its tokens at

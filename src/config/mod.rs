@@ -51,7 +51,15 @@ pub struct IssuerArgs {
 
 impl IssuerArgs {
     pub fn issuer(&self) -> String {
-        self.issuer.clone().unwrap_or_else(|| format!("http://{}", self.public_host))
+        self.issuer.clone().unwrap_or_else(|| {
+            // A bare IPv6 address is bracketed in a URL.
+            let host = &self.public_host;
+            if host.matches(':').count() > 1 && !host.starts_with('[') {
+                format!("http://[{host}]")
+            } else {
+                format!("http://{host}")
+            }
+        })
     }
 
     /// The names this service answers to as an audience, of client assertions and of external

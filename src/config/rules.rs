@@ -12,6 +12,16 @@ impl Config {
     pub fn check(&self) -> Result<(), Error> {
         let schedule = &self.keys.schedule;
         check_token_ttl("--token-ttl", self.credentials.token_ttl, schedule)?;
+        if self.issuer.issuer.is_none() {
+            // The default issuer, made of --public-host, must be a URL as much as a given one.
+            super::values::parse_issuer(&self.issuer.issuer()).map_err(|message| {
+                Error::config(
+                    "--public-host",
+                    format!("makes the default --issuer, which {message}; set --issuer"),
+                    None,
+                )
+            })?;
+        }
         if let RotationInterval(Some(every)) = self.serving.key_rotation_interval
             && every < schedule.activation_lead()
         {

@@ -84,6 +84,15 @@ pub(super) fn parse_issuer(value: &str) -> Result<String, String> {
     if url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() || url.password().is_some() {
         return Err(format!("{value:?} holds a query, fragment or user name, which an issuer may not (RFC 8414 §2)"));
     }
+    // Compared as strings by every relying party: only the form a URL library would give it
+    // back in (a bare origin may leave out its `/`).
+    let normal = url.as_str();
+    if normal != value && normal != format!("{value}/") {
+        let suggested = if url.path() == "/" && !value.ends_with('/') { normal.trim_end_matches('/') } else { normal };
+        return Err(format!(
+            "{value:?} is not written as URLs are compared (case, default port, escapes); write it as {suggested:?}"
+        ));
+    }
     Ok(value.to_owned())
 }
 
@@ -159,4 +168,28 @@ pub(super) fn parse_memory(value: &str) -> Result<u64, String> {
         return Err(format!("{value} is less than the least memory budget, 16MiB"));
     }
     Ok(size.as_u64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_issuer_is_an_http_url_written_as_it_is_compared() {
+        for good in ["http://localhost", "https://iam.example.com/", "https://example.com/iam", "http://[::1]:8080"] {
+            assert_eq!(parse_issuer(good).as_deref(), Ok(good));
+        }
+        for (bad, says) in [
+            ("personal-clients", "is not a URL"),
+            ("urn:example:iam", "not an http or https URL"),
+            ("https://example.com/?tenant=1", "query"),
+            ("https://user@example.com", "user name"),
+            ("https://Example.com", "write it as \"https://example.com\""),
+            ("https://example.com:443/iam", "write it as \"https://example.com/iam\""),
+            ("https://example.com/a b", "write it as \"https://example.com/a%20b\""),
+        ] {
+            let err = parse_issuer(bad).unwrap_err();
+            assert!(err.contains(says), "{bad}: {err}");
+        }
+    }
 }

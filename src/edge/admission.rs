@@ -46,6 +46,13 @@ fn is_health_check(path: &str) -> bool {
     path == "/healthz" || path.starts_with("/grpc.health.v1.Health/")
 }
 
+/// Whether a request asks for forward authorization, which decides by the `Authorization` header
+/// alone: a body a proxy sends along is never read, so neither its size nor its pace (or its
+/// absence, when a proxy announces one and sends none) matters.
+fn is_forward_auth(path: &str) -> bool {
+    path == "/auth/v1/check" || path.starts_with("/auth/v1/check/")
+}
+
 /// The largest health check request read, outside the budget.
 const HEALTH_CHECK_BYTES: usize = 4 * 1024;
 
@@ -177,9 +184,13 @@ where
                 Err(err) => return refuse(err),
             };
             let streamed = reflection::is_streamed(request.uri().path());
+            let unread = is_forward_auth(request.uri().path());
             let (parts, body) = request.into_parts();
             let mut stream = None;
-            let (body, _body_memory) = if streamed {
+            let (body, _body_memory) = if unread {
+                drop(body);
+                (tonic::body::Body::empty(), None)
+            } else if streamed {
                 let Ok(place) = Arc::clone(&layer.streams).try_acquire_owned() else {
                     return refuse(busy(format!(
                         "the server has {REFLECTION_STREAMS} reflection streams open, the most it keeps"

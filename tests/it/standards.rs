@@ -12,6 +12,7 @@ use tonic::Code;
 use crate::common::{
     TestDb, TestServer, authed, create_request,
     oauth::{HttpResponse as Http, http, key_from_secret, post_token, sdk_assertion, token_form, verify_with_jwks},
+    sample,
 };
 use personal_clients::{pb::iam as pb, rate::RateLimit};
 
@@ -24,6 +25,7 @@ pub fn tests() -> Vec<libtest_mimic::Trial> {
     trials.extend(tests_on!(Sqlite:
         discovery_documents_point_at_the_endpoints,
         an_issuer_with_a_path_has_its_metadata_where_rfc_8414_puts_it,
+        an_issuer_that_is_no_url_is_refused_before_the_server_starts,
         access_tokens_are_rfc_9068_jwts,
         reports_of_leaked_secrets_are_bounded_and_rate_limited,
         the_readmes_scanning_rule_finds_every_secret_and_nothing_else,
@@ -110,6 +112,37 @@ async fn an_issuer_with_a_path_has_its_metadata_where_rfc_8414_puts_it(db: TestD
     server.stop().await;
 }
 
+async fn an_issuer_that_is_no_url_is_refused_before_the_server_starts(db: TestDb) {
+    let dir = tempfile::tempdir().unwrap();
+    let refused = crate::common::oauth::binary(dir.path())
+        .args(["serve", "--database-url", &db.url, "--issuer", "personal-clients"])
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(2), "a usage error");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("--issuer") && stderr.contains("is not a URL"), "{stderr}");
+
+    // The default issuer is made of --public-host, and held to the same rule.
+    let mut config = db.config();
+    config.issuer.public_host = "a:b".into();
+    let err = config.check().unwrap_err().to_string();
+    assert!(err.contains("--public-host") && err.contains("set --issuer"), "{err}");
+    config.issuer.public_host = "::1".into();
+    assert_eq!(config.issuer.issuer(), "http://[::1]", "a bare IPv6 address in brackets");
+    config.check().unwrap();
+
+    // An issuer path that would read as a route pattern is served as written.
+    let mut config = db.config();
+    config.issuer.issuer = Some("https://example.com/:tenant/*".into());
+    let server = TestServer::start(config).await;
+    let inserted = http(server.addr, "GET", "/.well-known/oauth-authorization-server/:tenant/*", &[], "").await;
+    assert_eq!(inserted.status, 200, "{}", inserted.body);
+    assert_eq!(inserted.json()["issuer"], "https://example.com/:tenant/*");
+    let other = http(server.addr, "GET", "/.well-known/oauth-authorization-server/other", &[], "").await;
+    assert_eq!(other.status, 404);
+    server.stop().await;
+}
+
 async fn access_tokens_are_rfc_9068_jwts(db: TestDb) {
     let server = TestServer::start(db.config()).await;
     let user = server.token("alice", &["reader", "writer"]).await;
@@ -165,6 +198,18 @@ async fn forward_auth_answers_as_the_mesh_check_does(db: TestDb) {
         assert_eq!(answer.header("cache-control"), Some("no-store"));
     }
 
+    // A body a proxy sends along is never read: not its size, nor one announced and never sent.
+    let large = http(server.addr, "POST", "/auth/v1/check", &[("Authorization", &bearer)], &"x".repeat(200_000)).await;
+    assert_eq!(large.status, 200, "{}", large.body);
+    let mut socket = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let head =
+        format!("POST /auth/v1/check HTTP/1.1\r\nHost: x\r\nAuthorization: {bearer}\r\nContent-Length: 10\r\n\r\n");
+    tokio::io::AsyncWriteExt::write_all(&mut socket, head.as_bytes()).await.unwrap();
+    let mut answer = [0u8; 12];
+    let read = tokio::io::AsyncReadExt::read_exact(&mut socket, &mut answer);
+    tokio::time::timeout(std::time::Duration::from_secs(10), read).await.expect("answered without the body").unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 200");
+
     let (client, _, token) = client_with_token(&server, &alice, "proxied").await;
     let client_bearer = format!("Bearer {token}");
     for _ in 0..2 {
@@ -196,6 +241,11 @@ async fn forward_auth_answers_as_the_mesh_check_does(db: TestDb) {
     let revoked = forward(&server, "GET", "/auth/v1/check", &[("Authorization", &client_bearer)]).await;
     assert_eq!(challenge(&revoked), (401, invalid_token));
     assert_eq!(revoked.header("x-user-id"), None, "no identity with a denial");
+    let metrics = server.metrics().await;
+    let checks = |outcome: &str| {
+        sample(&metrics, &format!("personal_clients_forward_auth_checks_total{{outcome=\"{outcome}\"}}"))
+    };
+    assert_eq!((checks("allowed"), checks("denied")), (Some(8.0), Some(5.0)), "{metrics}");
     server.stop().await;
 }
 
@@ -260,13 +310,13 @@ async fn a_leaked_secret_revokes_its_credential_and_nothing_else(db: TestDb) {
 
     let again = report(&server, &json!({"credentials": [leaked_secret]}).to_string()).await;
     assert_eq!((again.status, again.body), (202, nothing.body), "already revoked: the same answer");
+    let metrics = server.metrics().await;
+    assert_eq!(sample(&metrics, "personal_clients_leaked_secret_revocations_total"), Some(1.0), "{metrics}");
     server.stop().await;
 }
 
 async fn reports_of_leaked_secrets_are_bounded_and_rate_limited(db: TestDb) {
-    let mut config = db.config();
-    config.credentials.revoke_rate_per_source = "4/min".parse::<RateLimit>().unwrap();
-    let server = TestServer::start(config).await;
+    let server = TestServer::start(db.config()).await;
     let many: Vec<String> = (0..101).map(|_| made_up_secret()).collect();
     for (body, says) in [
         ("not json".to_owned(), "the body is not a report"),
@@ -282,13 +332,15 @@ async fn reports_of_leaked_secrets_are_bounded_and_rate_limited(db: TestDb) {
         let description = answer.json()["error_description"].as_str().unwrap().to_owned();
         assert!(description.contains(says), "{description:?} should say {says:?}");
     }
-    // Of the source's four reports a minute, the two lists of the wrong length were two: a
-    // body that is not a report is refused before it counts.
-    let one = json!({"credentials": [made_up_secret()]}).to_string();
-    for _ in 0..2 {
-        assert_eq!(report(&server, &one).await.status, 202);
-    }
-    let limited = report(&server, &one).await;
+    server.stop().await;
+
+    // Every report counts against its source, before its body is read: a malformed one too.
+    let mut config = db.config();
+    config.credentials.revoke_rate_per_source = "2/min".parse::<RateLimit>().unwrap();
+    let server = TestServer::start(config).await;
+    assert_eq!(report(&server, "not json").await.status, 400);
+    assert_eq!(report(&server, &json!({"credentials": [made_up_secret()]}).to_string()).await.status, 202);
+    let limited = report(&server, "not json").await;
     assert_eq!(limited.status, 429, "{}", limited.body);
     assert!(limited.header("retry-after").is_some());
     server.stop().await;
