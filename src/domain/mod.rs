@@ -25,7 +25,7 @@ pub use key_ring::{
     KeyLife, KeyRingChange, KeySchedule, KeyState, KeyTimeline, KeyTimes, MAX_TOKEN_TTL, NewSigningKey, delta,
 };
 pub use page::{Page, PageRequest, PageSize, PageToken};
-pub use personal_client::{ClientChanges, NewPersonalClient, Owner, PersonalClient};
+pub use personal_client::{ClientChanges, NewPersonalClient, Owner, PersonalClient, expired};
 pub use principal::Principal;
 pub use rejection::Rejection;
 pub use role::{Role, RoleSet};

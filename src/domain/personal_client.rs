@@ -41,11 +41,10 @@ impl PersonalClient {
         if self.deleted_at.is_some() {
             return Err(Rejection::ClientRevoked);
         }
-        let left = self.expires_at.map(|at| at - now);
-        if left.is_some_and(|left| left < TimeDelta::seconds(1)) {
+        if expired(self.expires_at, now) {
             return Err(Rejection::ClientExpired);
         }
-        Ok(left)
+        Ok(self.expires_at.map(|at| at - now))
     }
 
     /// The roles its access tokens carry: its scoped roles, or, when it has none, the roles its
@@ -107,4 +106,10 @@ pub struct ClientChanges {
 pub enum Owner<'a> {
     User(&'a str),
     Anyone,
+}
+
+/// Whether a client that expires at `expires_at` is expired at `now`: within a second of its
+/// expiry it is, so a token is never issued for less than a second.
+pub fn expired(expires_at: Option<DateTime<Utc>>, now: DateTime<Utc>) -> bool {
+    expires_at.is_some_and(|at| at - now < TimeDelta::seconds(1))
 }

@@ -8,8 +8,8 @@ use std::{collections::HashMap, sync::Arc};
 use chrono::{DateTime, TimeDelta, Utc};
 use sea_orm::{
     ActiveValue::Set,
-    ColumnTrait, Condition, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, EntityTrait, ExprTrait,
-    QueryFilter, QueryOrder, QuerySelect, Select, TransactionTrait, UpdateMany,
+    ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, EntityTrait,
+    ExprTrait, QueryFilter, QueryOrder, QuerySelect, Select, Statement, TransactionTrait, UpdateMany,
     sea_query::{Expr, Func, OnConflict, SimpleExpr},
 };
 use tokio::sync::Mutex;
@@ -56,6 +56,13 @@ impl Store {
             Owner::Anyone => None,
         };
         self.batches.by_id.call(Visible { id, owner }).await?.ok_or(Error::NotFound)
+    }
+
+    /// The clients' epoch as the database has it now, read by a statement that starts after this
+    /// call does: it grows with every change that can make a client unusable (see the
+    /// migration that made it), on every replica's database alike.
+    pub async fn client_epoch(&self) -> Result<i64, Error> {
+        self.batches.epoch.call(()).await
     }
 
     /// The client with OAuth2 client id `client_id`, deleted or not.
@@ -289,6 +296,14 @@ pub(super) async fn clients_by_client_id(
     let rows =
         personal_client::Entity::find().filter(Column::ClientId.is_in(client_ids.iter().cloned())).all(&db).await?;
     Ok(answer_each(&client_ids, rows, |row| row.client_id.clone()))
+}
+
+/// The clients' epoch, once for every caller of a batch.
+pub(super) async fn client_epoch(db: DatabaseConnection, callers: Vec<()>) -> Result<Vec<Result<i64, Error>>, DbErr> {
+    let statement = Statement::from_string(db.get_database_backend(), "SELECT value FROM client_epoch WHERE id = 1");
+    let row = db.query_one_raw(statement).await?.ok_or_else(|| DbErr::RecordNotFound("client_epoch".into()))?;
+    let epoch: i64 = row.try_get_by_index(0)?;
+    Ok(callers.iter().map(|()| Ok(epoch)).collect())
 }
 
 /// One answer per key, in the keys' order: the row with that key, if any (a key asked for twice

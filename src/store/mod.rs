@@ -106,12 +106,16 @@ struct Searches {
 struct Batches {
     by_id: Batcher<clients::Visible, Option<PersonalClient>>,
     by_client_id: Batcher<String, Option<PersonalClient>>,
+    epoch: Batcher<(), i64>,
     spend: Batcher<replay::OneTimeValue, bool>,
     create: Batcher<clients::NewRow, Option<PersonalClient>>,
 }
 
 /// Most calls one batch serves.
 const MAX_BATCH: usize = 64;
+
+/// Most callers one read of the clients' epoch answers: as many as may wait.
+const MAX_EPOCH_BATCH: usize = 4096;
 
 /// Rows a SQLite connection's thread may hand over before the reader takes them: more than a
 /// batch or the largest page.
@@ -272,6 +276,13 @@ impl Batches {
             let run = move |ids| Box::pin(clients::clients_by_client_id(db.clone(), ids)) as _;
             Batcher::spawn(MAX_BATCH, read_slots, Arc::new(run))
         };
+        // One read of the epoch at a time: it is one number, so every caller that arrives while
+        // it is read waits for the next read, which answers them all in one round trip.
+        let epoch = {
+            let db = db.clone();
+            let run = move |callers| Box::pin(clients::client_epoch(db.clone(), callers)) as _;
+            Batcher::spawn(MAX_EPOCH_BATCH, 1, Arc::new(run))
+        };
         let create = {
             let (db, writer) = (db.clone(), writer.cloned());
             let run = move |rows| Box::pin(clients::insert_clients(db.clone(), writer.clone(), rows)) as _;
@@ -282,7 +293,7 @@ impl Batches {
             let run = move |values| Box::pin(replay::spend_values(relaxed.clone(), writer.clone(), values)) as _;
             Batcher::spawn(MAX_BATCH, write_slots, Arc::new(run))
         };
-        Self { by_id, by_client_id, spend, create }
+        Self { by_id, by_client_id, epoch, spend, create }
     }
 }
 

@@ -13,6 +13,7 @@ pub fn tests() -> Vec<libtest_mimic::Trial> {
         replicas_share_keys_and_revocations,
         a_revoked_clients_token_is_refused_by_every_replica_at_once,
         a_reported_secret_is_refused_by_every_replica_at_once,
+        a_change_by_any_writer_is_seen_on_the_next_call,
         concurrent_writes_all_succeed,
         concurrent_updates_stamp_updated_at_in_commit_order,
     ));
@@ -91,6 +92,40 @@ async fn a_reported_secret_is_refused_by_every_replica_at_once(db: TestDb) {
     assert_eq!(oauth::post_token(b.addr, &form, &[]).await.status, 401, "no new token anywhere");
     a.stop().await;
     b.stop().await;
+}
+
+/// Each replica keeps what it read of a usable client while the clients' epoch stays put; the
+/// database moves the epoch, so a change made by a writer that is no replica of this service (an
+/// operator's SQL) is seen on the very next call too: a revocation, an expiry moved into the
+/// past, another owner, a row deleted outright.
+async fn a_change_by_any_writer_is_seen_on_the_next_call(db: TestDb) {
+    use sea_orm::ConnectionTrait;
+    let server = TestServer::start(db.config()).await;
+    let user = server.token("alice", &[]).await;
+    let sql = sea_orm::Database::connect(&db.url).await.unwrap();
+    let mut api = server.client().await;
+    let changes = [
+        "UPDATE personal_clients SET deleted_at = updated_at WHERE client_id = '{client_id}'",
+        "UPDATE personal_clients SET expires_at = created_at WHERE client_id = '{client_id}'",
+        "UPDATE personal_clients SET user_id = 'mallory' WHERE client_id = '{client_id}'",
+        "DELETE FROM personal_clients WHERE client_id = '{client_id}'",
+    ];
+    for change in changes {
+        let created = api.create(authed(create_request("changed"), &user)).await.unwrap().into_inner();
+        let pc = created.client.unwrap();
+        let key = oauth::key_from_secret(&created.client_secret);
+        let form = oauth::token_form(&pc.client_id, &oauth::sdk_assertion(&key, &pc.client_id));
+        let issued = oauth::post_token(server.addr, &form, &[]).await;
+        assert_eq!(issued.status, 200, "{}", issued.body);
+        let token = issued.json()["access_token"].as_str().unwrap().to_owned();
+        let list = || authed(pb::PersonalClientServiceListRequest::default(), &token);
+        for _ in 0..3 {
+            api.list(list()).await.expect("the client's token is accepted, and what was read of it kept");
+        }
+        sql.execute_unprepared(&change.replace("{client_id}", &pc.client_id)).await.unwrap();
+        assert_eq!(api.list(list()).await.unwrap_err().code(), Code::Unauthenticated, "after {change}");
+    }
+    server.stop().await;
 }
 
 async fn concurrent_writes_all_succeed(db: TestDb) {

@@ -12,6 +12,7 @@ mod m20261128_000004_folded_display_names;
 mod m20261128_000005_search_indexes;
 mod m20261128_000006_signing_key_schedule;
 mod m20261207_000007_public_key_index;
+mod m20261207_000008_client_epoch;
 
 #[derive(Debug)]
 pub struct Migrator;
@@ -27,6 +28,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261128_000005_search_indexes::Migration),
             Box::new(m20261128_000006_signing_key_schedule::Migration),
             Box::new(m20261207_000007_public_key_index::Migration),
+            Box::new(m20261207_000008_client_epoch::Migration),
         ]
     }
 }
