@@ -12,6 +12,8 @@
 #                --exchange-rate-per-client off --exchange-rate-per-source off
 #   SEED_N       clients to create first (default 1000)
 #   LOAD_ARGS    extra `pc-load compare` flags (default: --rounds 3 --warmup 2s --duration 5s)
+#   CHECK_TOKEN  the token `check` asks about: `user` (default, the minted user token) or `client`
+#                (an access token of a seeded personal client, whose liveness every Check asks)
 set -eu
 root=$(cd "$(dirname "$0")/.." && pwd)
 target_dir() { cargo metadata --format-version 1 --no-deps --manifest-path "$1" | jq -r .target_directory; }
@@ -35,7 +37,21 @@ for i in $(seq 200); do
 done
 token=$("$bin" mint-token --database-url "$db" --user bench-user --roles bench --ttl 2h)
 "$load" seed --target "http://127.0.0.1:$port" --token "$token" --count "${SEED_N:-1000}" --out "$work"
+check=()
+case ${CHECK_TOKEN:-user} in
+  user) ;;
+  client)
+    assertion=$(PC_CLIENT_SECRET=$(cat "$work/secret.txt") "$bin" client-assertion \
+      --client-id "$(cat "$work/client_id.txt")")
+    client_token=$(curl -sf "http://127.0.0.1:$port/auth/v1/token" -d grant_type=client_credentials \
+      --data-urlencode "client_id=$(cat "$work/client_id.txt")" \
+      -d client_assertion_type=urn:ietf:params:oauth:client-assertion-type:jwt-bearer \
+      --data-urlencode "client_assertion=$assertion" | jq -r .access_token)
+    check=(--check-token "$client_token")
+    ;;
+  *) echo "compare.sh: CHECK_TOKEN is user or client" >&2; exit 2 ;;
+esac
 # shellcheck disable=SC2086 # LOAD_ARGS is a list of flags
 "$load" compare --target "http://127.0.0.1:$port" --target-pid $pid --scenario "$scenarios" \
   --token "$token" --ids-file "$work/ids.txt" --secret-file "$work/secret.txt" \
-  --client-id "$(cat "$work/client_id.txt")" --rounds 3 --warmup 2s --duration 5s ${LOAD_ARGS:-}
+  --client-id "$(cat "$work/client_id.txt")" ${check[@]+"${check[@]}"} --rounds 3 --warmup 2s --duration 5s ${LOAD_ARGS:-}

@@ -3,8 +3,8 @@
 //!
 //! What is kept is only what the signature proved and cannot change: the claims. Whatever can
 //! change is checked on every call as before: the expiry against the clock, and, for a token a
-//! personal client obtained, that the client is still live in the database (so a revocation on
-//! any replica refuses the token on the next call), and that the key that signed it is still
+//! personal client obtained, that the client is still live as the database says now (`ClientStatus`:
+//! a revocation on any replica refuses the token on the next call), and that the key that signed it is still
 //! published (so a withdrawn key's tokens stop working). Only tokens whose signature was verified
 //! are kept, keyed by the SHA-256 of the token, so nothing a caller without a valid token sends
 //! takes a place, and the cache never holds a token itself.
