@@ -14,6 +14,7 @@ mod keys;
 pub mod migration;
 mod replay;
 mod search;
+mod sqlite_page;
 mod usage;
 
 pub use clients::Precondition;

@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 
-use crate::common::{TestDb, TestServer, authed, create_request};
+use crate::common::{TestDb, TestServer, authed, create_request, oauth};
 use chrono::Utc;
 use personal_clients::pb::iam as pb;
 use prost_types::{Duration as PbDuration, FieldMask, Timestamp};
@@ -15,7 +15,8 @@ pub fn tests() -> Vec<libtest_mimic::Trial> {
         full_lifecycle,
         list_pages_stay_consistent_while_rows_are_inserted,
         update_each_mask_path,
-        restart_loses_nothing
+        restart_loses_nothing,
+        a_listed_client_is_the_client_get_reads,
     ));
     trials
 }
@@ -259,5 +260,58 @@ async fn restart_loses_nothing(db: TestDb) {
     assert_eq!(after.list.len(), 4);
     let gone = client.get(authed(pb::PersonalClientServiceGetRequest { id: ids[1].id.clone() }, &token)).await;
     assert_eq!(gone.unwrap_err().code(), Code::NotFound, "a revocation survives a restart");
+    server.stop().await;
+}
+
+/// List reads its pages its own way on SQLite (the page as one JSON text): every field of every
+/// listed client, of every shape a field takes, is what Get reads of it.
+async fn a_listed_client_is_the_client_get_reads(db: TestDb) {
+    let server = TestServer::start(db.config()).await;
+    let alice = server.token("alice", &["reader", "writer", "ops:on-call"]).await;
+    let mut api = server.client().await;
+    let names = [
+        "plain",
+        "Mixed CASE Name",
+        "\"quoted\" \\ back",
+        "naïve café 名前 🦀",
+        "two  spaces, a ∕ slash",
+        "</script>'",
+    ];
+    for (n, name) in names.iter().enumerate() {
+        let mut request = create_request(name);
+        if n % 2 == 0 {
+            request.allow_source_cidr = vec!["10.0.0.0/8".into(), "2001:db8::/32".into(), "192.0.2.7".into()];
+            request.scoped_roles = vec!["reader".into(), "ops:on-call".into()];
+            request.expires = Some(PbDuration { seconds: 86_400 + n as i64, nanos: 0 });
+        }
+        let created = api.create(authed(request, &alice)).await;
+        created.unwrap_or_else(|status| panic!("{name:?}: {status:?}"));
+    }
+    // One that has been used (last_used_at) and one revoked, which List leaves out.
+    let used = api.create(authed(create_request("used"), &alice)).await.unwrap().into_inner();
+    let used_client = used.client.unwrap();
+    let key = oauth::key_from_secret(&used.client_secret);
+    let form = oauth::token_form(&used_client.client_id, &oauth::sdk_assertion(&key, &used_client.client_id));
+    assert_eq!(oauth::post_token(server.addr, &form, &[]).await.status, 200);
+    let revoked = api.create(authed(create_request("revoked"), &alice)).await.unwrap().into_inner().client.unwrap();
+    api.delete(authed(pb::PersonalClientServiceDeleteRequest { id: revoked.id.clone() }, &alice)).await.unwrap();
+
+    let mut listed = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let request = pb::PersonalClientServiceListRequest { page_size: 3, page_token: page_token.clone() };
+        let page = api.list(authed(request, &alice)).await.unwrap().into_inner();
+        listed.extend(page.list);
+        page_token = page.next_page_token;
+        if page_token.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(listed.len(), names.len() + 1, "every live client, the revoked one left out");
+    assert!(listed.windows(2).all(|pair| pair[0].id < pair[1].id), "in creation order");
+    for client in listed {
+        let got = api.get(authed(pb::PersonalClientServiceGetRequest { id: client.id.clone() }, &alice)).await;
+        assert_eq!(got.unwrap().into_inner().client.unwrap(), client);
+    }
     server.stop().await;
 }
