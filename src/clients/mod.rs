@@ -25,22 +25,24 @@ pub use leaked::{MAX_SECRETS as MAX_REPORTED_SECRETS, Report, Reporter};
 /// personal client obtained, on every call, so a revocation on any replica refuses its tokens at
 /// once.
 ///
-/// What a replica read of a usable client is kept with the clients' epoch of the moment before
-/// it was read, and used while a read of the epoch, made after the call began, still finds it
-/// there. The database moves the epoch, in the transaction that revokes a client or changes its
-/// owner or expiry, whichever replica or writer makes the change; so a revocation that has
-/// committed is seen on the next call anywhere, and a call costs one read of one number (shared
-/// with every call waiting at that moment) instead of the client's row.
+/// What a replica read of a usable client is kept with the stamp its shard of the clients' epoch
+/// had just before it was read, and used while a read of the epoch, made after the call began,
+/// still finds that stamp. The database draws a shard's stamp anew, in the transaction that
+/// revokes a client of the shard or changes its owner or expiry, whichever replica or writer
+/// makes the change; so a revocation that has committed is seen on the next call anywhere, and
+/// a call costs one read of sixteen stamps (shared with every call waiting at that moment)
+/// instead of the client's row.
 #[derive(Debug, Clone)]
 pub struct ClientStatus {
     store: Store,
     usable: Arc<quick_cache::sync::Cache<String, Arc<Usable>>>,
 }
 
-/// What is kept of a client found usable, and the epoch it was read in.
+/// What is kept of a client found usable, and the stamp of its shard it was read at.
 #[derive(Debug)]
 struct Usable {
-    epoch: i64,
+    stamp: u128,
+    id: Uuid,
     user_id: String,
     expires_at: Option<DateTime<Utc>>,
 }
@@ -60,7 +62,7 @@ impl ClientStatus {
         // what the row then says is kept no longer than until the next call.
         let epoch = self.store.client_epoch().await?;
         if let Some(usable) = self.usable.get(client_id)
-            && usable.epoch == epoch
+            && usable.stamp == epoch.stamp_of(usable.id)
         {
             return Ok(usable.user_id == user && !expired(usable.expires_at, now));
         }
@@ -68,9 +70,10 @@ impl ClientStatus {
         if client.check_usable(now).is_err() {
             return Ok(false);
         }
-        let (user_id, expires_at) = (client.user_id, client.expires_at);
+        let (id, user_id, expires_at) = (client.id, client.user_id, client.expires_at);
         let matches = user_id == user;
-        self.usable.insert(client_id.to_owned(), Arc::new(Usable { epoch, user_id, expires_at }));
+        let stamp = epoch.stamp_of(id);
+        self.usable.insert(client_id.to_owned(), Arc::new(Usable { stamp, id, user_id, expires_at }));
         Ok(matches)
     }
 }

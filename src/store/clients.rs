@@ -59,9 +59,9 @@ impl Store {
     }
 
     /// The clients' epoch as the database has it now, read by a statement that starts after this
-    /// call does: it grows with every change that can make a client unusable (see the
-    /// migration that made it), on every replica's database alike.
-    pub async fn client_epoch(&self) -> Result<i64, Error> {
+    /// call does: a shard's stamp is drawn anew with every change that can make one of its
+    /// clients unusable (see the migration that made it), on every replica's database alike.
+    pub async fn client_epoch(&self) -> Result<ClientEpoch, Error> {
         self.batches.epoch.call(()).await
     }
 
@@ -303,12 +303,48 @@ pub(super) async fn clients_by_client_id(
     Ok(answer_each(&client_ids, rows, |row| row.client_id.clone()))
 }
 
-/// The clients' epoch, once for every caller of a batch.
-pub(super) async fn client_epoch(db: DatabaseConnection, callers: Vec<()>) -> Result<Vec<Result<i64, Error>>, DbErr> {
-    let statement = Statement::from_string(db.get_database_backend(), "SELECT value FROM client_epoch WHERE id = 1");
-    let row = db.query_one_raw(statement).await?.ok_or_else(|| DbErr::RecordNotFound("client_epoch".into()))?;
-    let epoch: i64 = row.try_get_by_index(0)?;
-    Ok(callers.iter().map(|()| Ok(epoch)).collect())
+/// The clients' epoch, once for every caller of a batch: the stamps of the sixteen shards, in
+/// one row.
+pub(super) async fn client_epoch(
+    db: DatabaseConnection,
+    callers: Vec<()>,
+) -> Result<Vec<Result<ClientEpoch, Error>>, DbErr> {
+    let backend = db.get_database_backend();
+    let concatenated = if backend == DbBackend::Postgres { "string_agg" } else { "group_concat" };
+    let sql = format!("SELECT {concatenated}(id || ':' || stamp, ',') FROM client_epoch");
+    let row = db.query_one_raw(Statement::from_string(backend, sql)).await?;
+    let text: Option<String> = row.map(|row| row.try_get_by_index(0)).transpose()?.flatten();
+    let epoch = text
+        .as_deref()
+        .and_then(ClientEpoch::parse)
+        .ok_or_else(|| DbErr::Custom("client_epoch does not hold the stamps of its 16 shards (migration 8)".into()))?;
+    Ok(callers.iter().map(|()| Ok(epoch.clone())).collect())
+}
+
+/// The stamps of the clients' epoch, one per shard (see migration 8).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientEpoch([u128; 16]);
+
+impl ClientEpoch {
+    /// From `shard:stamp` pairs, in any order; `None` unless each of the 16 shards is there.
+    fn parse(text: &str) -> Option<Self> {
+        let mut stamps = [None; 16];
+        for pair in text.split(',') {
+            let (shard, stamp) = pair.split_once(':')?;
+            let shard: usize = shard.parse().ok()?;
+            *stamps.get_mut(shard)? = Some(u128::from_str_radix(stamp, 16).ok()?);
+        }
+        let mut all = [0; 16];
+        for (stamp, found) in all.iter_mut().zip(stamps) {
+            *stamp = found?;
+        }
+        Some(Self(all))
+    }
+
+    /// The stamp of the shard of the client `id`: its id's last hex digit.
+    pub fn stamp_of(&self, id: Uuid) -> u128 {
+        self.0[usize::from(id.as_bytes()[15] & 15)]
+    }
 }
 
 /// One answer per key, in the keys' order: the row with that key, if any (a key asked for twice

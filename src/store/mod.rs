@@ -17,7 +17,7 @@ mod search;
 mod sqlite_page;
 mod usage;
 
-pub use clients::Precondition;
+pub use clients::{ClientEpoch, Precondition};
 pub use database_url::DatabaseUrl;
 pub use usage::LAST_USED_CHUNK;
 
@@ -107,7 +107,7 @@ struct Searches {
 struct Batches {
     by_id: Batcher<clients::Visible, Option<PersonalClient>>,
     by_client_id: Batcher<String, Option<PersonalClient>>,
-    epoch: Batcher<(), i64>,
+    epoch: Batcher<(), clients::ClientEpoch>,
     spend: Batcher<replay::OneTimeValue, bool>,
     create: Batcher<clients::NewRow, Option<PersonalClient>>,
 }

@@ -97,19 +97,43 @@ async fn a_reported_secret_is_refused_by_every_replica_at_once(db: TestDb) {
 /// Each replica keeps what it read of a usable client while the clients' epoch stays put; the
 /// database moves the epoch, so a change made by a writer that is no replica of this service (an
 /// operator's SQL) is seen on the very next call too: a revocation, an expiry moved into the
-/// past, another owner, a row deleted outright.
+/// past, another owner or client id, a row deleted outright or replaced, a table truncated, a
+/// session that replicates, a writer whose search_path finds another epoch table first.
 async fn a_change_by_any_writer_is_seen_on_the_next_call(db: TestDb) {
     use sea_orm::ConnectionTrait;
     let server = TestServer::start(db.config()).await;
     let user = server.token("alice", &[]).await;
     let sql = sea_orm::Database::connect(&db.url).await.unwrap();
     let mut api = server.client().await;
-    let changes = [
+    let mut changes = vec![
         "UPDATE personal_clients SET deleted_at = updated_at WHERE client_id = '{client_id}'",
         "UPDATE personal_clients SET expires_at = created_at WHERE client_id = '{client_id}'",
         "UPDATE personal_clients SET user_id = 'mallory' WHERE client_id = '{client_id}'",
+        "UPDATE personal_clients SET client_id = 'x' || client_id WHERE client_id = '{client_id}'",
         "DELETE FROM personal_clients WHERE client_id = '{client_id}'",
     ];
+    if db.url.starts_with("sqlite:") {
+        // REPLACE deletes the row it replaces without firing delete triggers.
+        changes.push(
+            "INSERT OR REPLACE INTO personal_clients (id, client_id, user_id, display_name, display_name_folded, \
+             allow_source_cidr, scoped_roles, owner_roles, public_key, expires_at, last_used_at, created_at, \
+             updated_at, deleted_at) SELECT id, client_id, 'mallory', display_name, display_name_folded, \
+             allow_source_cidr, scoped_roles, owner_roles, public_key, expires_at, last_used_at, created_at, \
+             updated_at, deleted_at FROM personal_clients WHERE client_id = '{client_id}'",
+        );
+    } else {
+        changes.extend([
+            // A session that replicates or restores, which fires only triggers enabled ALWAYS.
+            "BEGIN; SET LOCAL session_replication_role = replica; \
+             UPDATE personal_clients SET deleted_at = updated_at WHERE client_id = '{client_id}'; COMMIT",
+            // A writer whose search_path finds another table of the same name first.
+            "BEGIN; CREATE SCHEMA IF NOT EXISTS elsewhere; \
+             CREATE TABLE IF NOT EXISTS elsewhere.client_epoch (id INTEGER PRIMARY KEY, stamp TEXT); \
+             SET LOCAL search_path = elsewhere, public; \
+             UPDATE public.personal_clients SET deleted_at = updated_at WHERE client_id = '{client_id}'; COMMIT",
+            "TRUNCATE personal_clients",
+        ]);
+    }
     for change in changes {
         let created = api.create(authed(create_request("changed"), &user)).await.unwrap().into_inner();
         let pc = created.client.unwrap();
