@@ -19,14 +19,14 @@ use super::ext_authz::{Decision, MeshCheck};
 use crate::{
     auth::{Authenticator, Authorization, Introspection},
     clients::{MAX_REPORTED_SECRETS, PersonalClients, Reporter},
-    domain::echo,
+    domain::{RequestOrigin, echo},
     error::{
         Error, OAuthError,
         answers::{
             Denial, bearer_refusal, forward_auth_allowed, forward_auth_denied, oauth_json as json, oauth_response,
         },
     },
-    exchange::{ExchangeRequest, RequestOrigin, TokenExchange},
+    exchange::{ExchangeRequest, TokenExchange},
     health::Health,
     metrics::{self, Metrics},
     protocol::{self, Protocol},
@@ -92,9 +92,7 @@ async fn healthz(State(state): State<HttpEndpoints>) -> Response {
 
 async fn token(State(state): State<HttpEndpoints>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
-    let peer = protocol::peer(&parts.extensions).map(|addr| addr.ip());
-    let origin =
-        RequestOrigin::new(peer, parts.headers.get_all("x-forwarded-for").iter().map(|value| value.to_str().ok()));
+    let origin = origin(&parts);
     let form = match read_form(&parts.headers, body).await {
         Ok(form) => form,
         Err(description) => return oauth_response(OAuthError::new(400, "invalid_request", description)),
@@ -172,15 +170,9 @@ struct LeakReport {
 /// secrets were; 400 for a body that is not such a report, 429 past the source's rate.
 async fn revoke_leaked(State(state): State<HttpEndpoints>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
-    let forwarded_for: Vec<String> = parts
-        .headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .map(|value| value.to_str().unwrap_or_default().to_owned())
-        .collect();
+    let origin = origin(&parts);
     let reporter = Reporter {
-        peer: protocol::peer(&parts.extensions).map(|addr| addr.ip()),
-        forwarded_for: &forwarded_for,
+        origin: &origin,
         user_agent: parts.headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or_default(),
     };
     let report = match state.clients.admit_report(reporter) {
@@ -207,6 +199,12 @@ async fn revoke_leaked(State(state): State<HttpEndpoints>, request: Request) -> 
         }
         Err(err) => oauth_response(OAuthError::from(err)),
     }
+}
+
+/// Where a request came from: its TCP peer and its `X-Forwarded-For` values.
+fn origin(parts: &http::request::Parts) -> RequestOrigin {
+    let peer = protocol::peer(&parts.extensions).map(|addr| addr.ip());
+    RequestOrigin::new(peer, parts.headers.get_all("x-forwarded-for").iter().map(|value| value.to_str().ok()))
 }
 
 /// The parameters of an `application/x-www-form-urlencoded` body; a parameter sent twice is

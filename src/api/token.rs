@@ -6,7 +6,8 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use crate::{
-    exchange::{ExchangeRequest, RequestOrigin, TokenExchange},
+    domain::RequestOrigin,
+    exchange::{ExchangeRequest, TokenExchange},
     pb::auth::{TokenRequest, TokenResponse, token_service_server::TokenService},
 };
 

@@ -12,7 +12,7 @@ use std::{
 use super::PersonalClients;
 use crate::{
     audit,
-    domain::{ClientSecret, Owner, SourceAddress, Violations},
+    domain::{ClientSecret, Owner, RequestOrigin, SourceAddress, Violations},
     error::Error,
 };
 
@@ -21,12 +21,11 @@ pub const MAX_SECRETS: usize = 100;
 /// The longest entry looked at: a secret is under 200 characters.
 const MAX_SECRET_CHARS: usize = 1024;
 
-/// Who reports: the TCP peer and the `X-Forwarded-For` values, from which the trusted proxies
-/// resolve their address, and their `User-Agent`.
+/// Who reports: where the request came from, of which the trusted proxies make their address,
+/// and their `User-Agent`.
 #[derive(Debug, Clone, Copy)]
 pub struct Reporter<'a> {
-    pub peer: Option<IpAddr>,
-    pub forwarded_for: &'a [String],
+    pub origin: &'a RequestOrigin,
     pub user_agent: &'a str,
 }
 
@@ -42,7 +41,7 @@ impl PersonalClients {
     /// Admits a report from `reporter`, or refuses it past its source's rate: before anything of
     /// the report is read, so a reporter without a credential can only spend its own allowance.
     pub fn admit_report(&self, reporter: Reporter<'_>) -> Result<Report, Error> {
-        let source = SourceAddress::resolve(reporter.peer, reporter.forwarded_for, &self.settings.trusted_proxies);
+        let source = reporter.origin.source(&self.settings.trusted_proxies);
         self.reports.check(&source.map_or(IpAddr::V6(Ipv6Addr::UNSPECIFIED), SourceAddress::sender_network))?;
         Ok(Report {
             clients: self.clone(),

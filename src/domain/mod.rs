@@ -31,7 +31,7 @@ pub use rejection::Rejection;
 pub use role::{Role, RoleSet};
 pub use search::SearchFilter;
 pub use secret::ClientSecret;
-pub use source::SourceAddress;
+pub use source::{RequestOrigin, SourceAddress};
 pub use token_key::{StoredKey, TokenKey};
 
 /// The most characters of a caller's input that an answer or a log line repeats.

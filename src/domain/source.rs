@@ -1,8 +1,30 @@
-//! The address a token request came from, as trusted proxies report it.
+//! The address a request came from, as trusted proxies report it: for the token exchange and
+//! for reports of leaked secrets.
 
 use std::net::IpAddr;
 
 use ipnet::IpNet;
+
+/// Where a request came from, before `--trusted-proxies` are applied.
+#[derive(Debug, Clone, Default)]
+pub struct RequestOrigin {
+    pub peer: Option<IpAddr>,
+    /// Every `X-Forwarded-For` value, in the order received.
+    pub forwarded_for: Vec<String>,
+}
+
+impl RequestOrigin {
+    /// The origin of a request from its TCP peer and its `X-Forwarded-For` values (`None` for a
+    /// value that is not text: kept as empty, it cannot be an address and fails closed).
+    pub fn new<'a>(peer: Option<IpAddr>, forwarded_for: impl Iterator<Item = Option<&'a str>>) -> Self {
+        Self { peer, forwarded_for: forwarded_for.map(|value| value.unwrap_or_default().to_owned()).collect() }
+    }
+
+    /// The source address `trusted_proxies` make of this origin ([`SourceAddress::resolve`]).
+    pub fn source(&self, trusted_proxies: &[IpNet]) -> Option<SourceAddress> {
+        SourceAddress::resolve(self.peer, &self.forwarded_for, trusted_proxies)
+    }
+}
 
 /// The address a token request comes from: the TCP peer, or, when the peer is a trusted proxy,
 /// the right-most address of `X-Forwarded-For` that is not itself a trusted proxy.

@@ -15,7 +15,7 @@ pub use usage::UsageRecorder;
 
 use crate::{
     auth::Authenticator,
-    domain::{PersonalClient, Rejection, SourceAddress, Violations, refuse_nul, round_to_micros},
+    domain::{PersonalClient, Rejection, RequestOrigin, SourceAddress, Violations, refuse_nul, round_to_micros},
     error::Error,
     error::chain,
     metrics::Metrics,
@@ -36,22 +36,6 @@ pub struct ExchangeRequest<'a> {
     pub client_id: &'a str,
     pub client_assertion_type: &'a str,
     pub client_assertion: &'a str,
-}
-
-/// Where a token request came from, before `--trusted-proxies` are applied.
-#[derive(Debug, Clone, Default)]
-pub struct RequestOrigin {
-    pub peer: Option<IpAddr>,
-    /// Every `X-Forwarded-For` value, in the order received.
-    pub forwarded_for: Vec<String>,
-}
-
-impl RequestOrigin {
-    /// The origin of a request from its TCP peer and its `X-Forwarded-For` values (`None` for a
-    /// value that is not text: kept as empty, it cannot be an address and fails closed).
-    pub fn new<'a>(peer: Option<IpAddr>, forwarded_for: impl Iterator<Item = Option<&'a str>>) -> Self {
-        Self { peer, forwarded_for: forwarded_for.map(|value| value.unwrap_or_default().to_owned()).collect() }
-    }
 }
 
 /// An access token issued to a personal client.
@@ -142,7 +126,7 @@ impl TokenExchange {
             }
         }
         v.field("client_id", refuse_nul(request.client_id, "client id"));
-        let source = SourceAddress::resolve(origin.peer, &origin.forwarded_for, &self.settings.trusted_proxies);
+        let source = origin.source(&self.settings.trusted_proxies);
         let result =
             if v.is_empty() { self.admit(&request, source).await } else { Err(Error::InvalidArgument(v.into_vec())) };
         let refused = match &result {

@@ -11,24 +11,24 @@ use uuid::Uuid;
 use super::entity::personal_client::{Model, Networks, RoleNames};
 use crate::{domain::PersonalClient, error::Error};
 
-/// One row, as the statement below writes it.
+/// One row, as the statement below writes it: a JSON array of the columns in this order.
 #[derive(Deserialize)]
-struct Row(
-    String,
-    String,
-    String,
-    String,
-    String,
-    Networks,
-    RoleNames,
-    RoleNames,
-    String,
-    Option<String>,
-    Option<String>,
-    String,
-    String,
-    Option<String>,
-);
+struct Row {
+    id: String,
+    client_id: String,
+    user_id: String,
+    display_name: String,
+    display_name_folded: String,
+    allow_source_cidr: Networks,
+    scoped_roles: RoleNames,
+    owner_roles: RoleNames,
+    public_key: String,
+    expires_at: Option<String>,
+    last_used_at: Option<String>,
+    created_at: String,
+    updated_at: String,
+    deleted_at: Option<String>,
+}
 
 /// Up to `limit` live clients of `user` with ids after `after`, in id order; `None` when a row
 /// holds what this reading does not expect (the caller then reads the page the ordinary way).
@@ -62,42 +62,26 @@ pub(super) async fn live_page(
 }
 
 fn model(row: Row) -> Option<Model> {
-    let Row(
-        id,
-        client_id,
-        user_id,
-        display_name,
-        display_name_folded,
-        allow_source_cidr,
-        scoped_roles,
-        owner_roles,
-        public_key,
-        expires_at,
-        last_used_at,
-        created_at,
-        updated_at,
-        deleted_at,
-    ) = row;
     let time = |text: &str| DateTime::parse_from_rfc3339(text).ok().map(|at| at.with_timezone(&Utc));
     let maybe_time = |text: Option<String>| match text {
         None => Some(None),
         Some(text) => time(&text).map(Some),
     };
     Some(Model {
-        id: Uuid::try_parse(&id).ok()?,
-        client_id,
-        user_id,
-        display_name,
-        display_name_folded,
-        allow_source_cidr,
-        scoped_roles,
-        owner_roles,
-        public_key: from_hex(&public_key)?,
-        expires_at: maybe_time(expires_at)?,
-        last_used_at: maybe_time(last_used_at)?,
-        created_at: time(&created_at)?,
-        updated_at: time(&updated_at)?,
-        deleted_at: maybe_time(deleted_at)?,
+        id: Uuid::try_parse(&row.id).ok()?,
+        client_id: row.client_id,
+        user_id: row.user_id,
+        display_name: row.display_name,
+        display_name_folded: row.display_name_folded,
+        allow_source_cidr: row.allow_source_cidr,
+        scoped_roles: row.scoped_roles,
+        owner_roles: row.owner_roles,
+        public_key: from_hex(&row.public_key)?,
+        expires_at: maybe_time(row.expires_at)?,
+        last_used_at: maybe_time(row.last_used_at)?,
+        created_at: time(&row.created_at)?,
+        updated_at: time(&row.updated_at)?,
+        deleted_at: maybe_time(row.deleted_at)?,
     })
 }
 
