@@ -19,6 +19,14 @@ pub fn tests() -> Vec<libtest_mimic::Trial> {
     )
 }
 
+/// The audit events of a server's JSON log, in order.
+fn audit_events(log: &str) -> Vec<Value> {
+    log.lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|entry| entry["target"] == "audit")
+        .collect()
+}
+
 /// RFC 7523 makes the form's `client_id` optional, and libraries such as authlib leave it out:
 /// the refusal then names the client the assertion claims to be.
 async fn a_refused_exchange_without_a_client_id_names_the_client_its_assertion_claims(db: TestDb) {
@@ -30,10 +38,9 @@ async fn a_refused_exchange_without_a_client_id_names_the_client_its_assertion_c
     form.retain(|(name, _)| *name != "client_id");
     assert_eq!(post_token(server.addr, &form, &[]).await.status, 401);
     let (_, log) = server.terminate();
-    let refusal = log
-        .lines()
-        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-        .find(|entry| entry["target"] == "audit" && entry["fields"]["action"] == "token.exchange")
+    let refusal = audit_events(&log)
+        .into_iter()
+        .find(|event| event["fields"]["action"] == "token.exchange")
         .unwrap_or_else(|| panic!("no refusal event: {log}"));
     assert_eq!(refusal["fields"]["actor"], format!("{claimed:?}"), "{refusal}");
 }
@@ -59,10 +66,9 @@ async fn a_leaked_secrets_revocation_names_its_reporter_and_only_it_is_written(d
 
     let (status, log) = server.terminate();
     assert!(status.success(), "{log}");
-    let revocations: Vec<Value> = log
-        .lines()
-        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-        .filter(|entry| entry["target"] == "audit" && entry["fields"]["action"] == "personal_client.revoke_leaked")
+    let revocations: Vec<Value> = audit_events(&log)
+        .into_iter()
+        .filter(|event| event["fields"]["action"] == "personal_client.revoke_leaked")
         .collect();
     assert_eq!(revocations.len(), 1, "one event, for the secret that revoked something: {log}");
     let fields = &revocations[0]["fields"];
@@ -111,11 +117,7 @@ async fn changes_and_refused_exchanges_are_audit_events_without_secrets(db: Test
 
     let (status, log) = server.terminate();
     assert!(status.success(), "{log}");
-    let audit: Vec<Value> = log
-        .lines()
-        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-        .filter(|entry| entry["target"] == "audit")
-        .collect();
+    let audit = audit_events(&log);
     // The server made the database's first signing key as it started.
     let (keys, events): (Vec<Value>, Vec<Value>) =
         audit.into_iter().partition(|event| event["fields"]["action"] == "signing_key.add");

@@ -37,18 +37,6 @@ pub fn tests() -> Vec<libtest_mimic::Trial> {
     trials
 }
 
-/// A personal client of `user` and an access token it obtained through the token exchange.
-async fn client_token(server: &TestServer, user_token: &str) -> (pb::PersonalClient, String) {
-    let mut api = server.client().await;
-    let created = api.create(authed(create_request("mesh"), user_token)).await.unwrap().into_inner();
-    let client = created.client.unwrap();
-    let key = key_from_secret(&created.client_secret);
-    let issued =
-        post_token(server.addr, &token_form(&client.client_id, &sdk_assertion(&key, &client.client_id)), &[]).await;
-    assert_eq!(issued.status, 200, "{}", issued.body);
-    (client, issued.json()["access_token"].as_str().unwrap().to_owned())
-}
-
 /// A well-formed token of another issuer, signed by a key this service never had.
 fn foreign_token() -> String {
     let key = ed25519_dalek::SigningKey::generate(&mut rand_core::OsRng);
@@ -90,7 +78,7 @@ async fn introspection_tells_a_live_token_from_every_other(db: TestDb) {
     assert!(iat <= now() && exp - iat == 3600, "{answer}");
     assert!(answer.get("client_id").is_none(), "a user's own token: {answer}");
 
-    let (client, token) = client_token(&server, &alice).await;
+    let (client, _, token) = server.client_with_token(&alice, "mesh").await;
     let answer = active(&server, &gateway, &token).await;
     assert_eq!(
         (answer["active"].as_bool(), answer["client_id"].as_str()),
@@ -219,7 +207,7 @@ async fn the_mesh_lets_live_tokens_through_with_the_callers_identity(db: TestDb)
     );
     assert_eq!(removed, ["x-client-id"]);
 
-    let (client, token) = client_token(&server, &alice).await;
+    let (client, _, token) = server.client_with_token(&alice, "mesh").await;
     let client_bearer = format!("Bearer {token}");
     let (set, removed) = allowed(&check(&[("authorization", &client_bearer)]).await);
     assert_eq!(set["x-client-id"], client.client_id);

@@ -43,13 +43,7 @@ async fn a_revoked_clients_token_is_refused_by_every_replica_at_once(db: TestDb)
     let (a, b) = tokio::join!(TestServer::start(db.config()), TestServer::start(db.config()));
     let user = a.token("alice", &[]).await;
     let (mut ca, mut cb) = (a.client().await, b.client().await);
-    let created = ca.create(authed(create_request("shared"), &user)).await.unwrap().into_inner();
-    let pc = created.client.unwrap();
-    let key = oauth::key_from_secret(&created.client_secret);
-    let form = oauth::token_form(&pc.client_id, &oauth::sdk_assertion(&key, &pc.client_id));
-    let issued = oauth::post_token(a.addr, &form, &[]).await;
-    assert_eq!(issued.status, 200, "{}", issued.body);
-    let token = issued.json()["access_token"].as_str().unwrap().to_owned();
+    let (pc, _, token) = a.client_with_token(&user, "shared").await;
     let get = || authed(pb::PersonalClientServiceGetRequest { id: pc.id.clone() }, &token);
     for _ in 0..2 {
         ca.get(get()).await.expect("replica a accepts the client's token");
@@ -69,20 +63,15 @@ async fn a_reported_secret_is_refused_by_every_replica_at_once(db: TestDb) {
     let (a, b) = tokio::join!(TestServer::start(db.config()), TestServer::start(db.config()));
     let user = a.token("alice", &[]).await;
     let (mut ca, mut cb) = (a.client().await, b.client().await);
-    let created = ca.create(authed(create_request("leaked"), &user)).await.unwrap().into_inner();
-    let pc = created.client.unwrap();
-    let key = oauth::key_from_secret(&created.client_secret);
-    let form = oauth::token_form(&pc.client_id, &oauth::sdk_assertion(&key, &pc.client_id));
-    let issued = oauth::post_token(b.addr, &form, &[]).await;
-    assert_eq!(issued.status, 200, "{}", issued.body);
-    let token = issued.json()["access_token"].as_str().unwrap().to_owned();
+    let (pc, secret, token) = b.client_with_token(&user, "leaked").await;
+    let key = oauth::key_from_secret(&secret);
     let get = || authed(pb::PersonalClientServiceGetRequest { id: pc.id.clone() }, &token);
     for _ in 0..2 {
         ca.get(get()).await.expect("replica a accepts the client's token");
         cb.get(get()).await.expect("replica b accepts the client's token");
     }
 
-    let report = serde_json::json!({ "credentials": [created.client_secret] }).to_string();
+    let report = serde_json::json!({ "credentials": [secret] }).to_string();
     let headers = [("Content-Type", "application/json")];
     let reported = oauth::http(a.addr, "POST", "/auth/v1/credentials/revoke", &headers, &report).await;
     assert_eq!(reported.status, 202, "{}", reported.body);
@@ -135,13 +124,7 @@ async fn a_change_by_any_writer_is_seen_on_the_next_call(db: TestDb) {
         ]);
     }
     for change in changes {
-        let created = api.create(authed(create_request("changed"), &user)).await.unwrap().into_inner();
-        let pc = created.client.unwrap();
-        let key = oauth::key_from_secret(&created.client_secret);
-        let form = oauth::token_form(&pc.client_id, &oauth::sdk_assertion(&key, &pc.client_id));
-        let issued = oauth::post_token(server.addr, &form, &[]).await;
-        assert_eq!(issued.status, 200, "{}", issued.body);
-        let token = issued.json()["access_token"].as_str().unwrap().to_owned();
+        let (pc, _, token) = server.client_with_token(&user, "changed").await;
         let list = || authed(pb::PersonalClientServiceListRequest::default(), &token);
         for _ in 0..3 {
             api.list(list()).await.expect("the client's token is accepted, and what was read of it kept");

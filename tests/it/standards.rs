@@ -33,19 +33,6 @@ pub fn tests() -> Vec<libtest_mimic::Trial> {
     trials
 }
 
-/// A personal client of the caller of `user_token`, its secret, and an access token it obtained.
-async fn client_with_token(server: &TestServer, user_token: &str, name: &str) -> (pb::PersonalClient, String, String) {
-    let mut api = server.client().await;
-    let created = api.create(authed(create_request(name), user_token)).await.unwrap().into_inner();
-    let client = created.client.unwrap();
-    let key = key_from_secret(&created.client_secret);
-    let issued =
-        post_token(server.addr, &token_form(&client.client_id, &sdk_assertion(&key, &client.client_id)), &[]).await;
-    assert_eq!(issued.status, 200, "{}", issued.body);
-    let token = issued.json()["access_token"].as_str().unwrap().to_owned();
-    (client, created.client_secret, token)
-}
-
 /// The header and claims of a compact JWS, unverified.
 fn parts_of(token: &str) -> (Value, Value) {
     let mut parts = token.split('.').map(|part| URL_SAFE_NO_PAD.decode(part).unwrap());
@@ -146,7 +133,7 @@ async fn an_issuer_that_is_no_url_is_refused_before_the_server_starts(db: TestDb
 async fn access_tokens_are_rfc_9068_jwts(db: TestDb) {
     let server = TestServer::start(db.config()).await;
     let user = server.token("alice", &["reader", "writer"]).await;
-    let (client, _, client_token) = client_with_token(&server, &user, "typed").await;
+    let (client, _, client_token) = server.client_with_token(&user, "typed").await;
 
     let (header, claims) = parts_of(&user);
     assert_eq!(header["typ"], "at+jwt", "RFC 9068 §2.1");
@@ -210,7 +197,7 @@ async fn forward_auth_answers_as_the_mesh_check_does(db: TestDb) {
     tokio::time::timeout(std::time::Duration::from_secs(10), read).await.expect("answered without the body").unwrap();
     assert_eq!(&answer, b"HTTP/1.1 200");
 
-    let (client, _, token) = client_with_token(&server, &alice, "proxied").await;
+    let (client, _, token) = server.client_with_token(&alice, "proxied").await;
     let client_bearer = format!("Bearer {token}");
     for _ in 0..2 {
         let answer = forward(&server, "GET", "/auth/v1/check", &[("Authorization", &client_bearer)]).await;
@@ -268,8 +255,8 @@ fn made_up_secret() -> String {
 async fn a_leaked_secret_revokes_its_credential_and_nothing_else(db: TestDb) {
     let server = TestServer::start(db.config()).await;
     let alice = server.token("alice", &["reader"]).await;
-    let (leaked, leaked_secret, leaked_token) = client_with_token(&server, &alice, "leaked").await;
-    let (kept, _, kept_token) = client_with_token(&server, &alice, "kept").await;
+    let (leaked, leaked_secret, leaked_token) = server.client_with_token(&alice, "leaked").await;
+    let (kept, _, kept_token) = server.client_with_token(&alice, "kept").await;
     let mut api = server.client().await;
     let get = |id: &str, token: &str| authed(pb::PersonalClientServiceGetRequest { id: id.to_owned() }, token);
     api.get(get(&leaked.id, &leaked_token)).await.expect("the leaked secret's token works until reported");
@@ -367,7 +354,7 @@ async fn the_readmes_scanning_rule_finds_every_secret_and_nothing_else(db: TestD
         let created = api.create(authed(create_request(&format!("scan {n}")), &alice)).await.unwrap().into_inner();
         secrets.insert(created.client_secret);
     }
-    let (client, _, token) = client_with_token(&server, &alice, "scan token").await;
+    let (client, _, token) = server.client_with_token(&alice, "scan token").await;
     let other_namespace = made_up_secret().replace(":personal-clients:", ":other-service:");
     let one = secrets.first().unwrap().clone();
     let mut text = vec![

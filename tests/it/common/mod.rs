@@ -351,6 +351,19 @@ impl TestServer {
         mint(&self.config, user, roles, Duration::from_secs(3600)).await
     }
 
+    /// A personal client created by the caller of `user_token`, its secret, and an access token
+    /// it obtained from this server's token endpoint.
+    pub async fn client_with_token(&self, user_token: &str, name: &str) -> (pb::PersonalClient, String, String) {
+        let created = self.client().await.create(authed(create_request(name), user_token)).await.unwrap().into_inner();
+        let client = created.client.unwrap();
+        let key = oauth::key_from_secret(&created.client_secret);
+        let form = oauth::token_form(&client.client_id, &oauth::sdk_assertion(&key, &client.client_id));
+        let issued = oauth::post_token(self.addr, &form, &[]).await;
+        assert_eq!(issued.status, 200, "{}", issued.body);
+        let token = issued.json()["access_token"].as_str().unwrap().to_owned();
+        (client, created.client_secret, token)
+    }
+
     /// The server's `/metrics` page.
     pub async fn metrics(&self) -> String {
         oauth::http(self.addr, "GET", "/metrics", &[], "").await.body
