@@ -22,20 +22,8 @@ command -v npm >/dev/null || fail "npm is not installed"
 node_major="$(node -p 'process.versions.node.split(".")[0]')"
 (( node_major >= 20 )) || fail "Node.js $(node --version) is too old: 20 or newer is needed (WebCrypto Ed25519, fetch)"
 
-TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
-if [[ -n "${PC_BINARY:-}" ]]; then
-    # A binary named by the caller is taken as it is.
-    BINARY="$PC_BINARY"
-    [[ -x "$BINARY" ]] || fail "PC_BINARY=$BINARY is not an executable file"
-else
-    BINARY="$TARGET/release/personal-clients"
-    # Build when the binary is missing, and also when any of its sources is newer: a stale
-    # binary would test yesterday's server. When it is current, cargo is not run at all.
-    if [[ ! -x "$BINARY" ]] || [[ -n "$(find "$ROOT/src" "$ROOT/proto" "$ROOT/Cargo.toml" "$ROOT/Cargo.lock" \
-            "$ROOT/build.rs" -newer "$BINARY" -print -quit 2>/dev/null)" ]]; then
-        cargo build --release --locked
-    fi
-fi
+. "$ROOT/tests/release-binary.sh"
+release_binary || fail "no binary to test"
 BINARY="$(cd "$(dirname "$BINARY")" && pwd)/$(basename "$BINARY")"
 export PC_BINARY="$BINARY"
 

@@ -18,7 +18,6 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$ROOT"
-TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
 
 # Debian 12's own packages (nginx from bookworm-security). When Debian replaces one of these
 # versions the install fails and names the versions now offered: update the pin then.
@@ -62,17 +61,8 @@ nginx -V 2>&1 | grep -q -- --with-http_auth_request_module || die "this nginx la
 
 # --- the binary ------------------------------------------------------------------------------
 
-if [[ -n "${PC_BINARY:-}" ]]; then
-    BINARY="$PC_BINARY"
-    [[ -x "$BINARY" ]] || die "PC_BINARY=$BINARY is not an executable file"
-else
-    BINARY="$TARGET/release/personal-clients"
-    # As tests/python/run.sh: built when missing or older than any of its sources.
-    if [[ ! -x "$BINARY" ]] || [[ -n "$(find "$ROOT/src" "$ROOT/proto" "$ROOT/Cargo.toml" "$ROOT/Cargo.lock" \
-            "$ROOT/build.rs" -newer "$BINARY" -print -quit 2>/dev/null)" ]]; then
-        cargo build --release --locked
-    fi
-fi
+. "$ROOT/tests/release-binary.sh"
+release_binary || die "no binary to test"
 
 # The binary without the caller's PC_* variables (every flag has such a twin): this script
 # passes what it means to pass as flags. `env` execs it, so in the background $! is its pid.

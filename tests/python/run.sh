@@ -26,14 +26,10 @@ fi
     conductorone-sdk==0.17.2 openapi-spec-validator authlib==1.9.10 requests
 PYTHON="$VENV/bin/python"
 
-BINARY="$TARGET/release/personal-clients"
-# Build when the binary is missing, and also when any of its sources is newer: a stale binary
-# would test yesterday's server (an old one lacking the health service fails every test here).
-# When the binary is current, cargo is not run at all.
-if [[ ! -x "$BINARY" ]] || [[ -n "$(find "$ROOT/src" "$ROOT/proto" "$ROOT/Cargo.toml" "$ROOT/Cargo.lock" \
-        "$ROOT/build.rs" -newer "$BINARY" -print -quit 2>/dev/null)" ]]; then
-    cargo build --release --locked
-fi
+# The release binary, built when missing or stale (an old one lacking the health service fails
+# every test here), or the one PC_BINARY names.
+. "$ROOT/tests/release-binary.sh"
+release_binary
 export PC_BINARY="$BINARY"
 
 # Stubs go to a fresh directory each run, so they always match proto/ as it is now.
