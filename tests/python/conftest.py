@@ -108,23 +108,27 @@ def _wait_until_serving(server):
                 f"{server.describe()}")
 
 
-@pytest.fixture(scope="session")
-def server(request):
+def serving(request, prefix, flags=lambda address: [], server_class=None):
+    """Runs `serve` on a free port over a SQLite file of its own, with `flags(address)` besides,
+    and yields it as a `server_class` (a Server) once it is SERVING; then stops it and checks that
+    it ended cleanly. Its directory (database and log) is kept when a test failed meanwhile: the
+    log named in the failure can still be opened."""
+    server_class = server_class or Server
     assert BINARY.is_file(), f"{BINARY} is missing: run tests/python/run.sh, which builds it"
-    # mkdtemp rather than TemporaryDirectory: on any failure the directory (database and log)
-    # is kept, so the log path named in the failure message can still be opened.
-    tmp = Path(tempfile.mkdtemp(prefix="pc-python-"))
+    # mkdtemp rather than TemporaryDirectory, so the directory outlives a failure.
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
     database_url = f"sqlite://{tmp / 'pc.db'}?mode=rwc"
     address = f"127.0.0.1:{_free_port()}"
     log_path = tmp / "server.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             [str(BINARY), "serve", "--listen", address, "--database-url", database_url,
-             # Short, so batched last_used_at values are written while the tests still run.
-             "--usage-flush-interval", "1s"],
+             *flags(address)],
             env=_child_env(), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
         )
-    srv = Server(address=address, database_url=database_url, log_path=log_path, process=process)
+    srv = server_class(address=address, database_url=database_url, log_path=log_path,
+                       process=process)
+    failed_before = request.session.testsfailed
     try:
         _wait_until_serving(srv)
         yield srv
@@ -143,5 +147,11 @@ def server(request):
         # The README promises exit 0 after SIGTERM (in-flight calls finished, usage flushed).
         assert code == 0, f"server exited {code} after SIGTERM\n{srv.describe()}"
     # Reached only when start-up and shutdown went well.
-    if request.session.testsfailed == 0:
+    if request.session.testsfailed == failed_before:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def server(request):
+    # A short flush, so batched last_used_at values are written while the tests still run.
+    yield from serving(request, "pc-python-", lambda address: ["--usage-flush-interval", "1s"])

@@ -29,12 +29,8 @@ address, since discovery hands out URLs under the issuer: the session's default 
 
 import base64
 import json
-import signal
-import shutil
 import subprocess
-import tempfile
 import time
-from pathlib import Path
 from urllib.parse import parse_qs
 
 import pytest
@@ -43,8 +39,7 @@ from authlib.integrations.requests_client import OAuth2Session, OAuthError
 from authlib.oauth2.rfc7523 import PrivateKeyJWT, private_key_jwt_sign
 from joserfc.jwk import OKPKey
 
-from conftest import (BINARY, SHUTDOWN_TIMEOUT, Server, _child_env, _free_port,
-                      _wait_until_serving)
+from conftest import BINARY, Server, _child_env, serving
 
 SECRET_PREFIX = "secret-token:personal-clients:v1:"
 # The longest an assertion may live for the service (SPEC: exp at most 5 minutes ahead).
@@ -81,39 +76,11 @@ class IssuerServer(Server):
 
 @pytest.fixture(scope="module")
 def issuer_server(request):
-    assert BINARY.is_file(), f"{BINARY} is missing: run tests/python/run.sh, which builds it"
-    tmp = Path(tempfile.mkdtemp(prefix="pc-authlib-"))
-    database_url = f"sqlite://{tmp / 'pc.db'}?mode=rwc"
-    address = f"127.0.0.1:{_free_port()}"
-    issuer = f"http://{address}"
-    log_path = tmp / "server.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [str(BINARY), "serve", "--listen", address, "--database-url", database_url,
-             "--issuer", issuer, "--public-host", address],
-            env=_child_env(), stdin=subprocess.DEVNULL, stdout=log, stderr=log)
-    srv = IssuerServer(address=address, database_url=database_url, log_path=log_path,
-                       process=process)
-    srv.issuer = issuer
-    failed_before = request.session.testsfailed
-    try:
-        _wait_until_serving(srv)
+    for srv in serving(request, "pc-authlib-",
+                       lambda address: ["--issuer", f"http://{address}", "--public-host", address],
+                       IssuerServer):
+        srv.issuer = f"http://{srv.address}"
         yield srv
-    finally:
-        if process.poll() is not None:
-            pytest.fail(f"server exited with {process.returncode} before the tests ended\n"
-                        f"{srv.describe()}")
-        process.send_signal(signal.SIGTERM)
-        try:
-            code = process.wait(timeout=SHUTDOWN_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-            pytest.fail(f"server still running {SHUTDOWN_TIMEOUT:.0f} s after SIGTERM\n"
-                        f"{srv.describe()}")
-        assert code == 0, f"server exited {code} after SIGTERM\n{srv.describe()}"
-    if request.session.testsfailed == failed_before:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 # --- helpers ---------------------------------------------------------------------------------
