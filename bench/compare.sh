@@ -4,7 +4,8 @@
 # usage, from the project root after `cargo build --release`:
 #   bench/compare.sh [DATABASE_URL] [SCENARIOS]
 # DATABASE_URL: default a fresh SQLite file; for PostgreSQL, an empty database.
-# SCENARIOS: comma-separated, of get,list,create,token,check; default get,list,create,token.
+# SCENARIOS: comma-separated, of get,list,create,token,check,http-check;
+#            default get,list,create,token.
 # Environment:
 #   PC_BIN       the service binary (default: release/personal-clients in cargo's target dir)
 #   SERVER_ARGS  extra `serve` flags, e.g. the abuse limits a benchmark must lift:
@@ -12,8 +13,9 @@
 #                --exchange-rate-per-client off --exchange-rate-per-source off
 #   SEED_N       clients to create first (default 1000)
 #   LOAD_ARGS    extra `pc-load compare` flags (default: --rounds 3 --warmup 2s --duration 5s)
-#   CHECK_TOKEN  the token `check` asks about: `user` (default, the minted user token) or `client`
-#                (an access token of a seeded personal client, whose liveness every Check asks)
+#   CHECK_TOKEN  the token `check` and `http-check` ask about: `user` (default, the minted user
+#                token) or `client` (an access token of a seeded personal client, whose liveness
+#                every check asks)
 set -eu
 root=$(cd "$(dirname "$0")/.." && pwd)
 target_dir() { cargo metadata --format-version 1 --no-deps --manifest-path "$1" | jq -r .target_directory; }

@@ -1,11 +1,19 @@
-//! The bare baseline: a tonic server for the same services as personal-clients, with no auth,
-//! no storage and no logic, answering with canned messages sized like the service's answers.
+//! The bare baseline: a tonic server for the same services as personal-clients, and its
+//! forward authorization at `/auth/v1/check` (a route added to tonic's own router), with no
+//! auth, no storage and no logic, answering with canned messages sized like the service's answers.
 //! What it reaches on a machine is what tonic itself can do there: the ceiling the service's
 //! figures are stated against.
 
+use std::convert::Infallible;
+use std::future::{Ready, ready};
 use std::net::SocketAddr;
+use std::task::{Context, Poll};
 
 use prost_types::Timestamp;
+use tonic::body::Body;
+use tonic::codegen::Service;
+use tonic::codegen::http::{self, HeaderMap};
+use tonic::service::{AxumBody, Routes};
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
@@ -137,6 +145,36 @@ impl Authorization for Baseline {
     }
 }
 
+/// Forward authorization's answer to a user's token, as the service's: 200, who asks as
+/// headers, no body.
+#[derive(Clone)]
+struct ForwardAuth(HeaderMap);
+
+impl ForwardAuth {
+    fn new() -> Self {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-user-id", http::HeaderValue::from_static(USER));
+        headers.insert("x-user-roles", http::HeaderValue::from_static("iam.viewer,storage.object-admin"));
+        headers.insert("cache-control", http::HeaderValue::from_static("no-store"));
+        headers.insert("content-length", http::HeaderValue::from_static("0"));
+        Self(headers)
+    }
+}
+
+impl Service<http::Request<AxumBody>> for ForwardAuth {
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = Ready<Result<Self::Response, Infallible>>;
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+    fn call(&mut self, _: http::Request<AxumBody>) -> Self::Future {
+        let mut answer = http::Response::new(Body::empty());
+        *answer.headers_mut() = self.0.clone();
+        ready(Ok(answer))
+    }
+}
+
 /// A runtime of its own, one worker per core, its threads named [`THREADS`].
 pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread().thread_name(THREADS).enable_all().build()
@@ -150,10 +188,14 @@ pub fn start(rt: &tokio::runtime::Runtime, addr: SocketAddr) -> Result<SocketAdd
     };
     let bound = incoming.local_addr()?;
     let b = Baseline::new();
-    let router = Server::builder()
-        .add_service(PersonalClientServiceServer::new(b.clone()))
+    // Any method, at the path and below it, as the service answers.
+    let routes = Routes::new(PersonalClientServiceServer::new(b.clone()))
         .add_service(TokenServiceServer::new(b.clone()))
-        .add_service(AuthorizationServer::new(b));
+        .add_service(AuthorizationServer::new(b))
+        .into_axum_router()
+        .route_service("/auth/v1/check", ForwardAuth::new())
+        .route_service("/auth/v1/check/{*path}", ForwardAuth::new());
+    let router = Server::builder().add_routes(routes.into());
     rt.spawn(async move {
         if let Err(e) = router.serve_with_incoming(incoming).await {
             eprintln!("pc-load: the baseline stopped: {e}");

@@ -1,8 +1,10 @@
 //! The closed loop: `concurrency` callers spread over `connections` HTTP/2 connections, each
-//! sending its next call as soon as the last one is answered; a warm-up, then a measured window
-//! whose calls, latencies and CPU time (from `/proc`) make the report.
+//! sending its next call (gRPC, or plain HTTP for `http-check`) as soon as the last one is
+//! answered; a warm-up, then a measured window whose calls, latencies and CPU time (from
+//! `/proc`) make the report.
 
 use std::collections::BTreeMap;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -10,8 +12,11 @@ use std::time::Duration;
 use prost::Message;
 use prost::bytes::{Buf, BufMut, Bytes};
 use tokio::time::Instant;
+use tonic::body::Body;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::codegen::http::uri::PathAndQuery;
+use tonic::codegen::http::{self, HeaderMap, HeaderValue, StatusCode, Uri};
+use tonic::codegen::{Body as _, Service};
 use tonic::metadata::AsciiMetadataValue;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
@@ -37,11 +42,13 @@ pub enum Scenario {
     Token,
     /// envoy.service.auth.v3.Authorization/Check, the token in the request's headers
     Check,
+    /// GET /auth/v1/check/v1/orders/1234, forward authorization as Envoy's http_service asks it
+    HttpCheck,
 }
 
 impl Scenario {
     pub fn name(self) -> String {
-        format!("{self:?}").to_lowercase()
+        clap::ValueEnum::to_possible_value(&self).map_or_else(String::new, |v| v.get_name().into())
     }
 }
 
@@ -53,11 +60,13 @@ pub struct Plan {
     pub connections: usize,
     pub warmup: Duration,
     pub duration: Duration,
-    /// `Bearer <token>`, sent on every call but Check's (Envoy's calls carry none).
+    /// `Bearer <token>`, sent on every gRPC call but Check's (Envoy's calls carry none).
     pub bearer: Option<AsciiMetadataValue>,
     pub ids: Arc<Vec<String>>,
     /// The CheckRequest, encoded once.
     pub check: Bytes,
+    /// The headers of HttpCheck's request.
+    pub forward_auth: HeaderMap,
     pub assertions: Option<Arc<Assertions>>,
 }
 
@@ -89,10 +98,39 @@ pub fn check_request(token: &str) -> Bytes {
     CheckRequest { attributes: Some(AttributeContext { request, ..Default::default() }) }.encode_to_vec().into()
 }
 
+/// Where Envoy's `http_service` sends the check of `GET /v1/orders/1234`: its path prefix and
+/// the request's path.
+const FORWARD_AUTH_PATH: &str = "/auth/v1/check/v1/orders/1234";
+
+/// The `:authority` of HttpCheck's requests (and `:scheme` http), instead of the target's.
+const FORWARD_AUTH_ORIGIN: &str = "http://orders.example.com";
+
+/// The headers Envoy's `http_service` forwards for that request with `authorization: Bearer TOKEN`.
+pub fn forward_auth_headers(token: &str) -> Result<HeaderMap, Error> {
+    let headers = [
+        ("accept", "application/json"),
+        ("authorization", &format!("Bearer {token}")),
+        ("user-agent", "curl/8.5.0"),
+        ("x-forwarded-proto", "https"),
+        ("x-request-id", "7f3c2a1e-9b4d-4c8e-a5f6-0d1e2f3a4b5c"),
+    ];
+    let mut map = HeaderMap::new();
+    for (name, value) in headers {
+        map.insert(name, HeaderValue::from_str(value)?);
+    }
+    Ok(map)
+}
+
+/// One call: a gRPC method and its request, or a plain HTTP request.
+enum Call {
+    Grpc(&'static str, tonic::Request<Bytes>),
+    Http(http::Request<Body>),
+}
+
 impl Plan {
-    /// The method and encoded request of caller `caller`'s `n`th call.
-    fn call(&self, caller: usize, n: usize) -> (&'static str, Bytes) {
-        match self.scenario {
+    /// Caller `caller`'s `n`th call.
+    fn call(&self, caller: usize, n: usize) -> Call {
+        let (path, body) = match self.scenario {
             Scenario::Get => {
                 let id = self.ids[(caller + n * self.concurrency) % self.ids.len()].clone();
                 (
@@ -120,7 +158,18 @@ impl Plan {
                 ("/c1.api.auth.v1.TokenService/Token", token.encode_to_vec().into())
             }
             Scenario::Check => ("/envoy.service.auth.v3.Authorization/Check", self.check.clone()),
+            Scenario::HttpCheck => {
+                let mut request = http::Request::new(Body::empty());
+                *request.uri_mut() = Uri::from_static(FORWARD_AUTH_PATH);
+                *request.headers_mut() = self.forward_auth.clone();
+                return Call::Http(request);
+            }
+        };
+        let mut request = tonic::Request::new(body);
+        if let Some(bearer) = self.bearer.as_ref().filter(|_| self.scenario != Scenario::Check) {
+            request.metadata_mut().insert("authorization", bearer.clone());
         }
+        Call::Grpc(path, request)
     }
 }
 
@@ -178,6 +227,26 @@ fn verdict(n: usize, answer: CheckResponse) -> Reply {
     }
 }
 
+/// A forward-auth answer: if 200, its size (header names and values, and body); else why
+/// the proxy would deny the request (`HTTP/<status>`), or, for gRPC's answer to a path it does
+/// not serve (a 200 with `grpc-status`), that it is none (`gRPC/<code>`).
+async fn forward_auth(channel: &mut Channel, request: http::Request<Body>) -> Result<Reply, Status> {
+    let unavailable = |e: tonic::transport::Error| Status::unavailable(format!("{e:?}"));
+    std::future::poll_fn(|cx| channel.poll_ready(cx)).await.map_err(unavailable)?;
+    let (head, mut body) = channel.call(request).await.map_err(unavailable)?.into_parts();
+    let mut bytes = Vec::new();
+    while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+        bytes.extend_from_slice(frame?.data_ref().map_or(&[][..], |d| d.as_ref()));
+    }
+    if head.status != StatusCode::OK {
+        return Ok(Err(format!("HTTP/{}: {}", head.status.as_u16(), String::from_utf8_lossy(&bytes))));
+    }
+    if let Some(code) = head.headers.get("grpc-status") {
+        return Ok(Err(format!("gRPC/{:?}: not a forward-auth answer", Code::from_bytes(code.as_bytes()))));
+    }
+    Ok(Ok(head.headers.iter().map(|(k, v)| k.as_str().len() + v.len()).sum::<usize>() + bytes.len()))
+}
+
 /// What the callers saw in the measured window.
 #[derive(Default)]
 struct Tally {
@@ -207,21 +276,22 @@ impl Tally {
 }
 
 async fn caller(i: usize, channel: Channel, plan: Arc<Plan>, start: Instant, end: Instant) -> Tally {
-    let mut grpc = tonic::client::Grpc::new(channel);
+    let (mut http, mut grpc) = (channel.clone(), tonic::client::Grpc::new(channel));
     let codec = Raw { verdict: plan.scenario == Scenario::Check };
     let mut tally = Tally::default();
     let mut n = 0;
     while Instant::now() < end {
-        let (path, body) = plan.call(i, n);
+        let call = plan.call(i, n);
         n += 1;
-        let mut request = tonic::Request::new(body);
-        if let Some(bearer) = plan.bearer.as_ref().filter(|_| plan.scenario != Scenario::Check) {
-            request.metadata_mut().insert("authorization", bearer.clone());
-        }
         let sent = Instant::now();
         let call = async {
-            grpc.ready().await.map_err(|e| Status::unavailable(e.to_string()))?;
-            Ok(grpc.unary(request, PathAndQuery::from_static(path), codec).await?.into_inner())
+            match call {
+                Call::Grpc(path, request) => {
+                    grpc.ready().await.map_err(|e| Status::unavailable(e.to_string()))?;
+                    Ok(grpc.unary(request, PathAndQuery::from_static(path), codec).await?.into_inner())
+                }
+                Call::Http(request) => forward_auth(&mut http, request).await,
+            }
         };
         // Only a server that stops answering hits this deadline; it keeps the run bounded.
         let result = tokio::time::timeout_at(end + Duration::from_secs(5), call)
@@ -293,7 +363,10 @@ pub struct Report {
 
 /// Connects, warms up, measures, reports.
 pub async fn run(plan: Arc<Plan>, server: Server) -> Result<Report, Error> {
-    let endpoint = Endpoint::from_shared(plan.target.clone())?.tcp_nodelay(true);
+    let mut endpoint = Endpoint::from_shared(plan.target.clone())?.tcp_nodelay(true);
+    if plan.scenario == Scenario::HttpCheck {
+        endpoint = endpoint.origin(Uri::from_static(FORWARD_AUTH_ORIGIN));
+    }
     let mut channels = Vec::new();
     for _ in 0..plan.connections.clamp(1, plan.concurrency.max(1)) {
         channels.push(endpoint.connect().await.map_err(|e| format!("cannot connect to {}: {e:?}", plan.target))?);
@@ -374,7 +447,9 @@ mod tests {
         );
         let assertions = Arc::new(Assertions::presign(Arc::new(signer), 10, true));
         let client = tokio::runtime::Runtime::new().unwrap();
-        for scenario in [Scenario::Get, Scenario::List, Scenario::Create, Scenario::Token, Scenario::Check] {
+        for scenario in
+            [Scenario::Get, Scenario::List, Scenario::Create, Scenario::Token, Scenario::Check, Scenario::HttpCheck]
+        {
             let plan = Plan {
                 target: format!("http://{addr}"),
                 scenario,
@@ -385,14 +460,35 @@ mod tests {
                 bearer: Some("Bearer t".parse().unwrap()),
                 ids: Arc::new(vec!["a".into(), "b".into()]),
                 check: check_request("t"),
+                forward_auth: forward_auth_headers("t").unwrap(),
                 assertions: Some(assertions.clone()),
             };
             let report = client.block_on(run(Arc::new(plan), Server::Baseline)).unwrap();
             assert!(report.ok_per_s > 0.0 && report.failed == 0, "{scenario:?}: {}", report.line());
             assert!(report.server_us.unwrap() >= 0.0 && report.p99_ms > 0.0);
-            let size = [263.0, 13_240.0, 471.0, 482.0, 125.0][scenario as usize];
+            let size = [263.0, 13_240.0, 471.0, 482.0, 125.0, 157.0][scenario as usize];
             assert_eq!(report.bytes_mean, size, "{scenario:?}: the canned answers are sized like the service's");
         }
+    }
+
+    #[test]
+    fn the_baseline_serves_forward_auth_at_its_path_only() {
+        let rt = crate::baseline::runtime().unwrap();
+        let addr = crate::baseline::start(&rt, "127.0.0.1:0".parse().unwrap()).unwrap();
+        let client = tokio::runtime::Runtime::new().unwrap();
+        let answers: Vec<_> = client.block_on(async {
+            let endpoint = Endpoint::from_shared(format!("http://{addr}")).unwrap();
+            let mut channel = endpoint.origin(Uri::from_static(FORWARD_AUTH_ORIGIN)).connect().await.unwrap();
+            let mut answers = Vec::new();
+            for (method, path) in [("GET", FORWARD_AUTH_PATH), ("POST", "/auth/v1/check"), ("GET", "/auth/v1/checks")] {
+                let mut request = http::Request::new(Body::empty());
+                (*request.method_mut(), *request.uri_mut()) = (method.parse().unwrap(), Uri::from_static(path));
+                answers.push(forward_auth(&mut channel, request).await.unwrap());
+            }
+            answers
+        });
+        assert!(answers[0].is_ok() && answers[1].is_ok(), "{answers:?}");
+        assert!(answers[2].as_ref().is_err_and(|e| e.starts_with("gRPC/Unimplemented")), "{answers:?}");
     }
 
     #[test]
@@ -405,7 +501,9 @@ mod tests {
         tally.record(Duration::from_micros(5), Ok(verdict(9, deny)));
         tally.record(Duration::from_micros(5), Err(Status::not_found("no such client")));
         tally.record(Duration::from_micros(5), Ok(Ok(7)));
+        tally.record(Duration::from_micros(5), Ok(Err(r#"HTTP/401: {"error":"invalid_token"}"#.into())));
         assert_eq!(tally.errors["Denied/Unauthenticated"], 1);
+        assert_eq!(tally.errors["HTTP/401"], 1);
         assert_eq!(tally.errors["NotFound"], 1);
         assert_eq!((tally.ok, tally.bytes), (1, 7));
     }

@@ -74,10 +74,10 @@ struct LoadArgs {
     target: String,
     #[arg(long, value_enum, value_delimiter = ',', default_value = "get,list,create,token")]
     scenario: Vec<Scenario>,
-    /// Sent as `authorization: Bearer TOKEN` on every call but Check
+    /// Sent as `authorization: Bearer TOKEN` on every call but Check's and HttpCheck's
     #[arg(long)]
     token: Option<String>,
-    /// check: the token the CheckRequest carries in its headers (default: --token)
+    /// check, http-check: the token the check asks about (default: --token)
     #[arg(long)]
     check_token: Option<String>,
     /// get: the ids to get, one a line
@@ -163,6 +163,7 @@ impl LoadArgs {
             bearer,
             ids: ids.clone(),
             check: load::check_request(check_token),
+            forward_auth: load::forward_auth_headers(check_token)?,
             assertions,
         }))
     }
@@ -211,7 +212,7 @@ fn compare(args: LoadArgs, pid: Option<u32>) -> Result<(), Error> {
     }
     println!("medians of {n} rounds of {d:?} after {w:?}, {} callers over {c} connections", args.concurrency);
     println!(
-        "{:<8} {:>11} {:>10} {:>6} {:>12} {:>11} {:>9} {:>15} {:>11}",
+        "{:<10} {:>11} {:>10} {:>6} {:>12} {:>11} {:>9} {:>15} {:>11}",
         "scenario",
         "baseline/s",
         "service/s",
@@ -228,7 +229,7 @@ fn compare(args: LoadArgs, pid: Option<u32>) -> Result<(), Error> {
         let p99 = |r: &[Report]| median(r, |r| Some(r.p99_ms)).unwrap_or(0.0);
         let failed = |r: &[Report]| r.iter().map(|r| r.failed).sum::<u64>();
         println!(
-            "{:<8} {:>11.0} {:>10.0} {:>6.3} {:>12} {:>11} {:>9} {:>15} {:>11}",
+            "{:<10} {:>11.0} {:>10.0} {:>6.3} {:>12} {:>11} {:>9} {:>15} {:>11}",
             scenario.name(),
             ok(b),
             ok(t),
