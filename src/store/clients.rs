@@ -61,8 +61,18 @@ impl Store {
     /// The clients' epoch as the database has it now, read by a statement that starts after this
     /// call does: a shard's stamp is drawn anew with every change that can make one of its
     /// clients unusable (see the migration that made it), on every replica's database alike.
+    /// On SQLite, while nothing has committed since the last read, that read's epoch.
     pub async fn client_epoch(&self) -> Result<ClientEpoch, Error> {
-        self.batches.epoch.call(()).await
+        let Some(known) = &self.known_epoch else { return self.batches.epoch.call(()).await };
+        let before = match known.current() {
+            Ok(epoch) => return Ok(epoch),
+            Err(before) => before,
+        };
+        let epoch = self.batches.epoch.call(()).await?;
+        if let Some(before) = before {
+            known.remember(before, &epoch);
+        }
+        Ok(epoch)
     }
 
     /// The client with OAuth2 client id `client_id`, deleted or not.

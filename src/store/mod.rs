@@ -16,6 +16,7 @@ mod page_text;
 mod replay;
 mod search;
 mod usage;
+mod wal_index;
 
 pub use clients::{ClientEpoch, Precondition};
 pub use database_url::DatabaseUrl;
@@ -88,6 +89,8 @@ pub struct Store {
     /// Other processes on the same file still wait in the busy handler.
     sqlite_writer: Option<Arc<Mutex<()>>>,
     batches: Arc<Batches>,
+    /// SQLite: the clients' epoch as last read, kept while nothing commits.
+    known_epoch: Option<Arc<wal_index::KnownEpoch>>,
     /// Search, which may read many rows, has a pool of its own, so the admins who search cannot
     /// hold the connections every other call needs.
     searches: Searches,
@@ -161,7 +164,8 @@ impl Store {
             turns: Arc::new(Semaphore::new(concurrent_searches as usize)),
         };
         let batches = Arc::new(Batches::start(&db, &relaxed, sqlite_writer.as_ref(), read_slots, write_slots));
-        Ok(Self { db, relaxed, sqlite_writer, batches, searches })
+        let known_epoch = wal_index::KnownEpoch::open(&db).await.map(Arc::new);
+        Ok(Self { db, relaxed, sqlite_writer, batches, known_epoch, searches })
     }
 
     /// Brings the schema up to date. Replicas starting together take turns (see
