@@ -103,7 +103,9 @@ impl Store {
         after: Option<Uuid>,
         limit: u64,
     ) -> Result<Vec<PersonalClient>, Error> {
-        if let Some(page) = super::page_text::live_page(&self.db, user, after, limit).await? {
+        if self.db.get_database_backend() == DbBackend::Sqlite
+            && let Some(page) = super::sqlite_page::live_page(&self.db, user, after, limit).await?
+        {
             return Ok(page);
         }
         page_after(&self.db, personal_client::Entity::find().filter(visible_to(Owner::User(user))), after, limit).await

@@ -12,9 +12,9 @@ mod database_url;
 pub mod entity;
 mod keys;
 pub mod migration;
-mod page_text;
 mod replay;
 mod search;
+mod sqlite_page;
 mod usage;
 mod wal_index;
 
