@@ -30,8 +30,8 @@ pub use leaked::{MAX_SECRETS as MAX_REPORTED_SECRETS, Report, Reporter};
 /// still finds that stamp. The database draws a shard's stamp anew, in the transaction that
 /// revokes a client of the shard or changes its owner or expiry, whichever replica or writer
 /// makes the change; so a revocation that has committed is seen on the next call anywhere, and
-/// a call costs one read of sixteen stamps (shared with every call waiting at that moment)
-/// instead of the client's row.
+/// a call costs one read of sixteen stamps (shared with every call waiting at that moment; on
+/// SQLite, none while nothing has committed since the last) instead of the client's row.
 #[derive(Debug, Clone)]
 pub struct ClientStatus {
     store: Store,

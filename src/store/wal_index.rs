@@ -18,7 +18,7 @@ const HEADER: usize = 48;
 
 /// The wal-index header at one moment: equal to another only if nothing committed in between.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Commits([u8; HEADER]);
+pub(super) struct Commits([u8; HEADER]);
 
 /// The clients' epoch as last read, with the wal-index header read before that read began.
 #[derive(Debug)]
@@ -53,24 +53,20 @@ impl KnownEpoch {
 
     /// The epoch, if nothing has committed since it was read; otherwise, what to remember with
     /// the epoch that the caller reads next (`None`: nothing, the header was being written).
-    pub(super) fn current(&self) -> Result<ClientEpoch, Option<Before>> {
+    pub(super) fn current(&self) -> Result<ClientEpoch, Option<Commits>> {
         let now = self.commits();
         let known = self.known.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         match (now, known.as_ref()) {
             (Some(now), Some((then, epoch))) if now == *then => Ok(epoch.clone()),
-            _ => Err(now.map(Before)),
+            _ => Err(now),
         }
     }
 
     /// Keeps `epoch`, read by a statement that began after `before` was taken.
-    pub(super) fn remember(&self, before: Before, epoch: &ClientEpoch) {
-        *self.known.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some((before.0, epoch.clone()));
+    pub(super) fn remember(&self, before: Commits, epoch: &ClientEpoch) {
+        *self.known.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some((before, epoch.clone()));
     }
 }
-
-/// The header as it was before the epoch was read.
-#[derive(Debug)]
-pub(super) struct Before(Commits);
 
 #[cfg(test)]
 mod tests {
