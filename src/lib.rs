@@ -5,7 +5,8 @@
 //! service; [`edge`] takes each connection and request before a handler does; [`api`]
 //! translates the wire into domain values and hands them, with the caller that [`auth`] put
 //! into the request, to the rules in [`clients`] and [`exchange`], which work on [`domain`]
-//! values through the [`store`]. `docs/code-map.md` draws the layers.
+//! values through the [`store`]; [`telemetry`] traces each call. `docs/code-map.md` draws the
+//! layers.
 
 pub mod api;
 pub mod audit;
@@ -25,3 +26,4 @@ pub mod protocol;
 pub mod rate;
 pub mod server;
 pub mod store;
+pub mod telemetry;

@@ -10,8 +10,16 @@ use personal_clients::{
     config::{Config, parse_listen},
     error::{Error, chain},
     server,
+    telemetry::{
+        SPAN_TARGET,
+        export::{Exporter, Settings as ExportSettings},
+        logs::WithTraceIds,
+    },
 };
-use tracing_subscriber::EnvFilter;
+use tracing::Level;
+use tracing_subscriber::{
+    EnvFilter, Layer, filter::Targets, fmt::format, layer::SubscriberExt, util::SubscriberInitExt,
+};
 
 #[derive(Parser)]
 #[command(version, about = "Issues and manages personal client credentials over gRPC")]
@@ -71,7 +79,6 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> ExitCode {
     // Usage errors (exit 2) come from here, before anything starts.
     let cli = Cli::parse();
-    init_logging(cli.log_format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(err) => {
@@ -79,7 +86,24 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli.command.unwrap_or(Command::Serve(cli.serve)))) {
+    let command = cli.command.unwrap_or(Command::Serve(cli.serve));
+    // Spans are exported by `serve` alone; the exporter runs on the runtime.
+    let traces = match &command {
+        Command::Serve(args) => Some(args.config.tracing.settings()),
+        _ => None,
+    };
+    let exporter = match runtime.block_on(async { init_logging(cli.log_format, traces) }) {
+        Ok(exporter) => exporter,
+        Err(message) => {
+            eprintln!("personal-clients: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = runtime.block_on(run(command));
+    if let Some(exporter) = exporter {
+        exporter.shutdown();
+    }
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("personal-clients: {}", chain(err.as_ref()));
@@ -104,15 +128,38 @@ async fn run(command: Command) -> anyhow::Result<()> {
 }
 
 /// Logs go to stderr, so `mint-token` prints only the token on stdout; colour only on a
-/// terminal, and never with `NO_COLOR` set.
-fn init_logging(format: LogFormat) {
+/// terminal, and never with `NO_COLOR` set. With `traces`, spans go to an OTLP collector if one
+/// is named, and each JSON log line written in a traced call carries its trace's ids.
+fn init_logging(format: LogFormat, traces: Option<ExportSettings>) -> Result<Option<Exporter>, String> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Spans are for the exporter alone, never a log line's.
+    let filter = filter.add_directive(format!("{SPAN_TARGET}=off").parse().map_err(|e| format!("{e}"))?);
     let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(colour);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+    let (exporter, tracer) = match traces.map(|settings| Exporter::start(&settings)).transpose()?.flatten() {
+        Some((tracer, exporter)) => (Some(exporter), Some(tracer)),
+        None => (None, None),
+    };
+    let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(colour);
+    let logs = match format {
+        LogFormat::Text => logs.with_filter(filter).boxed(),
+        LogFormat::Json => logs.json().event_format(WithTraceIds(format::format().json())).with_filter(filter).boxed(),
+    };
+    // The service's spans only: not a library's, and no log line as a span event.
+    let spans = tracer.map(|tracer| {
+        tracing_opentelemetry::layer()
+            .with_tracer(tracer)
+            // A span starts when it first has a child or a log line, not when entered: a call may
+            // still adopt its parent (ext_authz's, from the request it checks).
+            .with_context_activation(false)
+            .with_location(false)
+            .with_threads(false)
+            .with_target(false)
+            .with_level(false)
+            .with_tracked_inactivity(false)
+            .with_filter(Targets::new().with_target(SPAN_TARGET, Level::INFO))
+    });
+    tracing_subscriber::registry().with(logs).with(spans).init();
+    Ok(exporter)
 }
 
 async fn shutdown_signal() {

@@ -2,7 +2,10 @@
 //! gRPC methods (over gRPC, or as JSON over HTTP) by method, status code and protocol, with
 //! latency histograms, as the edge records them; token exchange outcomes by reason; forward
 //! authorization outcomes and credentials revoked for leaked secrets; the
-//! database pools; and the open connections and the memory budget, as the edge keeps them.
+//! database pools; the open connections and the memory budget, as the edge keeps them; and the
+//! spans the exporter dropped.
+
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
@@ -12,6 +15,7 @@ use tonic::Code;
 use crate::{
     protocol::Protocol,
     store::{PoolStats, Store},
+    telemetry,
 };
 
 /// Every metric the service keeps.
@@ -27,6 +31,10 @@ pub struct Metrics {
     connections: IntGauge,
     memory_budget: IntGauge,
     memory_held: IntGaugeVec,
+    spans_dropped: IntCounterVec,
+    /// The exporter's drop counts as the counter last took them, for a full queue and for a
+    /// failed export.
+    spans_dropped_seen: [AtomicU64; 2],
     store: Store,
 }
 
@@ -84,6 +92,17 @@ impl Metrics {
             .namespace(NAMESPACE),
             &["kind"],
         )?;
+        let spans_dropped = IntCounterVec::new(
+            Opts::new(
+                "trace_spans_dropped_total",
+                "Spans not exported, by reason: queue_full (the export queue was full), export_failed (the collector did not take them)",
+            )
+            .namespace(NAMESPACE),
+            &["reason"],
+        )?;
+        for reason in ["queue_full", "export_failed"] {
+            spans_dropped.with_label_values(&[reason]);
+        }
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(latency.clone()))?;
         registry.register(Box::new(exchanges.clone()))?;
@@ -93,6 +112,7 @@ impl Metrics {
         registry.register(Box::new(connections.clone()))?;
         registry.register(Box::new(memory_budget.clone()))?;
         registry.register(Box::new(memory_held.clone()))?;
+        registry.register(Box::new(spans_dropped.clone()))?;
         Ok(Self {
             registry,
             requests,
@@ -104,6 +124,8 @@ impl Metrics {
             connections,
             memory_budget,
             memory_held,
+            spans_dropped,
+            spans_dropped_seen: Default::default(),
             store,
         })
     }
@@ -150,6 +172,14 @@ impl Metrics {
             let PoolStats { size, idle } = stats;
             self.pool_connections.with_label_values(&[pool, "idle"]).set(i64::from(idle));
             self.pool_connections.with_label_values(&[pool, "in_use"]).set(i64::from(size.saturating_sub(idle)));
+        }
+        let (queue_full, export_failed) = telemetry::export::dropped();
+        for ((reason, total), seen) in
+            [("queue_full", queue_full), ("export_failed", export_failed)].into_iter().zip(&self.spans_dropped_seen)
+        {
+            // Each drop counted once, whichever of two renders at once reads the newer total.
+            let before = seen.fetch_max(total, Ordering::Relaxed);
+            self.spans_dropped.with_label_values(&[reason]).inc_by(total.saturating_sub(before));
         }
         let mut text = Vec::new();
         if let Err(err) = TextEncoder::new().encode(&self.registry.gather(), &mut text) {

@@ -23,6 +23,7 @@ use crate::{
         connections::{ConnectionLimits, Connections},
         metrics::{JsonRoute, JsonRoutes, RecordRpcLayer},
         tls,
+        trace::{self, TraceLayer},
         transport::{self, HttpSettings},
     },
     error::Error,
@@ -40,6 +41,7 @@ use crate::{
         },
     },
     store::{DatabaseUrl, OpenMode, Store},
+    telemetry,
 };
 
 /// Health and reflection: public, like the token exchange.
@@ -229,7 +231,11 @@ fn routes(
         health,
         metrics: Arc::clone(&parts.metrics),
     });
-    Ok((grpc.merge(json).merge(http).fallback(api::http::not_found), JsonRoutes::new(json_targets)))
+    let mut router = grpc.merge(json).merge(http);
+    if telemetry::exporting() {
+        router = router.route_layer(axum::middleware::from_fn(trace::record_route));
+    }
+    Ok((router.fallback(api::http::not_found), JsonRoutes::new(json_targets)))
 }
 
 /// The work a server does besides answering: following the database's health, writing
@@ -276,7 +282,8 @@ impl Background {
 }
 
 /// Serves `routes` on `listener` behind the edge (connections, the memory budget, admission,
-/// metrics), until `shutdown`, then for at most the grace period.
+/// metrics, and each call's span when spans are exported), until `shutdown`, then for at most
+/// the grace period.
 async fn transport(
     config: &Config,
     parts: &Parts,
@@ -315,6 +322,7 @@ async fn transport(
         head_timeout: serving.request_timeout,
     };
     let service = tower::ServiceBuilder::new()
+        .option_layer(telemetry::exporting().then(|| TraceLayer::new(parts.methods.clone(), json_routes.clone())))
         .layer(RecordRpcLayer::new(Arc::clone(&parts.metrics), parts.methods.clone(), json_routes))
         .layer(AdmissionLayer::new(
             AdmissionLimits {

@@ -4,7 +4,7 @@
 //! access token of this service lets the request through with the caller's identity as request
 //! headers; anything else is denied with the HTTP status and challenge RFC 6750 gives.
 
-use std::sync::Arc;
+use std::{collections::HashMap, sync::Arc};
 
 use tonic::{Code, Request, Response, Status};
 
@@ -22,6 +22,7 @@ use crate::{
         },
         google::rpc,
     },
+    telemetry,
 };
 
 /// The request headers that carry the caller's identity upstream.
@@ -57,8 +58,17 @@ impl MeshCheck {
     }
 
     /// The decision for a request with `authorization`. A database that cannot say whether the
-    /// token's client is live is a denial to retry; any other failure is an error.
+    /// token's client is live is a denial to retry; any other failure is an error. A denial is
+    /// the call's refusal, in the words of its answer (`invalid_token`).
     pub async fn decide(&self, authorization: auth::Authorization<'_>) -> Result<Decision, Error> {
+        let decision = self.decision(authorization).await;
+        if let Ok(Decision::Deny(denial)) = &decision {
+            telemetry::refused(denial.reason());
+        }
+        decision
+    }
+
+    async fn decision(&self, authorization: auth::Authorization<'_>) -> Result<Decision, Error> {
         let Ok(token) = authorization.bearer() else {
             return Ok(Decision::Deny(Denial::Refused(authorization.challenge())));
         };
@@ -124,6 +134,10 @@ impl ExtAuthzApi {
 impl Authorization for ExtAuthzApi {
     async fn check(&self, request: Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
         let http = request.get_ref().attributes.as_ref().and_then(|a| a.request.as_ref()).and_then(|r| r.http.as_ref());
+        // The decision is part of the request it is about: its trace, if it carries one.
+        if let Some(http) = http {
+            adopt_trace(http);
+        }
         let answer = match self.check.decide(http.map_or(auth::Authorization::Absent, authorization)).await? {
             Decision::Allow { set, remove } => CheckResponse {
                 status: Some(rpc::Status { code: Code::Ok as i32, ..Default::default() }),
@@ -153,4 +167,25 @@ fn authorization(http: &HttpRequest) -> auth::Authorization<'_> {
             if h.value.is_empty() { std::str::from_utf8(&h.raw_value).unwrap_or("") } else { h.value.as_str() }
         }),
     )
+}
+
+/// Makes the trace of the request being checked the parent of this call's span, when it
+/// carries one: from the header map, or from the raw header list.
+fn adopt_trace(http: &HttpRequest) {
+    if !telemetry::exporting() {
+        return;
+    }
+    if http.headers.is_empty() {
+        let copies = http.header_map.as_ref().map(|map| map.headers.as_slice()).unwrap_or_default();
+        let headers: HashMap<String, String> = copies
+            .iter()
+            .filter_map(|h| {
+                let value = if h.value.is_empty() { std::str::from_utf8(&h.raw_value).ok()? } else { h.value.as_str() };
+                Some((h.key.to_ascii_lowercase(), value.to_owned()))
+            })
+            .collect();
+        telemetry::adopt_parent(&headers);
+    } else {
+        telemetry::adopt_parent(&http.headers);
+    }
 }

@@ -27,6 +27,7 @@ use crate::{
     error::Error,
     error::chain,
     store::Store,
+    telemetry::span,
 };
 
 /// The `typ` of the access tokens this service signs (RFC 9068 §2.1).
@@ -178,6 +179,7 @@ impl SigningKeys {
     /// and the type RFC 9068 gives JWT access tokens (`at+jwt`), which validators that follow it
     /// require.
     pub fn sign_access_token<C: Serialize>(&self, claims: &C) -> String {
+        let _span = span!("sign access token").entered();
         let ring = self.ring.read().unwrap_or_else(|poisoned| poisoned.into_inner());
         let (kid, key) = ring.signing(Utc::now());
         let header = Header {

@@ -14,6 +14,7 @@ use std::{sync::Arc, time::Duration};
 use axum::{extract::Request, middleware::Next, response::Response};
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
+use tracing::{Instrument, Span, field::Empty};
 use uuid::Uuid;
 
 pub use cache::VerifiedClaims;
@@ -28,6 +29,7 @@ use crate::{
     error::{Challenge, Error},
     grpc_methods::GrpcMethods,
     store::{DatabaseUrl, Store},
+    telemetry::span,
 };
 use cache::VerifiedTokens;
 use external::ExternalIssuers;
@@ -153,14 +155,23 @@ impl Authenticator {
         }
     }
 
+    /// [`Self::check_token`] in a span of its own: the bearer check, and whether the token was
+    /// verified already.
     async fn check(&self, token: &str) -> Result<Checked, Error> {
+        let span = span!("bearer check", personal_clients.token.cached = Empty);
+        self.check_token(token, &span).instrument(span.clone()).await
+    }
+
+    async fn check_token(&self, token: &str, span: &Span) -> Result<Checked, Error> {
         // Bounded before anything in it is decoded: over HTTP/1.1 a header is not held to
         // --max-header-bytes as HTTP/2 holds it.
         if token.len() > MAX_TOKEN_BYTES {
             return Err(denied(&format!("token longer than {MAX_TOKEN_BYTES} bytes")));
         }
         let key = VerifiedTokens::key(token);
-        let claims = match self.verified.get(&key) {
+        let cached = self.verified.get(&key);
+        span.record("personal_clients.token.cached", cached.is_some());
+        let claims = match cached {
             Some(claims) => claims,
             None => {
                 let claimed_issuer = untrusted_issuer(token).ok_or_else(|| denied("token has no readable issuer"))?;

@@ -18,8 +18,8 @@ use tonic::{
 use personal_clients::{
     auth,
     config::{
-        Config, CountLimit, CredentialArgs, DatabaseArgs, IssuerArgs, KeyArgs, MeshArgs, ServingArgs, TrustArgs,
-        parse_listen,
+        Config, CountLimit, CredentialArgs, DatabaseArgs, IssuerArgs, KeyArgs, MeshArgs, ServingArgs, TracingArgs,
+        TrustArgs, parse_listen,
     },
     domain::{ClientSecret, Role, RoleSet},
     error::Error,
@@ -97,6 +97,8 @@ pub async fn run(args: BenchArgs) -> Result<(), Error> {
         trust: args.trust.clone(),
         mesh: args.mesh.clone(),
         serving: args.serving.clone(),
+        // Spans are the binary's to export; the benchmark measures the service without them.
+        tracing: TracingArgs::default(),
     };
     let result = measure(config, &args).await;
     for suffix in ["", "-wal", "-shm"] {

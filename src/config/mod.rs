@@ -1,6 +1,6 @@
 //! The service's configuration, in argument groups that each command takes only as it needs:
 //! the database, the names the service issues under, the rules for credentials, whom it
-//! trusts, and how it serves. Every flag has a `PC_*` environment twin; a value that cannot
+//! trusts, how it serves, and where its spans go. Every flag has a `PC_*` environment twin; a value that cannot
 //! work is refused as a usage error that names its flag: [`values`] parses each value alone,
 //! [`rules`] checks the flags against each other.
 
@@ -19,9 +19,11 @@ use crate::{
     domain::{KeySchedule, MaxLifetime, Role},
     rate::RateLimit,
     store::DatabaseUrl,
+    telemetry::export::{OtlpProtocol, Settings as ExportSettings},
 };
 use values::{
-    parse_header_name, parse_issuer, parse_memory, parse_namespace, parse_positive_duration, parse_public_host,
+    parse_header_name, parse_issuer, parse_memory, parse_namespace, parse_otlp_endpoint, parse_positive_duration,
+    parse_public_host, parse_ratio,
 };
 
 /// The embedded default: a SQLite file in the working directory, created at first start.
@@ -260,6 +262,44 @@ pub struct ServingArgs {
     pub shutdown_grace: Duration,
 }
 
+/// Where spans go: OpenTelemetry over OTLP. Off unless a collector is named, here or in the
+/// `OTEL_*` variables, which fill in what these flags leave out.
+#[derive(Debug, Clone, Default, Args)]
+pub struct TracingArgs {
+    /// OpenTelemetry collector to export spans to, as a base URL (`http://collector:4318`, or
+    /// port 4317 with `--otlp-protocol grpc`) [default: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or
+    /// OTEL_EXPORTER_OTLP_ENDPOINT; without any, no spans are exported].
+    #[arg(long, env = "PC_OTLP_ENDPOINT", value_parser = parse_otlp_endpoint)]
+    pub otlp_endpoint: Option<String>,
+
+    /// How spans go to the collector [default: OTEL_EXPORTER_OTLP_TRACES_PROTOCOL or
+    /// OTEL_EXPORTER_OTLP_PROTOCOL, else http/protobuf].
+    #[arg(long, env = "PC_OTLP_PROTOCOL", value_enum)]
+    pub otlp_protocol: Option<OtlpProtocol>,
+
+    /// Share of new traces sampled, from 0 to 1; a call in a caller's trace follows the caller's
+    /// choice [default: OTEL_TRACES_SAMPLER and OTEL_TRACES_SAMPLER_ARG, else every trace].
+    #[arg(long, env = "PC_TRACE_SAMPLE_RATIO", value_parser = parse_ratio)]
+    pub trace_sample_ratio: Option<f64>,
+
+    /// Ended spans that may wait for export; more are dropped, and counted in /metrics
+    /// [default: OTEL_BSP_MAX_QUEUE_SIZE, else 2048].
+    #[arg(long, env = "PC_TRACE_QUEUE_SIZE", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub trace_queue_size: Option<u32>,
+}
+
+impl TracingArgs {
+    /// What the flags say, for the exporter.
+    pub fn settings(&self) -> ExportSettings {
+        ExportSettings {
+            endpoint: self.otlp_endpoint.clone(),
+            protocol: self.otlp_protocol,
+            sample_ratio: self.trace_sample_ratio,
+            queue_size: self.trace_queue_size.map(|size| size as usize),
+        }
+    }
+}
+
 /// Everything the running service uses, but where it listens.
 #[derive(Debug, Clone, Args)]
 pub struct Config {
@@ -277,6 +317,8 @@ pub struct Config {
     pub mesh: MeshArgs,
     #[command(flatten)]
     pub serving: ServingArgs,
+    #[command(flatten)]
+    pub tracing: TracingArgs,
 }
 
 #[derive(Parser)]

@@ -152,6 +152,25 @@ impl fmt::Display for TrustedJwks {
     }
 }
 
+/// An OTLP collector's base URL: `http://collector:4318`.
+pub fn parse_otlp_endpoint(value: &str) -> Result<String, String> {
+    let url = url::Url::parse(value)
+        .map_err(|err| format!("{value:?} is not a URL ({err}); use e.g. http://otel-collector:4318"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        return Err(format!("{value:?} is not an http or https URL with a host; use e.g. http://otel-collector:4318"));
+    }
+    Ok(value.to_owned())
+}
+
+/// A share, from 0 to 1: `0.25`.
+pub fn parse_ratio(value: &str) -> Result<f64, String> {
+    value
+        .parse::<f64>()
+        .ok()
+        .filter(|ratio| (0.0..=1.0).contains(ratio))
+        .ok_or_else(|| format!("{value:?} is not a ratio from 0 to 1, such as 0.25"))
+}
+
 /// Where a command listens: `serve` on a fixed port, `bench` on any free one.
 pub fn parse_listen(value: &str) -> Result<SocketAddr, String> {
     value.parse().map_err(|_| "must be an address and port, e.g. 127.0.0.1:50051 or 0.0.0.0:50051".to_owned())

@@ -66,6 +66,11 @@ impl JsonRoutes {
 
     /// The method `verb path` calls (HEAD as GET), if any.
     fn method(&self, verb: &http::Method, path: &str) -> Option<&str> {
+        self.route(verb, path).map(|route| route.method.as_str())
+    }
+
+    /// The route that takes `verb path` (HEAD as GET), if any.
+    pub fn route(&self, verb: &http::Method, path: &str) -> Option<&JsonRoute> {
         let verb = if verb == http::Method::HEAD { &http::Method::GET } else { verb };
         let matches = |template: &str| {
             let (mut want, mut got) = (template.split('/'), path.split('/'));
@@ -78,7 +83,7 @@ impl JsonRoutes {
                 }
             }
         };
-        self.0.iter().find(|route| route.verb == verb && matches(&route.template)).map(|route| route.method.as_str())
+        self.0.iter().find(|route| route.verb == verb && matches(&route.template))
     }
 }
 
@@ -180,24 +185,27 @@ where
         Box::pin(async move {
             let response = response.await;
             if let Some(record) = record {
-                let code = response.as_ref().map_or(Code::Internal, |response| match record.protocol {
-                    // Unary errors come as "trailers-only" responses with the status in the
-                    // headers; a response without one in its headers ends with OK in its trailers.
-                    Protocol::Grpc => response
-                        .headers()
-                        .get("grpc-status")
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.parse::<i32>().ok())
-                        .map_or(Code::Ok, Code::from_i32),
-                    // Every JSON answer, and every refusal of a JSON request, says its code.
-                    Protocol::Json | Protocol::Http => {
-                        response.extensions().get::<Code>().copied().unwrap_or(Code::Unknown)
-                    }
-                });
+                let code = response.as_ref().map_or(Code::Internal, |response| code_of(record.protocol, response));
                 record.finish(code);
             }
             response
         })
+    }
+}
+
+/// The gRPC status code of an answer to a call of a gRPC method, over gRPC or as JSON.
+pub fn code_of<R>(protocol: Protocol, response: &http::Response<R>) -> Code {
+    match protocol {
+        // Unary errors come as "trailers-only" responses with the status in the headers; a
+        // response without one in its headers ends with OK in its trailers.
+        Protocol::Grpc => response
+            .headers()
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<i32>().ok())
+            .map_or(Code::Ok, Code::from_i32),
+        // Every JSON answer, and every refusal of a JSON request, says its code.
+        Protocol::Json | Protocol::Http => response.extensions().get::<Code>().copied().unwrap_or(Code::Unknown),
     }
 }
 

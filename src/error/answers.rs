@@ -380,6 +380,17 @@ pub enum Denial {
     Unavailable,
 }
 
+impl Denial {
+    /// Why, as the answer's body says it: `invalid_token`, `unauthorized` (no token came),
+    /// `invalid_request`, `insufficient_scope`; `unavailable` while the database is away.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::Refused(challenge) => challenge.error(),
+            Self::Unavailable => "unavailable",
+        }
+    }
+}
+
 /// A denial as RFC 6750 §3 words it: 401 with a challenge, `error` only when a token came; or
 /// 503 with `Retry-After` while the database is away.
 pub fn ext_authz_denial(denial: Denial) -> CheckResponse {

@@ -21,6 +21,7 @@ use crate::{
     metrics::Metrics,
     rate::{KeyedLimit, RateLimit},
     store::Store,
+    telemetry::{self, span},
 };
 use assertion::ClientAssertion;
 
@@ -111,6 +112,9 @@ impl TokenExchange {
             Err(_) => "internal",
         };
         self.metrics.token_exchange(outcome);
+        if result.is_err() {
+            telemetry::refused(outcome);
+        }
         result
     }
 
@@ -187,14 +191,16 @@ impl TokenExchange {
             // The same work as for a known client, so the time of the answer does not tell
             // whether a client id exists.
             let now = Utc::now().timestamp();
-            let _ = assertion.verify(&self.stand_in_key, client_id, &[client_id], now);
+            let _ = span!("verify assertion")
+                .in_scope(|| assertion.verify(&self.stand_in_key, client_id, &[client_id], now));
             return refuse(Rejection::UnknownClient);
         };
         let verifying_key = self.verifying_key(&client)?;
         let now = round_to_micros(Utc::now());
         let audiences: Vec<&str> = self.settings.audiences.iter().map(String::as_str).collect();
-        let verified =
-            assertion.verify(&verifying_key, client_id, &audiences, now.timestamp()).map_err(Error::InvalidClient)?;
+        let verified = span!("verify assertion")
+            .in_scope(|| assertion.verify(&verifying_key, client_id, &audiences, now.timestamp()))
+            .map_err(Error::InvalidClient)?;
         // Counted only for assertions its key signed: anyone could spend a client's allowance,
         // or learn that it exists, with junk. Junk is bounded per source address instead.
         self.per_client.check(&client.id)?;

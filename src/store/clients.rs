@@ -13,7 +13,7 @@ use sea_orm::{
     sea_query::{Expr, Func, OnConflict, SimpleExpr},
 };
 use tokio::sync::Mutex;
-use tracing::instrument;
+use tracing::{Instrument, instrument};
 use uuid::Uuid;
 
 use super::{
@@ -91,6 +91,7 @@ impl Store {
             .filter(not_revoked())
             .into_tuple::<Uuid>()
             .all(&self.db)
+            .instrument(self.statement("SELECT", "personal_clients").span())
             .await?)
     }
 
@@ -103,12 +104,15 @@ impl Store {
         after: Option<Uuid>,
         limit: u64,
     ) -> Result<Vec<PersonalClient>, Error> {
+        let span = self.statement("SELECT", "personal_clients").span();
         if self.db.get_database_backend() == DbBackend::Sqlite
-            && let Some(page) = super::sqlite_page::live_page(&self.db, user, after, limit).await?
+            && let Some(page) =
+                super::sqlite_page::live_page(&self.db, user, after, limit).instrument(span.clone()).await?
         {
             return Ok(page);
         }
-        page_after(&self.db, personal_client::Entity::find().filter(visible_to(Owner::User(user))), after, limit).await
+        let query = personal_client::Entity::find().filter(visible_to(Owner::User(user)));
+        page_after(&self.db, query, after, limit).instrument(span).await
     }
 
     /// Applies `changes` to a client visible to `owner`, if `allowed` of the client as it is
@@ -139,13 +143,16 @@ impl Store {
         if let Some(expires_at) = changes.expires_at {
             update = update.col_expr(Column::ExpiresAt, Expr::value(expires_at));
         }
-        self.update_one(id, Owner::User(owner), update, None, Some(allowed)).await
+        let span = self.statement("UPDATE", "personal_clients").span();
+        self.update_one(id, Owner::User(owner), update, None, Some(allowed)).instrument(span).await
     }
 
     /// Revokes a client visible to `owner` at once; returns it as it now is.
     #[instrument(skip_all, fields(%id))]
     pub async fn delete_client(&self, id: Uuid, owner: Owner<'_>) -> Result<PersonalClient, Error> {
-        self.update_one(id, owner, personal_client::Entity::update_many(), Some(Column::DeletedAt), None).await
+        let span = self.statement("UPDATE", "personal_clients").span();
+        let revoke = personal_client::Entity::update_many();
+        self.update_one(id, owner, revoke, Some(Column::DeletedAt), None).instrument(span).await
     }
 
     /// Runs `update` on client `id`, if visible to `owner`, as `UPDATE ... RETURNING` (SQLite and

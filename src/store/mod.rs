@@ -46,7 +46,7 @@ use crate::{
     error::Error,
     error::{chain, is_sqlite_busy},
 };
-use batch::Batcher;
+use batch::{Batcher, Statement};
 use migration::Migrator;
 
 /// Key of the PostgreSQL advisory lock that serialises migrations across replicas.
@@ -223,6 +223,11 @@ impl Store {
     }
 
     /// Waits for a turn to search, and gives the connection to search on.
+    /// A statement this call runs, for its span.
+    fn statement(&self, operation: &'static str, collection: &'static str) -> Statement {
+        Statement { system: system_name(&self.db), operation, collection }
+    }
+
     async fn search_turn(&self) -> Result<(SemaphorePermit<'_>, &DatabaseConnection), Error> {
         let turn = self.searches.turns.acquire().await.map_err(|_| Error::internal("the search turns are closed"))?;
         Ok((turn, &self.searches.db))
@@ -263,6 +268,14 @@ async fn write_turn(writer: Option<&Arc<Mutex<()>>>) -> Option<MutexGuard<'_, ()
     }
 }
 
+/// The database as OpenTelemetry names it.
+fn system_name(db: &DatabaseConnection) -> &'static str {
+    match db.get_database_backend() {
+        DbBackend::Postgres => "postgresql",
+        _ => "sqlite",
+    }
+}
+
 impl Batches {
     /// Starts the batchers: reads with `read_slots` batches at once, writes with `write_slots`.
     fn start(
@@ -272,35 +285,34 @@ impl Batches {
         read_slots: usize,
         write_slots: usize,
     ) -> Self {
+        let system = system_name(db);
+        let statement = |operation, collection| Statement { system, operation, collection };
         let by_id = {
             let db = db.clone();
-            Batcher::spawn(
-                MAX_BATCH,
-                read_slots,
-                Arc::new(move |ids| Box::pin(clients::clients_by_id(db.clone(), ids))),
-            )
+            let run = move |ids| Box::pin(clients::clients_by_id(db.clone(), ids)) as _;
+            Batcher::spawn(MAX_BATCH, read_slots, statement("SELECT", "personal_clients"), Arc::new(run))
         };
         let by_client_id = {
             let db = db.clone();
             let run = move |ids| Box::pin(clients::clients_by_client_id(db.clone(), ids)) as _;
-            Batcher::spawn(MAX_BATCH, read_slots, Arc::new(run))
+            Batcher::spawn(MAX_BATCH, read_slots, statement("SELECT", "personal_clients"), Arc::new(run))
         };
         // One read of the epoch at a time: it is one number, so every caller that arrives while
         // it is read waits for the next read, which answers them all in one round trip.
         let epoch = {
             let db = db.clone();
             let run = move |callers| Box::pin(clients::client_epoch(db.clone(), callers)) as _;
-            Batcher::spawn(MAX_EPOCH_BATCH, 1, Arc::new(run))
+            Batcher::spawn(MAX_EPOCH_BATCH, 1, statement("SELECT", "client_epoch"), Arc::new(run))
         };
         let create = {
             let (db, writer) = (db.clone(), writer.cloned());
             let run = move |rows| Box::pin(clients::insert_clients(db.clone(), writer.clone(), rows)) as _;
-            Batcher::spawn(MAX_BATCH, write_slots, Arc::new(run))
+            Batcher::spawn(MAX_BATCH, write_slots, statement("INSERT", "personal_clients"), Arc::new(run))
         };
         let spend = {
             let (relaxed, writer) = (relaxed.clone(), writer.cloned());
             let run = move |values| Box::pin(replay::spend_values(relaxed.clone(), writer.clone(), values)) as _;
-            Batcher::spawn(MAX_BATCH, write_slots, Arc::new(run))
+            Batcher::spawn(MAX_BATCH, write_slots, statement("INSERT", "assertion_replays"), Arc::new(run))
         };
         Self { by_id, by_client_id, epoch, spend, create }
     }

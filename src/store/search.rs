@@ -24,7 +24,7 @@ use sea_orm::{
     Statement, Value,
     sea_query::{Expr, Func, LikeExpr, SimpleExpr, extension::postgres::PgExpr},
 };
-use tracing::instrument;
+use tracing::{Instrument, instrument};
 use uuid::Uuid;
 
 use super::{
@@ -50,6 +50,17 @@ impl Store {
     /// their turn, as long as their request may run.
     #[instrument(skip_all)]
     pub async fn search_clients(
+        &self,
+        filter: &SearchFilter,
+        after: Option<Uuid>,
+        limit: u64,
+    ) -> Result<Vec<PersonalClient>, Error> {
+        let span = self.statement("SELECT", "personal_clients").span();
+        self.search_page(filter, after, limit).instrument(span).await
+    }
+
+    /// [`Self::search_clients`], in its statement's span: the wait for a turn included.
+    async fn search_page(
         &self,
         filter: &SearchFilter,
         after: Option<Uuid>,

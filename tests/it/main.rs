@@ -27,6 +27,7 @@ mod search;
 mod search_scale;
 mod standards;
 mod token_exchange;
+mod traces;
 mod transport;
 mod unavailable;
 mod validation;
@@ -61,6 +62,7 @@ fn main() -> ExitCode {
         search_scale::tests(),
         standards::tests(),
         token_exchange::tests(),
+        traces::tests(),
         transport::tests(),
         unavailable::tests(),
         validation::tests(),

@@ -125,12 +125,13 @@ pub async fn verify_with_jwks(addr: SocketAddr, token: &str) -> Value {
     serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap()
 }
 
-/// The binary, run in `dir` without any of the caller's `PC_*` variables.
+/// The binary, run in `dir` without any of the caller's `PC_*` or `OTEL_*` variables.
 pub fn binary(dir: &std::path::Path) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_personal-clients"));
     command.current_dir(dir);
     for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("PC_") {
+        let name_text = name.to_string_lossy();
+        if name_text.starts_with("PC_") || name_text.starts_with("OTEL_") {
             command.env_remove(name);
         }
     }
@@ -148,8 +149,18 @@ pub struct ServerProcess {
 
 impl ServerProcess {
     pub fn spawn(dir: &std::path::Path, database_url: Option<&str>, args: &[&str]) -> Self {
+        Self::spawn_with_env(dir, database_url, args, &[])
+    }
+
+    /// [`Self::spawn`], with these environment variables.
+    pub fn spawn_with_env(
+        dir: &std::path::Path,
+        database_url: Option<&str>,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let mut command = binary(dir);
-        command.args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"]).args(args);
+        command.args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"]).args(args).envs(env.iter().copied());
         if let Some(url) = database_url {
             command.env("PC_DATABASE_URL", url);
         }
