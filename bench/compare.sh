@@ -16,6 +16,9 @@
 #   CHECK_TOKEN  the token `check` and `http-check` ask about: `user` (default, the minted user
 #                token) or `client` (an access token of a seeded personal client, whose liveness
 #                every check asks)
+#   TRACES       `on`: the service exports the spans of every call (sampling 1.0) over OTLP/gRPC
+#                to a sink that counts them (`pc-load otlp-sink`); the spans received and those
+#                the service dropped are printed at the end. Default `off`: no collector named.
 set -eu
 root=$(cd "$(dirname "$0")/.." && pwd)
 target_dir() { cargo metadata --format-version 1 --no-deps --manifest-path "$1" | jq -r .target_directory; }
@@ -26,12 +29,24 @@ load=$(target_dir "$root/bench/load/Cargo.toml")/release/pc-load
 work=$(mktemp -d "${TMPDIR:-/tmp}/pc-compare.XXXXXX")
 db=${1:-sqlite://$work/pc.db?mode=rwc}
 scenarios=${2:-get,list,create,token}
-port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+port=$(free_port)
+traces=() sink=
+case ${TRACES:-off} in
+  off) ;;
+  on)
+    sink_port=$(free_port)
+    "$load" otlp-sink --listen "127.0.0.1:$sink_port" >"$work/sink.out" 2>"$work/sink.log" &
+    sink=$!
+    traces=(--otlp-endpoint "http://127.0.0.1:$sink_port" --otlp-protocol grpc --trace-sample-ratio 1)
+    ;;
+  *) echo "compare.sh: TRACES is on or off" >&2; exit 2 ;;
+esac
 # shellcheck disable=SC2086 # SERVER_ARGS is a list of flags
 RUST_LOG=${RUST_LOG:-warn} "$bin" serve --database-url "$db" --listen "127.0.0.1:$port" ${SERVER_ARGS:-} \
-  >"$work/server.log" 2>&1 &
+  ${traces[@]+"${traces[@]}"} >"$work/server.log" 2>&1 &
 pid=$!
-trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null; rm -rf "$work"' EXIT
+trap 'kill $pid $sink 2>/dev/null; wait $pid $sink 2>/dev/null; rm -rf "$work"' EXIT
 for i in $(seq 200); do
   (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
   kill -0 $pid 2>/dev/null && [ "$i" -lt 200 ] || { cat "$work/server.log" >&2; exit 1; }
@@ -57,3 +72,9 @@ esac
 "$load" compare --target "http://127.0.0.1:$port" --target-pid $pid --scenario "$scenarios" \
   --token "$token" --ids-file "$work/ids.txt" --secret-file "$work/secret.txt" \
   --client-id "$(cat "$work/client_id.txt")" ${check[@]+"${check[@]}"} --rounds 3 --warmup 2s --duration 5s ${LOAD_ARGS:-}
+if [ -n "$sink" ]; then
+  curl -sf "http://127.0.0.1:$port/metrics" | grep '^personal_clients_trace_spans_dropped_total'
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+  kill "$sink"; wait "$sink" 2>/dev/null || true
+  cat "$work/sink.out"
+fi

@@ -159,6 +159,9 @@ fn init_logging(format: LogFormat, traces: Option<ExportSettings>) -> Result<Opt
             .with_filter(Targets::new().with_target(SPAN_TARGET, Level::INFO))
     });
     tracing_subscriber::registry().with(logs).with(spans).init();
+    if let Some(exporter) = &exporter {
+        tracing::info!(to = %exporter.destination, "exporting spans");
+    }
     Ok(exporter)
 }
 

@@ -9,6 +9,8 @@ use std::{
     net::{IpAddr, Ipv6Addr},
 };
 
+use tracing::Instrument;
+
 use super::PersonalClients;
 use crate::{
     audit,
@@ -74,22 +76,26 @@ impl Report {
             return Ok(0);
         }
         let Self { clients, source, user_agent } = self;
-        let work = tokio::spawn(async move {
-            let store = &clients.store;
-            let mut revoked = 0;
-            for id in store.live_clients_with_keys(&public_keys.into_iter().collect::<Vec<_>>()).await? {
-                match store.delete_client(id, Owner::Anyone).await {
-                    Ok(client) => {
-                        audit::leaked_secret_revoked(&client, source, &user_agent);
-                        revoked += 1;
+        // In the call's span: its statements and audit events belong to its trace.
+        let work = tokio::spawn(
+            async move {
+                let store = &clients.store;
+                let mut revoked = 0;
+                for id in store.live_clients_with_keys(&public_keys.into_iter().collect::<Vec<_>>()).await? {
+                    match store.delete_client(id, Owner::Anyone).await {
+                        Ok(client) => {
+                            audit::leaked_secret_revoked(&client, source, &user_agent);
+                            revoked += 1;
+                        }
+                        // Revoked meanwhile, by its owner or another report.
+                        Err(Error::NotFound) => {}
+                        Err(err) => return Err(err),
                     }
-                    // Revoked meanwhile, by its owner or another report.
-                    Err(Error::NotFound) => {}
-                    Err(err) => return Err(err),
                 }
+                Ok(revoked)
             }
-            Ok(revoked)
-        });
+            .in_current_span(),
+        );
         work.await.map_err(|err| Error::internal_with("the revocation of reported secrets stopped", err))?
     }
 }

@@ -19,7 +19,7 @@ use crate::{
     domain::{KeySchedule, MaxLifetime, Role},
     rate::RateLimit,
     store::DatabaseUrl,
-    telemetry::export::{OtlpProtocol, Settings as ExportSettings},
+    telemetry::export::{MAX_QUEUE_SIZE, OtlpProtocol, Settings as ExportSettings},
 };
 use values::{
     parse_header_name, parse_issuer, parse_memory, parse_namespace, parse_otlp_endpoint, parse_positive_duration,
@@ -282,9 +282,9 @@ pub struct TracingArgs {
     #[arg(long, env = "PC_TRACE_SAMPLE_RATIO", value_parser = parse_ratio)]
     pub trace_sample_ratio: Option<f64>,
 
-    /// Ended spans that may wait for export; more are dropped, and counted in /metrics
-    /// [default: OTEL_BSP_MAX_QUEUE_SIZE, else 2048].
-    #[arg(long, env = "PC_TRACE_QUEUE_SIZE", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    /// Ended spans that may wait for export, at most 65536; more are dropped, and counted in
+    /// /metrics [default: OTEL_BSP_MAX_QUEUE_SIZE, else 2048].
+    #[arg(long, env = "PC_TRACE_QUEUE_SIZE", value_parser = clap::value_parser!(u32).range(1..=MAX_QUEUE_SIZE as i64))]
     pub trace_queue_size: Option<u32>,
 }
 

@@ -134,7 +134,10 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
         }
         .instrument(span.clone())
         .await?;
-        span.record("db.operation.batch.size", i64::try_from(ran.size).unwrap_or(i64::MAX));
+        // A batch is two or more, by the conventions: a call served alone has no batch size.
+        if ran.size >= 2 {
+            span.record("db.operation.batch.size", i64::try_from(ran.size).unwrap_or(i64::MAX));
+        }
         span.record(
             "personal_clients.batch.wait_ms",
             ran.started.saturating_duration_since(queued).as_secs_f64() * 1e3,

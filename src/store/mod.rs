@@ -222,12 +222,12 @@ impl Store {
         write_turn(self.sqlite_writer.as_ref()).await
     }
 
-    /// Waits for a turn to search, and gives the connection to search on.
     /// A statement this call runs, for its span.
     fn statement(&self, operation: &'static str, collection: &'static str) -> Statement {
         Statement { system: system_name(&self.db), operation, collection }
     }
 
+    /// Waits for a turn to search, and gives the connection to search on.
     async fn search_turn(&self) -> Result<(SemaphorePermit<'_>, &DatabaseConnection), Error> {
         let turn = self.searches.turns.acquire().await.map_err(|_| Error::internal("the search turns are closed"))?;
         Ok((turn, &self.searches.db))

@@ -8,21 +8,25 @@
 
 use std::{
     sync::{
-        Arc,
+        Arc, Mutex, PoisonError,
         atomic::{AtomicU64, AtomicUsize, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
-use opentelemetry::{Context, KeyValue, propagation::TextMapCompositePropagator, trace::TracerProvider as _};
+use opentelemetry::{
+    Context, KeyValue,
+    propagation::TextMapCompositePropagator,
+    trace::{Link, SpanKind, TraceContextExt, TraceId, TracerProvider as _},
+};
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::{
     Resource,
     error::{OTelSdkError, OTelSdkResult},
     propagation::TraceContextPropagator,
     trace::{
-        BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracer, SdkTracerProvider, Span, SpanData, SpanExporter,
-        SpanProcessor,
+        BatchConfigBuilder, BatchSpanProcessor, Sampler, SamplingResult, SdkTracer, SdkTracerProvider, ShouldSample,
+        Span, SpanData, SpanExporter, SpanProcessor,
     },
 };
 
@@ -64,6 +68,10 @@ struct Resolved {
 /// The queue's size without a flag or `OTEL_BSP_MAX_QUEUE_SIZE`: OpenTelemetry's default.
 const DEFAULT_QUEUE_SIZE: usize = 2048;
 
+/// The largest queue: the batch processor reserves a place for each span at start, some 400
+/// bytes a place.
+pub const MAX_QUEUE_SIZE: usize = 65_536;
+
 /// How long the last spans may take to leave when the server stops.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -81,6 +89,7 @@ impl Settings {
             || var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_some()
             || var("OTEL_EXPORTER_OTLP_ENDPOINT").is_some();
         match var("OTEL_TRACES_EXPORTER").as_deref() {
+            _ if self.endpoint.is_some() => {}
             None if !named => return Ok(None),
             None | Some("otlp") => {}
             Some("none") => return Ok(None),
@@ -107,6 +116,7 @@ impl Settings {
         // A base URL, as the variable is: HTTP adds the signal's path (gRPC names no path).
         let endpoint = self.endpoint.as_deref().map(|base| match protocol {
             OtlpProtocol::Grpc => base.to_owned(),
+            OtlpProtocol::HttpProtobuf if base.trim_end_matches('/').ends_with("/v1/traces") => base.to_owned(),
             OtlpProtocol::HttpProtobuf => format!("{}/v1/traces", base.trim_end_matches('/')),
         });
         let sampler = match self.sample_ratio {
@@ -115,11 +125,11 @@ impl Settings {
         };
         let queue_size = match (self.queue_size, var("OTEL_BSP_MAX_QUEUE_SIZE")) {
             (Some(size), _) => size,
-            (None, Some(value)) => value
-                .parse::<usize>()
-                .ok()
-                .filter(|size| *size > 0)
-                .ok_or_else(|| format!("OTEL_BSP_MAX_QUEUE_SIZE: {value:?} is not a number of spans above 0"))?,
+            (None, Some(value)) => {
+                value.parse::<usize>().ok().filter(|size| (1..=MAX_QUEUE_SIZE).contains(size)).ok_or_else(|| {
+                    format!("OTEL_BSP_MAX_QUEUE_SIZE: {value:?} is not a number of spans from 1 to {MAX_QUEUE_SIZE}")
+                })?
+            }
             (None, None) => DEFAULT_QUEUE_SIZE,
         };
         Ok(Some(Resolved { endpoint, protocol, sampler, queue_size }))
@@ -149,6 +159,58 @@ fn sampler_from(name: Option<&str>, argument: Option<&str>) -> Result<Sampler, S
     })
 }
 
+/// The configured sampler, but for B3 parents that leave the choice open: a deferred one (sent
+/// without a sampling state) is decided as a new trace is, and a debug one is sampled, as B3
+/// says (W3C's `traceparent` always says sampled or not).
+#[derive(Debug, Clone)]
+struct B3Aware {
+    configured: Sampler,
+    /// What decides a new trace.
+    root: Box<dyn ShouldSample>,
+}
+
+impl B3Aware {
+    fn new(configured: Sampler) -> Self {
+        let root = match &configured {
+            Sampler::ParentBased(root) => root.clone(),
+            other => Box::new(other.clone()),
+        };
+        Self { configured, root }
+    }
+}
+
+/// B3's flags for a parent with no sampling state (deferred) and one sampled for debugging, as
+/// the B3 propagator keeps them.
+const B3_DEFERRED: u8 = 0x02;
+const B3_DEBUG: u8 = 0x04;
+
+impl ShouldSample for B3Aware {
+    fn should_sample(
+        &self,
+        parent_context: Option<&Context>,
+        trace_id: TraceId,
+        name: &str,
+        span_kind: &SpanKind,
+        attributes: &[KeyValue],
+        links: &[Link],
+    ) -> SamplingResult {
+        let open = parent_context.filter(|cx| cx.has_active_span()).and_then(|cx| {
+            let parent = cx.span().span_context().clone();
+            let flags = parent.trace_flags().to_u8();
+            (parent.is_remote() && !parent.is_sampled()).then_some(flags)
+        });
+        match open {
+            Some(flags) if flags & B3_DEBUG != 0 => {
+                Sampler::AlwaysOn.should_sample(parent_context, trace_id, name, span_kind, attributes, links)
+            }
+            Some(flags) if flags & B3_DEFERRED != 0 => {
+                self.root.should_sample(None, trace_id, name, span_kind, attributes, links)
+            }
+            _ => self.configured.should_sample(parent_context, trace_id, name, span_kind, attributes, links),
+        }
+    }
+}
+
 /// Spans dropped because the queue was full, and in batches the collector did not take.
 static DROPPED_QUEUE_FULL: AtomicU64 = AtomicU64::new(0);
 static DROPPED_EXPORT_FAILED: AtomicU64 = AtomicU64::new(0);
@@ -162,6 +224,8 @@ pub fn dropped() -> (u64, u64) {
 #[derive(Debug)]
 pub struct Exporter {
     provider: SdkTracerProvider,
+    /// Where spans go and how, for the log.
+    pub destination: String,
 }
 
 impl Exporter {
@@ -171,6 +235,14 @@ impl Exporter {
         let Some(resolved) = settings.resolve(&|name| std::env::var(name).ok())? else {
             return Ok(None);
         };
+        let destination = format!(
+            "{} over {}",
+            resolved.endpoint.as_deref().unwrap_or("the collector of OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT"),
+            match resolved.protocol {
+                OtlpProtocol::Grpc => "OTLP/gRPC",
+                OtlpProtocol::HttpProtobuf => "OTLP/HTTP",
+            }
+        );
         let runtime = tokio::runtime::Handle::try_current().map_err(|e| format!("traces need the runtime: {e}"))?;
         // HTTPS to a collector, as the service's other clients do it; a second install changes nothing.
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -191,13 +263,14 @@ impl Exporter {
         }
         .map_err(|e| format!("cannot set up the OTLP exporter: {e}"))?;
         let queued = Arc::new(AtomicUsize::new(0));
-        let exporter = OnRuntime { inner: Arc::new(exporter), runtime, queued: Arc::clone(&queued) };
+        let exporter =
+            OnRuntime { inner: Arc::new(exporter), runtime, queued: Arc::clone(&queued), last_logged: Arc::default() };
         let batches = BatchSpanProcessor::builder(exporter)
             .with_batch_config(BatchConfigBuilder::default().with_max_queue_size(resolved.queue_size).build())
             .build();
         let provider = SdkTracerProvider::builder()
-            .with_span_processor(Bounded { inner: batches, queued, capacity: resolved.queue_size })
-            .with_sampler(resolved.sampler)
+            .with_span_processor(QueueBound { inner: batches, queued, capacity: resolved.queue_size })
+            .with_sampler(B3Aware::new(resolved.sampler))
             .with_resource(resource())
             .build();
         let tracer = provider.tracer(env!("CARGO_PKG_NAME"));
@@ -207,7 +280,7 @@ impl Exporter {
             Box::new(TraceContextPropagator::new()),
         ]));
         EXPORTING.store(true, Ordering::Relaxed);
-        Ok(Some((tracer, Self { provider })))
+        Ok(Some((tracer, Self { provider, destination })))
     }
 
     /// Sends the spans still queued, for at most a few seconds, and stops.
@@ -226,21 +299,28 @@ fn resource() -> Resource {
     let named = detected
         .get(&opentelemetry::Key::from_static_str("service.name"))
         .is_some_and(|name| !name.as_str().starts_with("unknown_service"));
-    let builder = Resource::builder().with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")));
-    if named { builder.build() } else { builder.with_service_name(env!("CARGO_PKG_NAME")).build() }
+    let mut ours = Vec::new();
+    if !named {
+        ours.push(KeyValue::new("service.name", env!("CARGO_PKG_NAME")));
+    }
+    if detected.get(&opentelemetry::Key::from_static_str("service.version")).is_none() {
+        ours.push(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")));
+    }
+    // Only what the environment left out: OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES win.
+    Resource::builder().with_attributes(ours).build()
 }
 
 /// The batch processor behind a queue bound it never reaches: a span that would take the queue
 /// past its size is dropped here, and counted, before the processor (which counts drops only for
 /// its own log) sees it. `queued` is what the processor holds that the exporter has not taken.
 #[derive(Debug)]
-struct Bounded {
+struct QueueBound {
     inner: BatchSpanProcessor,
     queued: Arc<AtomicUsize>,
     capacity: usize,
 }
 
-impl SpanProcessor for Bounded {
+impl SpanProcessor for QueueBound {
     fn on_start(&self, span: &mut Span, cx: &Context) {
         self.inner.on_start(span, cx);
     }
@@ -274,7 +354,13 @@ struct OnRuntime<E> {
     inner: Arc<E>,
     runtime: tokio::runtime::Handle,
     queued: Arc<AtomicUsize>,
+    /// When a failed export was last logged: one line a minute at most, while the collector is
+    /// away or refuses.
+    last_logged: Arc<Mutex<Option<Instant>>>,
 }
+
+/// How often a failed export is logged, at most.
+const FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(60);
 
 impl<E: SpanExporter + 'static> SpanExporter for OnRuntime<E> {
     fn export(&self, batch: Vec<SpanData>) -> impl Future<Output = OTelSdkResult> + Send {
@@ -282,10 +368,20 @@ impl<E: SpanExporter + 'static> SpanExporter for OnRuntime<E> {
         self.queued.fetch_sub(size, Ordering::AcqRel);
         let inner = Arc::clone(&self.inner);
         let export = self.runtime.spawn(async move { inner.export(batch).await });
+        let last_logged = Arc::clone(&self.last_logged);
         async move {
             let result = export.await.unwrap_or_else(|e| Err(OTelSdkError::InternalFailure(e.to_string())));
-            if result.is_err() {
+            if let Err(err) = &result {
                 DROPPED_EXPORT_FAILED.fetch_add(size as u64, Ordering::Relaxed);
+                let mut last = last_logged.lock().unwrap_or_else(PoisonError::into_inner);
+                if last.is_none_or(|at| at.elapsed() >= FAILURE_LOG_INTERVAL) {
+                    *last = Some(Instant::now());
+                    tracing::warn!(
+                        error = %err,
+                        spans = size,
+                        "the collector did not take a batch of spans: dropped, and counted in personal_clients_trace_spans_dropped_total"
+                    );
+                }
             }
             result
         }

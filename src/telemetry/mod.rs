@@ -47,9 +47,31 @@ pub fn extract(headers: &http::HeaderMap) -> opentelemetry::Context {
     if !exporting() {
         return opentelemetry::Context::new();
     }
-    opentelemetry::global::get_text_map_propagator(|propagator| {
-        propagator.extract(&opentelemetry_http::HeaderExtractor(headers))
-    })
+    context_of(&opentelemetry_http::HeaderExtractor(headers))
+}
+
+/// The trace context in `carrier`, by the propagators [`export`] set.
+fn context_of(carrier: &dyn Extractor) -> opentelemetry::Context {
+    opentelemetry::global::get_text_map_propagator(|propagator| propagator.extract(&Trimmed(carrier)))
+}
+
+/// The longest `tracestate` kept: W3C asks a tracer to pass on at least 512 characters. A longer
+/// one (up to 16 KiB is well-formed) is left out, so that the queue of spans waiting for export
+/// holds no more than that of what callers send.
+const MAX_TRACE_STATE: usize = 512;
+
+/// A request's headers as the propagators read them, without a `tracestate` longer than
+/// [`MAX_TRACE_STATE`].
+struct Trimmed<'a>(&'a dyn Extractor);
+
+impl Extractor for Trimmed<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).filter(|value| !key.eq_ignore_ascii_case("tracestate") || value.len() <= MAX_TRACE_STATE)
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys()
+    }
 }
 
 /// Makes the trace context in `carrier` the parent of the current span, if it holds one: the
@@ -60,9 +82,12 @@ pub fn adopt_parent(carrier: &dyn Extractor) {
     if !exporting() {
         return;
     }
-    let parent = opentelemetry::global::get_text_map_propagator(|propagator| propagator.extract(carrier));
-    if parent.span().span_context().is_valid() {
-        let _ = tracing::Span::current().set_parent(parent);
+    let parent = context_of(carrier);
+    if parent.span().span_context().is_valid()
+        && let Err(err) = tracing::Span::current().set_parent(parent)
+    {
+        // The span began before the request was read: it keeps the parent it had.
+        tracing::debug!(error = %err, "the checked request's trace context came too late for the call's span");
     }
 }
 
@@ -109,4 +134,32 @@ impl Refusal {
 /// its span says so. Outside a call, or without traces, nothing.
 pub fn refused(reason: &'static str) {
     let _ = REFUSAL.try_with(|slot| slot.set(reason));
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use opentelemetry::propagation::TextMapPropagator;
+    use opentelemetry_sdk::propagation::TraceContextPropagator;
+
+    use super::*;
+
+    #[test]
+    fn a_trace_state_past_512_characters_is_left_out_and_the_parent_kept() {
+        let read = |state: String| {
+            let headers = HashMap::from([
+                ("traceparent".to_owned(), "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".to_owned()),
+                ("tracestate".to_owned(), state),
+            ]);
+            let context = TraceContextPropagator::new().extract(&Trimmed(&headers));
+            let span = context.span().span_context().clone();
+            assert!(span.is_valid());
+            span.trace_state().header()
+        };
+        let short = "vendor=".to_owned() + &"a".repeat(200);
+        assert_eq!(read(short.clone()), short);
+        let members: Vec<String> = (0..30).map(|i| format!("v{i}={}", "b".repeat(250))).collect();
+        assert_eq!(read(members.join(",")), "", "7.6 KB of well-formed trace state");
+    }
 }
