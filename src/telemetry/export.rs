@@ -19,7 +19,7 @@ use opentelemetry::{
     propagation::TextMapCompositePropagator,
     trace::{Link, SpanKind, TraceContextExt, TraceId, TracerProvider as _},
 };
-use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_otlp::{WithExportConfig, WithTonicConfig, tonic_types::transport::ClientTlsConfig};
 use opentelemetry_sdk::{
     Resource,
     error::{OTelSdkError, OTelSdkResult},
@@ -61,6 +61,8 @@ struct Resolved {
     /// The URL spans go to; `None` leaves it to the exporter, which reads the OTLP variables.
     endpoint: Option<String>,
     protocol: OtlpProtocol,
+    /// Whether the collector is reached over TLS, verified against the system's roots.
+    tls: bool,
     sampler: Sampler,
     queue_size: usize,
 }
@@ -119,6 +121,12 @@ impl Settings {
             OtlpProtocol::HttpProtobuf if base.trim_end_matches('/').ends_with("/v1/traces") => base.to_owned(),
             OtlpProtocol::HttpProtobuf => format!("{}/v1/traces", base.trim_end_matches('/')),
         });
+        let tls = self
+            .endpoint
+            .clone()
+            .or_else(|| var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+            .or_else(|| var("OTEL_EXPORTER_OTLP_ENDPOINT"))
+            .is_some_and(|url| url.to_ascii_lowercase().starts_with("https:"));
         let sampler = match self.sample_ratio {
             Some(ratio) => Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(ratio))),
             None => sampler_from(var("OTEL_TRACES_SAMPLER").as_deref(), var("OTEL_TRACES_SAMPLER_ARG").as_deref())?,
@@ -132,7 +140,7 @@ impl Settings {
             }
             (None, None) => DEFAULT_QUEUE_SIZE,
         };
-        Ok(Some(Resolved { endpoint, protocol, sampler, queue_size }))
+        Ok(Some(Resolved { endpoint, protocol, tls, sampler, queue_size }))
     }
 }
 
@@ -246,11 +254,14 @@ impl Exporter {
         let runtime = tokio::runtime::Handle::try_current().map_err(|e| format!("traces need the runtime: {e}"))?;
         // HTTPS to a collector, as the service's other clients do it; a second install changes nothing.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let exporter = match (resolved.protocol, resolved.endpoint) {
-            (OtlpProtocol::Grpc, Some(endpoint)) => {
-                opentelemetry_otlp::SpanExporter::builder().with_tonic().with_endpoint(endpoint).build()
-            }
-            (OtlpProtocol::Grpc, None) => opentelemetry_otlp::SpanExporter::builder().with_tonic().build(),
+        // gRPC over TLS trusts the system's roots (with SSL_CERT_FILE and SSL_CERT_DIR), as HTTP does.
+        let grpc = || {
+            let builder = opentelemetry_otlp::SpanExporter::builder().with_tonic();
+            if resolved.tls { builder.with_tls_config(ClientTlsConfig::new().with_native_roots()) } else { builder }
+        };
+        let exporter = match (resolved.protocol, resolved.endpoint.clone()) {
+            (OtlpProtocol::Grpc, Some(endpoint)) => grpc().with_endpoint(endpoint).build(),
+            (OtlpProtocol::Grpc, None) => grpc().build(),
             (OtlpProtocol::HttpProtobuf, Some(endpoint)) => opentelemetry_otlp::SpanExporter::builder()
                 .with_http()
                 .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)

@@ -49,6 +49,7 @@ pub fn tests() -> Vec<libtest_mimic::Trial> {
         an_ext_authz_check_joins_the_trace_of_the_request_it_checks,
         b3_headers_single_or_several_continue_the_callers_trace,
         a_refused_exchange_says_why_and_nothing_secret_is_exported,
+        spans_go_over_tls_to_a_collector_the_system_trusts,
     );
     tests.extend(tests_on!(Postgres: a_grpc_call_is_a_span_in_its_callers_trace_with_its_statements_and_log_lines));
     tests.extend(alone_tests!(a_collector_that_never_answers_slows_no_call_and_what_is_dropped_is_counted));
@@ -86,6 +87,15 @@ impl TraceService for Collector {
 impl Collector {
     /// Starts a receiver on an ephemeral port; its address.
     async fn start() -> (Self, SocketAddr) {
+        Self::serve(None).await
+    }
+
+    /// Starts a receiver that speaks TLS only, with `identity`.
+    async fn start_tls(identity: tonic::transport::Identity) -> (Self, SocketAddr) {
+        Self::serve(Some(identity)).await
+    }
+
+    async fn serve(identity: Option<tonic::transport::Identity>) -> (Self, SocketAddr) {
         let collector = Self::default();
         let http = collector.clone();
         let routes = tonic::service::Routes::new(TraceServiceServer::new(collector.clone())).into_axum_router().route(
@@ -98,12 +108,11 @@ impl Collector {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let incoming = tonic::transport::server::TcpIncoming::from(listener);
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .accept_http1(true)
-                .add_routes(tonic::service::Routes::from(routes))
-                .serve_with_incoming(incoming),
-        );
+        let mut server = tonic::transport::Server::builder().accept_http1(true);
+        if let Some(identity) = identity {
+            server = server.tls_config(tonic::transport::ServerTlsConfig::new().identity(identity)).unwrap();
+        }
+        tokio::spawn(server.add_routes(tonic::service::Routes::from(routes)).serve_with_incoming(incoming));
         (collector, addr)
     }
 
@@ -438,6 +447,27 @@ async fn b3_headers_single_or_several_continue_the_callers_trace(db: TestDb) {
     assert_eq!(hex(&get.parent_span_id), parent);
     assert_eq!(int(get, "rpc.grpc.status_code"), Some(5));
     assert_eq!(status(get), (StatusCode::Error as i32, "NOT_FOUND".to_owned()));
+}
+
+/// An `https://` collector over gRPC, verified against the system's roots: here a CA named by
+/// `SSL_CERT_FILE`, as an operator with a private CA sets it. (The receiver here offers HTTP/2
+/// alone over TLS, which the HTTP exporter's HTTP/1.1 client does not speak.)
+async fn spans_go_over_tls_to_a_collector_the_system_trusts(db: TestDb) {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let identity = tonic::transport::Identity::from_pem(cert.cert.pem(), cert.signing_key.serialize_pem());
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, cert.cert.pem()).unwrap();
+    let (collector, receiver) = Collector::start_tls(identity).await;
+    let endpoint = format!("https://localhost:{}", receiver.port());
+    let args = ["--otlp-endpoint", endpoint.as_str(), "--otlp-protocol", "grpc"];
+    let trusted = ("SSL_CERT_FILE", ca.to_str().unwrap());
+    let server = ServerProcess::spawn_with_env(dir.path(), Some(&db.url), &args, &[PROMPT_EXPORT, trusted]);
+    let (trace, parent) = caller_ids();
+    let context = traceparent(&trace, &parent);
+    assert_eq!(http(server.addr, "GET", "/healthz", &[("traceparent", &context)], "").await.status, 200);
+    let spans = collector.trace_with(&trace, "GET /healthz").await;
+    assert_eq!(hex(&named(&spans, "GET /healthz").parent_span_id), parent);
 }
 
 /// A refused exchange's span is an error with the reason the metrics and the audit event give
