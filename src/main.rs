@@ -21,8 +21,11 @@ use tracing_subscriber::{
     EnvFilter, Layer, filter::Targets, fmt::format, layer::SubscriberExt, util::SubscriberInitExt,
 };
 
+/// `--version`: the version and the commit built.
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("PC_COMMIT"), ")");
+
 #[derive(Parser)]
-#[command(version, about = "Issues and manages personal client credentials over gRPC")]
+#[command(version = VERSION, about = "Issues and manages personal client credentials over gRPC")]
 #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 struct Cli {
     /// Log format; logs go to stderr, filtered by RUST_LOG (default `info`).

@@ -2,8 +2,9 @@
 //! gRPC methods (over gRPC, or as JSON over HTTP) by method, status code and protocol, with
 //! latency histograms, as the edge records them; token exchange outcomes by reason; forward
 //! authorization outcomes and credentials revoked for leaked secrets; the
-//! database pools; the open connections and the memory budget, as the edge keeps them; and the
-//! spans the exporter dropped.
+//! database pools; the open connections and the memory budget, as the edge keeps them; the
+//! spans the exporter dropped; the process (memory, CPU, file descriptors, start time); and the
+//! version and commit running.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -37,6 +38,12 @@ pub struct Metrics {
     spans_dropped_seen: [AtomicU64; 2],
     store: Store,
 }
+
+/// The version running.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The commit it was built from (`unknown` when the build could not tell).
+pub const COMMIT: &str = env!("PC_COMMIT");
 
 /// The content type of [`Metrics::render`]'s output.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -103,6 +110,15 @@ impl Metrics {
         for reason in ["queue_full", "export_failed"] {
             spans_dropped.with_label_values(&[reason]);
         }
+        let build_info = IntGaugeVec::new(
+            Opts::new("build_info", "The version and commit running: always 1").namespace(NAMESPACE),
+            &["version", "commit"],
+        )?;
+        build_info.with_label_values(&[VERSION, COMMIT]).set(1);
+        registry.register(Box::new(build_info))?;
+        // process_resident_memory_bytes, process_cpu_seconds_total, process_open_fds,
+        // process_max_fds, process_start_time_seconds, ..., read from /proc at each scrape.
+        registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(latency.clone()))?;
         registry.register(Box::new(exchanges.clone()))?;

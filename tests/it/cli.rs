@@ -33,6 +33,9 @@ fn stderr(output: &std::process::Output) -> String {
 
 async fn each_command_takes_only_its_own_options() {
     let dir = tempfile::tempdir().unwrap();
+    let version = String::from_utf8(run(dir.path(), &["--version"]).stdout).unwrap();
+    let commit = crate::operations::built_commit();
+    assert_eq!(version.trim(), format!("personal-clients {} (commit {commit})", env!("CARGO_PKG_VERSION")));
     let help = |command: &str| String::from_utf8(run(dir.path(), &[command, "--help"]).stdout).unwrap();
     let mint = help("mint-token");
     for option in ["--database-url", "--public-host", "--issuer", "--user", "--roles", "--ttl"] {

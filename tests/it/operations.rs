@@ -41,6 +41,23 @@ async fn metrics_count_calls_and_exchange_outcomes(db: TestDb) {
     assert!(page.body.contains("# TYPE personal_clients_grpc_requests_total counter\n"), "{}", page.body);
     assert!(page.body.contains("# TYPE personal_clients_grpc_request_duration_seconds histogram\n"));
     assert!(!page.body.contains("# EOF"), "{}", page.body);
+    // The process, as every Prometheus target is expected to show it, and what is running.
+    for family in [
+        "process_resident_memory_bytes",
+        "process_cpu_seconds_total",
+        "process_open_fds",
+        "process_max_fds",
+        "process_start_time_seconds",
+    ] {
+        assert!(sample(&page.body, family).is_some_and(|value| value >= 0.0), "{family}: {}", page.body);
+    }
+    assert!(sample(&page.body, "process_resident_memory_bytes").unwrap() > 1e6, "a resident set of megabytes");
+    let build = format!(
+        r#"personal_clients_build_info{{commit="{}",version="{}"}}"#,
+        built_commit(),
+        env!("CARGO_PKG_VERSION")
+    );
+    assert_eq!(sample(&page.body, &build), Some(1.0), "{}", page.body);
     let text = page.body;
     let list = r#"method="/c1.api.iam.v1.PersonalClientService/List",protocol="grpc""#;
     assert_eq!(
@@ -303,4 +320,15 @@ async fn reflection_lists_and_describes_the_services(db: TestDb) {
         Some(v1alpha::server_reflection_response::MessageResponse::ListServicesResponse(ref s)) if s.service.iter().any(|s| s.name == "c1.api.auth.v1.TokenService")
     ));
     server.stop().await;
+}
+
+/// The commit of this checkout, as git names it, or `unknown` outside one.
+pub fn built_commit() -> String {
+    std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|output| output.status.success())
+        .map_or_else(|| "unknown".to_owned(), |output| String::from_utf8_lossy(&output.stdout).trim().to_owned())
 }
