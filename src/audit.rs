@@ -9,7 +9,7 @@
 
 use std::net::IpAddr;
 
-use crate::domain::{PersonalClient, Principal, quote};
+use crate::domain::{PersonalClient, Principal, cut};
 
 /// The tracing target of every audit event.
 pub const TARGET: &str = "audit";
@@ -59,7 +59,7 @@ pub fn call(
     tracing::info!(
         target: "audit",
         action = action.as_str(),
-        actor = %quote(&caller.user_id),
+        actor = cut(&caller.user_id).as_ref(),
         via_client = %via_client,
         source = %source.map(|ip| ip.to_string()).unwrap_or_default(),
         target = %target,
@@ -73,16 +73,16 @@ pub fn call(
 }
 
 /// A personal client revoked because its secret was reported as leaked, by whoever held it:
-/// from `source`, with that reporter's `User-Agent` (quoted and cut: anyone may send one). Only
+/// from `source`, with that reporter's `User-Agent` (cut: anyone may send one). Only
 /// revocations are written, one per credential at most, so reporters cannot fill the log.
 pub fn leaked_secret_revoked(client: &PersonalClient, source: Option<IpAddr>, user_agent: &str) {
     tracing::warn!(
         target: "audit",
         action = Action::RevokeLeakedClient.as_str(),
         actor = "leaked secret report",
-        owner = %quote(&client.user_id),
+        owner = cut(&client.user_id).as_ref(),
         source = %source.map(|ip| ip.to_string()).unwrap_or_default(),
-        user_agent = %quote(user_agent),
+        user_agent = cut(user_agent).as_ref(),
         target = %client.id,
         client_id = %client.client_id,
         outcome = "done",
@@ -90,14 +90,14 @@ pub fn leaked_secret_revoked(client: &PersonalClient, source: Option<IpAddr>, us
     );
 }
 
-/// A refused token exchange: `client_id` as the caller claimed it (quoted: it is unverified),
+/// A refused token exchange: `client_id` as the caller claimed it (cut: it is unverified),
 /// from `source`, for `reason`. The caller is not authenticated, so these are written at most
 /// at the rate of the refusal log; `left_out` says how many were not.
 pub fn exchange_refused(client_id: &str, source: Option<IpAddr>, reason: &str, left_out: u64) {
     tracing::warn!(
         target: "audit",
         action = Action::TokenExchange.as_str(),
-        actor = %quote(client_id),
+        actor = cut(client_id).as_ref(),
         source = %source.map(|ip| ip.to_string()).unwrap_or_default(),
         outcome = "refused",
         reason,
@@ -115,7 +115,7 @@ pub fn key_change(action: Action, actor: &str, kid: &str, detail: &str, refusal:
         target: "audit",
         action = action.as_str(),
         actor,
-        target = %quote(kid),
+        target = cut(kid).as_ref(),
         outcome,
         detail,
         reason = refusal.unwrap_or_default(),

@@ -10,7 +10,7 @@ use tonic::{Code, Request, Response, Status};
 
 use crate::{
     auth::{self, Authenticator, VerifiedClaims},
-    domain::quote,
+    domain::cut,
     error::{
         Error,
         answers::{Challenge, Denial, envoy_header as header, ext_authz_denial as deny},
@@ -108,8 +108,8 @@ impl MeshCheck {
     fn unwritable(claims: &VerifiedClaims) -> Decision {
         if let Some(left_out) = crate::error::refusal_log() {
             tracing::warn!(
-                user_id = %quote(&claims.sub),
-                client_id = %quote(claims.client_id.as_deref().unwrap_or_default()),
+                user_id = cut(&claims.sub).as_ref(),
+                client_id = cut(claims.client_id.as_deref().unwrap_or_default()).as_ref(),
                 left_out,
                 "the mesh's check denied a live token: its identity holds a control character, which no header may"
             );

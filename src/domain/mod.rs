@@ -16,6 +16,8 @@ mod secret;
 mod source;
 mod token_key;
 
+use std::borrow::Cow;
+
 pub use cidr::CidrList;
 pub use client_id::ClientId;
 pub use display_name::DisplayName;
@@ -46,6 +48,18 @@ pub fn quote(input: &str) -> String {
     }
     let head: String = input.chars().take(ECHO_CHARS).collect();
     format!("{head:?}… ({chars} characters)")
+}
+
+/// Input as a log field's value: cut to 64 characters as [`quote`] cuts it, and otherwise as it
+/// came. The log format escapes it: the text format writes a string field quoted and escaped,
+/// JSON escapes it as JSON strings are, so the value shipped is the plain text.
+pub fn cut(input: &str) -> Cow<'_, str> {
+    let chars = input.chars().count();
+    if chars <= ECHO_CHARS {
+        return Cow::Borrowed(input);
+    }
+    let head: String = input.chars().take(ECHO_CHARS).collect();
+    Cow::Owned(format!("{head}… ({chars} characters)"))
 }
 
 /// Input repeated where it stands as a name, as in a field's path (`client.<name>`): escaped
@@ -218,6 +232,8 @@ mod tests {
     fn echoed_input_is_cut_to_the_same_length_everywhere() {
         let long = "x".repeat(50_000);
         assert_eq!(quote("a\nb"), r#""a\nb""#);
+        assert_eq!(cut("a\nb"), "a\nb", "a log field is escaped by its format, not here");
+        assert_eq!(cut(&"x".repeat(50_000)), format!("{}… (50000 characters)", "x".repeat(64)));
         assert_eq!(echo("a\nb"), r"a\nb");
         assert_eq!(echo(&long), format!("{}… (50000 characters)", "x".repeat(64)));
         assert_eq!(quote(&long), format!("\"{}\"… (50000 characters)", "x".repeat(64)));

@@ -22,7 +22,7 @@ use sea_orm::{
 
 pub use answers::{Challenge, OAuthError, retry_seconds};
 
-use crate::domain::{FieldViolation, Rejection, quote};
+use crate::domain::{FieldViolation, Rejection, cut};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -235,7 +235,7 @@ fn log_hidden(err: &Error) {
     match err {
         Error::Unauthenticated(reason) => {
             if let Some(left_out) = refusal_log() {
-                tracing::info!(reason = %quote(reason), left_out, "request rejected: unauthenticated");
+                tracing::info!(reason = cut(reason).as_ref(), left_out, "request rejected: unauthenticated");
             }
         }
         Error::AmbiguousCredentials => {
