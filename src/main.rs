@@ -1,11 +1,12 @@
 //! The `personal-clients` binary: `serve` (the default) and the [`commands`] `migrate`,
-//! `mint-token`, `keys`, `client-assertion` and `bench`, each with only the options it uses.
+//! `mint-token`, `keys`, `client-assertion`, `bench`, `completions` and `man`, each with only the
+//! options it uses.
 
 mod commands;
 
 use std::{io::IsTerminal, net::SocketAddr, process::ExitCode};
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use personal_clients::{
     config::{Config, parse_listen},
     error::{Error, chain},
@@ -60,6 +61,10 @@ enum Command {
     ClientAssertion(commands::client_assertion::ClientAssertionArgs),
     /// Measure the API in-process on a loopback port and print throughput and latency.
     Bench(commands::bench::BenchArgs),
+    /// Print a shell completion script: `personal-clients completions bash > ~/.local/share/bash-completion/completions/personal-clients`.
+    Completions(commands::completions::CompletionsArgs),
+    /// Print the manual page (roff): `personal-clients man > personal-clients.1; man ./personal-clients.1`.
+    Man,
 }
 
 #[derive(Args)]
@@ -127,6 +132,11 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Keys(command) => commands::keys::run(command).await,
         Command::ClientAssertion(args) => commands::client_assertion::run(&args),
         Command::Bench(args) => Ok(commands::bench::run(args).await?),
+        Command::Completions(args) => {
+            commands::completions::completions(args.shell, Cli::command());
+            Ok(())
+        }
+        Command::Man => commands::completions::man(Cli::command()),
     }
 }
 

@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod client_assertion;
+pub mod completions;
 pub mod keys;
 pub mod migrate;
 pub mod mint_token;

@@ -20,6 +20,7 @@ pub fn tests() -> Vec<libtest_mimic::Trial> {
         processes_opening_a_new_sqlite_file_together_all_succeed,
         a_secret_signs_an_assertion_on_the_command_line,
         callers_cannot_forge_log_lines,
+        completions_and_the_manual_page_come_from_the_command_line,
     )
 }
 
@@ -293,4 +294,49 @@ async fn callers_cannot_forge_log_lines() {
     assert!(!rest.lines().any(|line| line.contains("FORGED") && !line.contains("token exchange refused")), "{rest}");
     assert!(!rest.contains('\u{1b}'), "no terminal escape reaches the log");
     assert!(!rest.contains(&long[..1000]), "a long client_id is cut short in the log");
+}
+
+/// Shell completions that bash loads, and a manual page that man renders, each naming the
+/// commands and the options the binary takes.
+async fn completions_and_the_manual_page_come_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = |args: &[&str]| {
+        let output = run(dir.path(), args);
+        assert!(output.status.success(), "{args:?}: {}", stderr(&output));
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let bash = dir.path().join("personal-clients.bash");
+    std::fs::write(&bash, out(&["completions", "bash"])).unwrap();
+    let loaded = std::process::Command::new("bash")
+        .args(["-c", &format!("source {} && complete -p personal-clients", bash.display())])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&loaded.stdout).contains("-F _personal__clients personal-clients"), "{loaded:?}");
+    let script = std::fs::read_to_string(&bash).unwrap();
+    for word in ["mint-token", "client-assertion", "--otlp-endpoint", "--database-url"] {
+        assert!(script.contains(word), "bash completes {word}");
+    }
+    assert!(out(&["completions", "zsh"]).starts_with("#compdef personal-clients"));
+    assert!(out(&["completions", "fish"]).contains("complete -c personal-clients"));
+    let refused = run(dir.path(), &["completions", "tcsh"]);
+    assert_eq!(refused.status.code(), Some(2), "an unknown shell is a usage error");
+    assert!(stderr(&refused).contains("bash"), "the shells there are: {}", stderr(&refused));
+
+    let page = dir.path().join("personal-clients.1");
+    std::fs::write(&page, out(&["man"])).unwrap();
+    match std::process::Command::new("man").env("MANWIDTH", "200").arg("-l").arg(&page).output() {
+        Ok(rendered) => {
+            let rendered = String::from_utf8_lossy(&rendered.stdout);
+            for word in
+                ["NAME", "personal-clients - Issues and manages", "--otlp-endpoint", "personal-clients-mint-token(1)"]
+            {
+                assert!(rendered.contains(word), "the manual page shows {word}: {rendered}");
+            }
+        }
+        Err(err) => {
+            eprintln!("    skipped rendering the manual page: no man here ({err}); its roff is checked as text");
+            let roff = std::fs::read_to_string(&page).unwrap();
+            assert!(roff.contains(".TH personal-clients 1") && roff.contains("otlp\\-endpoint"), "{roff}");
+        }
+    }
 }
