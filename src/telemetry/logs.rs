@@ -10,9 +10,9 @@ use tracing_subscriber::{
     registry::LookupSpan,
 };
 
-/// A JSON event format, with the trace's ids added to each line written inside a traced span.
-/// The ids are those of the current span of the process's global subscriber, which the binary
-/// installs.
+/// A JSON event format, with the trace's ids added to each line written inside a traced span:
+/// those of the innermost span around the line that is in an exported trace, read through the
+/// process's global subscriber, which the binary installs.
 #[derive(Debug)]
 pub struct WithTraceIds<F>(pub F);
 
