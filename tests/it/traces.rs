@@ -157,6 +157,29 @@ impl Collector {
     }
 }
 
+/// The binary on `db`, exporting over `protocol` (without one, the default: OTLP/HTTP) to a
+/// collector of its own, spans leaving promptly; the directory it runs in, which it needs while
+/// it runs.
+struct Traced {
+    collector: Collector,
+    server: ServerProcess,
+    dir: tempfile::TempDir,
+}
+
+impl Traced {
+    async fn start(db: &TestDb, protocol: Option<&str>) -> Self {
+        let (collector, receiver) = Collector::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let endpoint = format!("http://{receiver}");
+        let mut args = vec!["--otlp-endpoint", endpoint.as_str()];
+        if let Some(protocol) = protocol {
+            args.extend(["--otlp-protocol", protocol]);
+        }
+        let server = ServerProcess::spawn_with_env(dir.path(), Some(&db.url), &args, &[PROMPT_EXPORT]);
+        Self { collector, server, dir }
+    }
+}
+
 /// A fresh trace id and parent span id, as a caller's tracer draws them.
 fn caller_ids() -> (String, String) {
     let mut ids = [0u8; 24];
@@ -224,11 +247,7 @@ async fn channel(addr: SocketAddr) -> Channel {
 /// the conventions' RPC attributes; the bearer check and the batched insert are its children;
 /// and the audit event written in the call carries its trace and span ids.
 async fn a_grpc_call_is_a_span_in_its_callers_trace_with_its_statements_and_log_lines(db: TestDb) {
-    let (collector, receiver) = Collector::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let endpoint = format!("http://{receiver}");
-    let args = ["--otlp-endpoint", endpoint.as_str(), "--otlp-protocol", "grpc"];
-    let server = ServerProcess::spawn_with_env(dir.path(), Some(&db.url), &args, &[PROMPT_EXPORT]);
+    let Traced { collector, server, dir: _dir } = Traced::start(&db, Some("grpc")).await;
     let alice = mint(&db.config(), "alice", &["reader"], Duration::from_secs(600)).await;
     let mut api = PersonalClientServiceClient::new(channel(server.addr).await);
 
@@ -282,11 +301,7 @@ async fn a_grpc_call_is_a_span_in_its_callers_trace_with_its_statements_and_log_
 /// The JSON API, the token endpoint, introspection and forward authorization, each a server
 /// span named by its route in its caller's trace; over OTLP/HTTP.
 async fn json_token_introspection_and_check_calls_are_spans_in_their_callers_traces(db: TestDb) {
-    let (collector, receiver) = Collector::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let endpoint = format!("http://{receiver}");
-    let server =
-        ServerProcess::spawn_with_env(dir.path(), Some(&db.url), &["--otlp-endpoint", &endpoint], &[PROMPT_EXPORT]);
+    let Traced { collector, server, dir: _dir } = Traced::start(&db, None).await;
     let alice = mint(&db.config(), "alice", &["reader"], Duration::from_secs(600)).await;
     let resource = mint(&db.config(), "orders", &["resource-server"], Duration::from_secs(600)).await;
     let mut api = PersonalClientServiceClient::new(channel(server.addr).await);
@@ -361,11 +376,7 @@ async fn json_token_introspection_and_check_calls_are_spans_in_their_callers_tra
 /// CheckRequest's headers is its parent, over Envoy's own on the gRPC call; a denial is an error
 /// that says why.
 async fn an_ext_authz_check_joins_the_trace_of_the_request_it_checks(db: TestDb) {
-    let (collector, receiver) = Collector::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let endpoint = format!("http://{receiver}");
-    let server =
-        ServerProcess::spawn_with_env(dir.path(), Some(&db.url), &["--otlp-endpoint", &endpoint], &[PROMPT_EXPORT]);
+    let Traced { collector, server, dir: _dir } = Traced::start(&db, None).await;
     let alice = mint(&db.config(), "alice", &["reader"], Duration::from_secs(600)).await;
     let mut mesh = AuthorizationClient::new(channel(server.addr).await);
 
@@ -412,11 +423,7 @@ async fn an_ext_authz_check_joins_the_trace_of_the_request_it_checks(db: TestDb)
 
 /// B3, as Envoy and Istio send it: one `b3` header, or the `X-B3-*` headers.
 async fn b3_headers_single_or_several_continue_the_callers_trace(db: TestDb) {
-    let (collector, receiver) = Collector::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let endpoint = format!("http://{receiver}");
-    let server =
-        ServerProcess::spawn_with_env(dir.path(), Some(&db.url), &["--otlp-endpoint", &endpoint], &[PROMPT_EXPORT]);
+    let Traced { collector, server, dir: _dir } = Traced::start(&db, None).await;
 
     let (trace, parent) = caller_ids();
     let single = format!("{trace}-{parent}-1");
@@ -474,11 +481,7 @@ async fn spans_go_over_tls_to_a_collector_the_system_trusts(db: TestDb) {
 /// (`bad_signature`); and no span of a whole credential's life holds its secret, an assertion
 /// or a token, in any name, attribute, event or status.
 async fn a_refused_exchange_says_why_and_nothing_secret_is_exported(db: TestDb) {
-    let (collector, receiver) = Collector::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let endpoint = format!("http://{receiver}");
-    let args = ["--otlp-endpoint", endpoint.as_str(), "--otlp-protocol", "grpc"];
-    let server = ServerProcess::spawn_with_env(dir.path(), Some(&db.url), &args, &[PROMPT_EXPORT]);
+    let Traced { collector, server, dir: _dir } = Traced::start(&db, Some("grpc")).await;
     let alice = mint(&db.config(), "alice", &["reader"], Duration::from_secs(600)).await;
     let resource = mint(&db.config(), "orders", &["resource-server"], Duration::from_secs(600)).await;
     let mut api = PersonalClientServiceClient::new(channel(server.addr).await);
